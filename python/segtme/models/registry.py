@@ -1,0 +1,269 @@
+"""Model registry: families (builders) and named presets (configs), like timm's model files.
+
+* ``register_family("uperhover")`` registers a builder ``(ModelConfig) -> nn.Module``.
+* ``register_preset(cfg)`` registers a named config (architecture only, weights optional).
+* ``load_model(spec)`` takes a preset name, a shipped model name (``default``), or a path to a
+  ``.json`` config / ``.safetensors`` weights file, builds the module and loads the weights.
+
+Weights are only ever read from safetensors, or from a torch checkpoint with
+``torch.load(weights_only=True)`` (the UNI2-h Hugging Face layout ships ``pytorch_model.bin``);
+nothing is unpickled with arbitrary code execution.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import SegTMEError
+from .config import ModelConfig, ModelConfigError
+
+WEIGHTS_DIR = Path(__file__).with_name("weights")
+
+_FAMILIES: dict[str, Callable[[ModelConfig], nn.Module]] = {}
+_PRESETS: dict[str, ModelConfig] = {}
+
+
+class WeightsError(SegTMEError, RuntimeError):
+    """Weights are missing, unreadable or do not fit the model."""
+
+
+def register_family(arch: str) -> Callable:
+    def deco(fn: Callable[[ModelConfig], nn.Module]) -> Callable[[ModelConfig], nn.Module]:
+        _FAMILIES[arch] = fn
+        return fn
+
+    return deco
+
+
+def register_preset(cfg: ModelConfig) -> ModelConfig:
+    _PRESETS[cfg.name] = cfg
+    return cfg
+
+
+def families() -> list[str]:
+    _ensure_builtin()
+    return sorted(_FAMILIES)
+
+
+def presets() -> dict[str, ModelConfig]:
+    _ensure_builtin()
+    return dict(_PRESETS)
+
+
+def shipped_models() -> dict[str, Path]:
+    """Models whose config ships inside the package (``weights/<name>.json``)."""
+    return {p.stem: p for p in sorted(WEIGHTS_DIR.glob("*.json"))}
+
+
+def create_model(cfg: ModelConfig) -> nn.Module:
+    """Build the module for ``cfg`` with random weights (no file access)."""
+    _ensure_builtin()
+    try:
+        builder = _FAMILIES[cfg.arch]
+    except KeyError:
+        raise ModelConfigError(f"model {cfg.name}: unknown arch {cfg.arch!r}; known: {sorted(_FAMILIES)}") from None
+    return builder(cfg)
+
+
+# --------------------------------------------------------------------------- weights
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from safetensors, or a torch file with the safe (weights-only) loader."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types
+            raise WeightsError(f"cannot read safetensors file {path}: {e}") from None
+    try:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WeightsError(f"refusing or unable to read {path} with the weights-only loader: {e}") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise WeightsError(f"{path} does not hold a state dict")
+    return sd
+
+
+def load_state_dict_strict(module: nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
+    """Load with one clear error naming the file and the missing / unexpected / mis-shaped keys."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shape = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
+    if missing or unexpected or shape:
+        def few(keys: list[str]) -> str:
+            return ", ".join(keys[:6]) + (f" … (+{len(keys) - 6})" if len(keys) > 6 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} key(s): {few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} key(s): {few(unexpected)}")
+        if shape:
+            parts.append(
+                "shape mismatch: "
+                + few([f"{k} {tuple(sd[k].shape)} vs expected {tuple(own[k].shape)}" for k in shape])
+            )
+        raise WeightsError(f"weights {source} do not fit model: " + "; ".join(parts))
+    module.load_state_dict(sd, strict=True)
+
+
+def find_uni2h_checkpoint(explicit: str | Path | None = None) -> Path:
+    """Locate UNI2-h backbone weights: an explicit file/directory, ``$SEGTME_UNI2H``, or an
+    existing Hugging Face cache (``$HF_HOME``/hub/models--MahmoodLab--UNI2-h/snapshots/*/).
+    Never downloads."""
+    candidates: list[Path] = []
+    for src in (explicit, os.environ.get("SEGTME_UNI2H")):
+        if src:
+            p = Path(src).expanduser()
+            candidates += [p] if p.is_file() else [p / "model.safetensors", p / "pytorch_model.bin"]
+    hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    for hub in {Path(os.environ.get("HF_HUB_CACHE", hf_home / "hub")), hf_home / "hub"}:
+        for snap in sorted((hub / "models--MahmoodLab--UNI2-h" / "snapshots").glob("*")):
+            candidates += [snap / "model.safetensors", snap / "pytorch_model.bin"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise WeightsError(
+        "UNI2-h backbone weights not found. Expected a timm state dict (keys like 'patch_embed.proj.weight', "
+        "'reg_token', 'blocks.0.attn.qkv.weight', …, 'blocks.23.mlp.fc2.weight') in one of: "
+        + (", ".join(str(c) for c in candidates) or "(no candidate paths)")
+        + ". Download MahmoodLab/UNI2-h yourself (gated; accept its licence) and pass --backbone-weights PATH "
+        "or set SEGTME_UNI2H."
+    )
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference: config + module (eval mode) + device."""
+
+    config: ModelConfig
+    module: nn.Module
+    device: torch.device
+    source: str
+
+    @property
+    def taxonomy(self):
+        return self.config.tax
+
+
+def select_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' -> cuda if available, else mps, else cpu."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"invalid device {device!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+    return dev
+
+
+def resolve_config(spec: str | Path | ModelConfig) -> tuple[ModelConfig, Path | None]:
+    """Resolve a model spec to (config, weights path or None).
+
+    spec: a ModelConfig; a preset name (``uni2_uperhover``); a shipped model name (``default``);
+    a path to a config ``.json`` (weights: its ``weights`` field, relative to the json, or
+    ``<stem>.safetensors``); or a path to a ``.safetensors`` file (config: ``<stem>.json`` beside it).
+    """
+    _ensure_builtin()
+    if isinstance(spec, ModelConfig):
+        return spec, (Path(spec.weights) if spec.weights else None)
+    s = str(spec)
+    p = Path(s).expanduser()
+    if s.endswith(".json") or s.endswith(".safetensors") or os.sep in s:
+        if p.suffix == ".safetensors":
+            cfg_path, w = p.with_suffix(".json"), p
+        else:
+            cfg_path, w = p, None
+        if not cfg_path.is_file():
+            raise ModelConfigError(f"model config not found: {cfg_path}")
+        cfg = ModelConfig.from_json(cfg_path)
+        if w is None:
+            w = cfg_path.parent / (cfg.weights or (cfg_path.stem + ".safetensors"))
+        return cfg, w
+    shipped = shipped_models()
+    if s in shipped:
+        cfg = ModelConfig.from_json(shipped[s])
+        return cfg, shipped[s].parent / (cfg.weights or (s + ".safetensors"))
+    if s in _PRESETS:
+        cfg = _PRESETS[s]
+        return cfg, (Path(cfg.weights) if cfg.weights else None)
+    known = sorted(set(shipped) | set(_PRESETS))
+    raise ModelConfigError(f"unknown model {s!r}; known models: {', '.join(known)} (or pass a .json/.safetensors path)")
+
+
+def load_model(
+    spec: str | Path | ModelConfig = "default",
+    device: str | torch.device = "auto",
+    *,
+    weights: str | Path | None = None,
+    allow_random: bool = False,
+    backbone_weights: str | Path | None = None,
+) -> LoadedModel:
+    """Build a model and load its weights; ``allow_random`` permits random init (tests, training).
+
+    Raises ModelConfigError (unknown model / bad config) or WeightsError (missing / mismatched
+    weights), each naming the file.
+    """
+    cfg, wpath = resolve_config(spec)
+    if weights is not None:
+        wpath = Path(weights)
+    module = create_model(cfg)
+    source = "random-init"
+    if wpath is not None and (wpath.is_file() or not allow_random):
+        load_state_dict_strict(module, read_state_dict(wpath), str(wpath))
+        source = str(wpath)
+    elif wpath is None and not allow_random:
+        if cfg.arch == "classical":
+            source = "rule-based (no weights)"
+        elif backbone_weights is not None or cfg.backbone_weights:
+            bpath = find_uni2h_checkpoint(backbone_weights or cfg.backbone_weights)
+            load_backbone_weights(module, bpath)
+            source = f"backbone:{bpath} (heads random-init)"
+        else:
+            raise WeightsError(
+                f"model {cfg.name!r} has no weights file. Pass --weights PATH (a .safetensors trained with "
+                f"`segtme train`), or use a shipped model: {', '.join(shipped_models()) or '(none)'}"
+            )
+    dev = select_device(device)
+    module.to(dev).eval()
+    return LoadedModel(cfg, module, dev, source)
+
+
+def load_backbone_weights(module: nn.Module, path: str | Path) -> None:
+    """Load a plain timm ViT state dict (e.g. UNI2-h) into ``module.backbone.vit``."""
+    vit = getattr(getattr(module, "backbone", None), "vit", None)
+    if vit is None:
+        raise WeightsError("backbone weights given, but this model has no ViT backbone")
+    load_state_dict_strict(vit, read_state_dict(path), str(path))
+
+
+# --------------------------------------------------------------------------- built-ins
+_BUILTIN_DONE = False
+
+
+def _ensure_builtin() -> None:
+    global _BUILTIN_DONE
+    if _BUILTIN_DONE:
+        return
+    _BUILTIN_DONE = True
+    from . import zoo  # noqa: F401  (registers built-in families and presets)
