@@ -144,3 +144,165 @@ class NucleiTable:
                 )
             out.append(r)
         return out
+
+
+# --------------------------------------------------------------------------- building the table
+def hematoxylin_od(rgb: np.ndarray) -> np.ndarray:
+    """Haematoxylin optical density per pixel (H, W) float32: OD = -log10(I / 255) per channel,
+    projected on the Ruifrok & Johnston H&E(DAB) stain matrix (``skimage.color.hed_from_rgb``),
+    the same quantity QuPath reports as "Hematoxylin OD"."""
+    from skimage.color import hed_from_rgb
+
+    od = -np.log10(np.maximum(rgb.astype(np.float32), 1.0) / 255.0)
+    return (od @ hed_from_rgb.astype(np.float32))[..., 0]
+
+
+def _drop_collinear(c: np.ndarray) -> np.ndarray:
+    """Remove vertices lying on a straight line between their neighbours (closed ring)."""
+    if len(c) > 1 and np.allclose(c[0], c[-1]):
+        c = c[:-1]
+    if len(c) < 4:
+        return c
+    prev = c - np.roll(c, 1, axis=0)
+    nxt = np.roll(c, -1, axis=0) - c
+    cross = prev[:, 0] * nxt[:, 1] - prev[:, 1] * nxt[:, 0]
+    keep = np.abs(cross) > 1e-9
+    return c[keep] if keep.sum() >= 3 else c
+
+
+def _outline(mask: np.ndarray, y0: int, x0: int) -> np.ndarray:
+    """Outer contour of a binary crop as (K, 2) float (x, y) in pixel-corner coordinates of the
+    full map (QuPath convention: pixel (r, c) covers [c, c+1) x [r, r+1))."""
+    from skimage.measure import find_contours
+
+    padded = np.pad(mask, 1)
+    contours = find_contours(padded.astype(np.float32), 0.5)
+    if not contours:
+        return np.zeros((0, 2))
+    c = _drop_collinear(max(contours, key=len))
+    # padded (row, col) centre coords -> corner coords of the full map
+    xy = np.stack([c[:, 1] - 1 + x0 + 0.5, c[:, 0] - 1 + y0 + 0.5], axis=1)
+    if len(xy) > 1 and np.allclose(xy[0], xy[-1]):
+        xy = xy[:-1]
+    return xy
+
+
+def build_nuclei_table(
+    inst: np.ndarray,
+    taxonomy: Taxonomy,
+    *,
+    prob: np.ndarray | None = None,
+    class_id: np.ndarray | None = None,
+    class_prob: np.ndarray | None = None,
+    cls_map: np.ndarray | None = None,
+    rgb: np.ndarray | None = None,
+    mpp: float | None = None,
+) -> NucleiTable:
+    """Nuclei table from an instance map, in that map's own pixel coordinates (corner convention).
+
+    inst: (H, W) int labels (0 = background; relabelled to 1..N in sorted label order).
+    Class per nucleus, by priority: ``class_id`` (N,) given; else majority vote of ``prob``
+    (C, H, W) softmax; else majority of ``cls_map`` (H, W) class values; else class 1.
+    rgb: the image at the same resolution (for haematoxylin OD; NaN-free zeros if absent).
+    mpp: micrometres per pixel of ``inst`` (None if unknown). Callers map to input-image pixels
+    with ``NucleiTable.translated``.
+    """
+    import shapely
+    from scipy import ndimage as ndi
+
+    from .postprocess import classify_instances, relabel_sequential
+
+    inst = np.asarray(inst)
+    if inst.ndim != 2:
+        raise ValueError(f"instance map must be 2-D (H, W), got shape {inst.shape}")
+    lab = relabel_sequential(inst.astype(np.int64))
+    n = int(lab.max())
+    if n == 0:
+        return NucleiTable.empty(taxonomy, mpp)
+
+    if class_id is not None:
+        cid = np.asarray(class_id, np.int32)
+        cp = np.ones(n, np.float32) if class_prob is None else np.asarray(class_prob, np.float32)
+        if len(cid) != n or len(cp) != n:
+            raise ValueError(f"class_id/class_prob need {n} entries (one per instance), got {len(cid)}/{len(cp)}")
+    elif prob is not None:
+        cid, cp = classify_instances(lab, prob)
+    elif cls_map is not None:
+        cm = np.asarray(cls_map).astype(np.int64)
+        if cm.shape != lab.shape:
+            raise ValueError(f"class map shape {cm.shape} differs from instance map shape {lab.shape}")
+        C = max(int(cm.max()) + 1, 2)
+        m = lab > 0
+        counts = np.bincount(lab[m] * C + cm[m], minlength=(n + 1) * C).reshape(n + 1, C)[1:]
+        counts[:, 0] = -1  # background never wins while a class pixel exists
+        cid = counts.argmax(axis=1).astype(np.int32)
+        cid[cid == 0] = 1
+        cp = np.ones(n, np.float32)
+    else:
+        cid = np.ones(n, np.int32)
+        cp = np.ones(n, np.float32)
+    if cid.size and (cid.min() < 0 or cid.max() >= taxonomy.num_classes):
+        raise ValueError(f"class ids {int(cid.min())}..{int(cid.max())} outside taxonomy {taxonomy.name} (0..{taxonomy.num_classes - 1})")
+
+    hod = None
+    if rgb is not None:
+        if rgb.shape[:2] != lab.shape:
+            raise ValueError(f"rgb shape {rgb.shape[:2]} differs from instance map shape {lab.shape}")
+        h = hematoxylin_od(rgb)
+        m = lab > 0
+        area_all = np.bincount(lab[m], minlength=n + 1)[1:]
+        hod = np.bincount(lab[m], weights=h[m], minlength=n + 1)[1:] / np.maximum(area_all, 1)
+
+    # vectorised moments (same definitions as skimage regionprops: inertia-tensor axes)
+    m = lab > 0
+    li = lab[m]
+    ys, xs = np.nonzero(m)
+    area = np.bincount(li, minlength=n + 1)[1:].astype(np.float64)
+    sx = np.bincount(li, xs, n + 1)[1:] / area
+    sy = np.bincount(li, ys, n + 1)[1:] / area
+    dx = xs - sx[li - 1]
+    dy = ys - sy[li - 1]
+    cxx = np.bincount(li, dx * dx, n + 1)[1:] / area
+    cyy = np.bincount(li, dy * dy, n + 1)[1:] / area
+    cxy = np.bincount(li, dx * dy, n + 1)[1:] / area
+    tr = (cxx + cyy) / 2
+    det = np.sqrt(np.maximum(((cxx - cyy) / 2) ** 2 + cxy**2, 0))
+    l1, l2 = tr + det, np.maximum(tr - det, 0)
+    cen = np.stack([sx + 0.5, sy + 0.5], axis=1)
+    major = 4 * np.sqrt(l1)
+    minor = 4 * np.sqrt(l2)
+    ecc = np.sqrt(np.clip(1 - np.divide(l2, l1, out=np.ones_like(l1), where=l1 > 0), 0, 1))
+
+    polys: list[np.ndarray] = []
+    for i, sl in enumerate(ndi.find_objects(lab)):
+        if sl is None:  # cannot happen after relabel_sequential, kept for safety
+            polys.append(np.zeros((0, 2)))
+            continue
+        polys.append(_outline(lab[sl] == i + 1, sl[0].start, sl[1].start))
+    perim = np.array([float(np.linalg.norm(p - np.roll(p, 1, axis=0), axis=1).sum()) if len(p) > 2 else 0.0 for p in polys])
+    rings = [p if len(p) >= 3 else np.zeros((3, 2)) for p in polys]
+    geoms = shapely.polygons(
+        shapely.linearrings(np.concatenate(rings), indices=np.repeat(np.arange(n), [len(r) for r in rings]))
+    )
+    parea = shapely.area(geoms)
+    harea = shapely.area(shapely.convex_hull(geoms))
+    solidity = np.divide(parea, harea, out=np.ones(n), where=harea > 0)
+    cols = {
+        "area_px": area,
+        "perimeter_px": perim,
+        "major_axis_px": major,
+        "minor_axis_px": minor,
+        "eccentricity": ecc,
+        "solidity": np.clip(solidity, 0, 1),
+    }
+    return NucleiTable(
+        taxonomy=taxonomy,
+        ids=np.arange(1, n + 1, dtype=np.int64),
+        class_id=cid,
+        centroid=cen,
+        polygons=polys,
+        class_prob=cp.astype(np.float64),
+        hematoxylin_od=hod if hod is not None else np.zeros(n),
+        mpp=mpp,
+        **cols,
+    )

@@ -73,3 +73,5 @@ UPERHOVER_VIT_TINY = register_preset(
         pad_multiple=14,
     )
 )
+
+from . import classical  # noqa: E402,F401  (registers the "classical" family and preset)

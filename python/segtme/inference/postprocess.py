@@ -1,0 +1,181 @@
+"""HV-watershed instance separation (HoVer-Net, Graham et al. 2019) and per-instance classes.
+
+All inputs and outputs are at the model's **working resolution** (pixels at ``cfg.mpp``).
+The method, as HoVer-Net's ``process_np_hv``:
+
+1. foreground = fg probability > ``fg_threshold``; small components removed;
+2. the horizontal / vertical maps are min-max normalised inside the image, their Sobel
+   gradients taken (after a light Gaussian smoothing instead of HoVer-Net's 21 px Sobel kernel,
+   which is tuned for 40x), and an edge map ``max(1 - |d/dx h|, 1 - |d/dy v|)`` built;
+3. markers = foreground minus edges above ``edge_threshold``, hole-filled, opened, small ones
+   removed;
+4. energy = smoothed ``-(1 - edge) * foreground``; marker-controlled watershed
+   (``skimage.segmentation.watershed``) inside the foreground; tiny objects removed.
+
+Instances then take the majority class of their pixels (background excluded where possible)
+and a class probability (mean softmax of that class over the instance).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any, Mapping
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.morphology import disk
+from skimage.segmentation import watershed
+
+
+@dataclass(frozen=True)
+class PostprocessParams:
+    """Post-processing knobs (pixels are working-resolution pixels).
+
+    fg_threshold: foreground probability threshold (0-1).
+    edge_threshold: HV-edge strength above which a pixel is not a marker (0-1).
+    smooth_sigma: Gaussian sigma (px) applied to the HV maps before the Sobel gradient.
+    min_marker_px: markers smaller than this (px) are dropped.
+    min_object_px: final instances smaller than this (px) are dropped.
+    marker_open_radius: radius (px) of the disk used to open the marker mask.
+    """
+
+    fg_threshold: float = 0.5
+    edge_threshold: float = 0.25
+    smooth_sigma: float = 1.0
+    min_marker_px: int = 6
+    min_object_px: int = 8
+    marker_open_radius: int = 1
+
+    @classmethod
+    def from_mapping(cls, d: Mapping[str, Any] | None) -> "PostprocessParams":
+        if not d:
+            return cls()
+        known = {f.name for f in fields(cls)}
+        bad = set(d) - known
+        if bad:
+            raise ValueError(f"unknown post-processing parameter(s) {sorted(bad)}; known: {sorted(known)}")
+        return replace(cls(), **dict(d))
+
+
+def _remove_small(lab: np.ndarray, min_px: int) -> np.ndarray:
+    """Zero labelled components smaller than ``min_px`` (labels kept, not renumbered)."""
+    if min_px <= 1 or lab.max() == 0:
+        return lab
+    sizes = np.bincount(lab.ravel())
+    small = sizes < min_px
+    small[0] = False
+    if small.any():
+        lab = lab.copy()
+        lab[small[lab]] = 0
+    return lab
+
+
+def _normalise(a: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Min-max normalise to [0, 1] using the values inside ``mask`` (whole array if empty)."""
+    vals = a[mask] if mask.any() else a
+    lo, hi = float(vals.min()), float(vals.max())
+    if hi - lo < 1e-6:
+        return np.zeros_like(a, dtype=np.float32)
+    return ((a - lo) / (hi - lo)).astype(np.float32)
+
+
+def hv_edge_map(hv: np.ndarray, fg: np.ndarray, smooth_sigma: float = 1.0) -> np.ndarray:
+    """Edge strength in [0, 1] from the HV maps (1 = strong boundary between instances)."""
+    h = hv[0].astype(np.float32)
+    v = hv[1].astype(np.float32)
+    if smooth_sigma > 0:
+        h = ndi.gaussian_filter(h, smooth_sigma)
+        v = ndi.gaussian_filter(v, smooth_sigma)
+    h = _normalise(h, fg)
+    v = _normalise(v, fg)
+    # Inside a nucleus h rises left->right (v top->bottom); between two touching nuclei it drops
+    # from +1 to -1. Only the drops are boundaries (HoVer-Net keeps the gradient's sign too).
+    sh = np.maximum(-ndi.sobel(h, axis=1), 0.0)
+    sv = np.maximum(-ndi.sobel(v, axis=0), 0.0)
+    sh = _normalise(sh, fg)
+    sv = _normalise(sv, fg)
+    edge = np.maximum(sh, sv)
+    edge[~fg] = 0.0
+    return edge
+
+
+def hv_watershed(fg_prob: np.ndarray, hv: np.ndarray, params: PostprocessParams | Mapping | None = None) -> np.ndarray:
+    """Instance map (int32, 0 = background, 1..N) from a foreground probability map (H, W)
+    and HV maps (2, H, W), all at working resolution."""
+    p = params if isinstance(params, PostprocessParams) else PostprocessParams.from_mapping(params)
+    if fg_prob.ndim != 2 or hv.ndim != 3 or hv.shape[0] != 2 or hv.shape[1:] != fg_prob.shape:
+        raise ValueError(f"hv_watershed: need fg (H,W) and hv (2,H,W); got {fg_prob.shape} and {hv.shape}")
+    fg = fg_prob > p.fg_threshold
+    lab, _ = ndi.label(fg)
+    lab = _remove_small(lab, p.min_object_px)
+    fg = lab > 0
+    if not fg.any():
+        return np.zeros(fg.shape, np.int32)
+
+    edge = hv_edge_map(hv, fg, p.smooth_sigma)
+    marker = fg & (edge < p.edge_threshold)
+    marker = ndi.binary_fill_holes(marker)
+    if p.marker_open_radius > 0:
+        marker = ndi.binary_opening(marker, structure=disk(p.marker_open_radius))
+    markers, _ = ndi.label(marker)
+    markers = _remove_small(markers, p.min_marker_px)
+
+    energy = ndi.gaussian_filter(-(1.0 - edge) * fg, 1.0)
+    inst = watershed(energy, markers=markers, mask=fg)
+    # foreground components that received no marker keep their connected component
+    orphan = fg & (inst == 0)
+    if orphan.any():
+        olab, n = ndi.label(orphan)
+        olab[olab > 0] += int(inst.max())
+        inst = np.where(orphan, olab, inst)
+    inst = _remove_small(inst.astype(np.int32), p.min_object_px)
+    return relabel_sequential(inst)
+
+
+def relabel_sequential(inst: np.ndarray) -> np.ndarray:
+    """Renumber labels to 1..N in order of first appearance of the sorted unique labels."""
+    ids = np.unique(inst)
+    ids = ids[ids != 0]
+    if len(ids) == 0:
+        return np.zeros(inst.shape, np.int32)
+    lut = np.zeros(int(ids.max()) + 1, np.int32)
+    lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
+    return lut[inst]
+
+
+def classify_instances(inst: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Majority class and class probability per instance.
+
+    inst: (H, W) labels 1..N (sequential); prob: (C, H, W) softmax, class 0 = background.
+    Returns ``class_id`` (N,) int32 in 1..C-1 and ``class_prob`` (N,) float32 = mean probability of
+    the chosen class over the instance's pixels. Each pixel votes for its arg-max over the
+    non-background classes (a nucleus is never classed "background").
+    """
+    n = int(inst.max())
+    if n == 0:
+        return np.zeros(0, np.int32), np.zeros(0, np.float32)
+    C = prob.shape[0]
+    if C < 2:
+        raise ValueError("classify_instances: need at least background + 1 class")
+    m = inst > 0
+    labels = inst[m].astype(np.int64)
+    fg_prob = prob[1:, m]  # (C-1, P)
+    votes = fg_prob.argmax(axis=0)  # 0..C-2
+    counts = np.bincount(labels * (C - 1) + votes, minlength=(n + 1) * (C - 1)).reshape(n + 1, C - 1)[1:]
+    cls = counts.argmax(axis=1).astype(np.int32) + 1
+    area = np.bincount(labels, minlength=n + 1)[1:].astype(np.float64)
+    # mean prob of the chosen class per instance
+    chosen = prob[:, m][cls[labels - 1], np.arange(labels.size)]
+    psum = np.bincount(labels, weights=chosen, minlength=n + 1)[1:]
+    class_prob = (psum / np.maximum(area, 1)).astype(np.float32)
+    return cls, class_prob
+
+
+def instances_from_outputs(
+    prob: np.ndarray, hv: np.ndarray, params: PostprocessParams | Mapping | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Convenience: (inst, class_id, class_prob) from softmax ``prob`` (C,H,W) and ``hv`` (2,H,W)."""
+    fg_prob = 1.0 - prob[0]
+    inst = hv_watershed(fg_prob, hv, params)
+    cls, cprob = classify_instances(inst, prob)
+    return inst, cls, cprob

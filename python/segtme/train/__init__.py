@@ -1,0 +1,1 @@
+"""Training: HV targets, losses, trainer (torchrun-ready), pseudo-labels, curriculum."""
