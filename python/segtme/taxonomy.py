@@ -194,11 +194,27 @@ _PAGET_EPI_NOTE = (
     "PAGET model: 'Epithelial cell' nuclei (benign and malignant are not separated) are used as "
     "the tumour (Neoplastic) compartment in TME features."
 )
-#: PAGET's 13 TME components + background (paget-paper.txt, section 3). Tissue-level classes
-#: are regions (annotations in QuPath), nucleus-level classes are nuclei.
+_PAGET_MIT_NOTE = (
+    "PAGET model: 'Mitotic cell' nuclei (MIDOG++ mitotic figures, any lineage) are counted in the "
+    "tumour (Neoplastic) compartment in TME features."
+)
+_LEU = ("Lymphocyte", "Plasma cell", "Myeloid cell", "Eosinophil", "Neutrophil")
+_BG_NAMES = ("Epithelium", "Stroma", "Smooth muscle", "Red blood cell")
+#: PAGET's 13 TME components + background (paget-paper.txt, section 3; ids in the paper's order of
+#: section 3.2). Tissue-level classes are regions (QuPath annotations), nucleus-level classes are
+#: nuclei (QuPath detections). Red blood cells are anucleate: the paper lists them with the cell
+#: categories (section 3.2, hierarchy level 2) but counts, trains and scores them as *pixels*
+#: (Table 2 "Tissue Type ... Red blood cell 130M" pixels; Table 4 tissue column; Table 6 tissue Dice
+#: "Bld"), so here they are ``level="tissue"`` (a region), with hierarchy level 2 recorded in
+#: ``segtme.paget.taxonomy``. ``parent`` is the hierarchy parent (level-3 leukocyte subtypes ->
+#: "Leukocyte", an aggregation-only node that is not an output class).
 PAGET13 = Taxonomy(
     name="paget13",
-    description="PAGET 13 TME components (tissue: epithelium, stroma, smooth muscle; 10 nucleus classes).",
+    description=(
+        "PAGET 13 TME components (Komura et al., MIDL 2026): tissue epithelium, stroma, smooth muscle, "
+        "red blood cells; nuclei: epithelial cell, fibroblast, endothelial cell, lymphocyte, plasma cell, "
+        "myeloid cell, eosinophil, neutrophil, mitotic cell."
+    ),
     classes=(
         _BG,
         ClassInfo(1, "Epithelium", (255, 170, 170), "tissue", level="tissue"),
@@ -207,17 +223,72 @@ PAGET13 = Taxonomy(
         ClassInfo(4, "Epithelial cell", (220, 20, 20), "tumour", substitution=_PAGET_EPI_NOTE),
         ClassInfo(5, "Fibroblast", (30, 170, 60), "stroma"),
         ClassInfo(6, "Endothelial cell", (0, 200, 200), "stroma"),
-        ClassInfo(7, "Red blood cell", (160, 0, 0), "excluded"),
+        ClassInfo(7, "Red blood cell", (160, 0, 0), "tissue", level="tissue"),
         ClassInfo(8, "Lymphocyte", (30, 80, 230), "immune", parent="Leukocyte"),
         ClassInfo(9, "Plasma cell", (120, 60, 220), "immune", parent="Leukocyte"),
         ClassInfo(10, "Myeloid cell", (230, 120, 0), "immune", parent="Leukocyte"),
         ClassInfo(11, "Eosinophil", (255, 0, 200), "immune", parent="Leukocyte"),
         ClassInfo(12, "Neutrophil", (140, 140, 255), "immune", parent="Leukocyte"),
-        ClassInfo(13, "Mitotic cell", (255, 255, 0), "tumour"),
+        ClassInfo(13, "Mitotic cell", (255, 255, 0), "tumour", substitution=_PAGET_MIT_NOTE),
+    ),
+    # Single-valued projections of the 13 classes onto coarser label sets (paper Table 5,
+    # Appendix E). The multi-valued evaluation groups of Table 5 (e.g. "Epithelial tissue" =
+    # epithelium + epithelial-cell pixels) and the ground-truth side merges (PanNuke neoplastic +
+    # non-neoplastic epithelial -> one "epithelial cell" class) are in segtme.paget.taxonomy.
+    eval_mappings={
+        "pannuke6": {
+            **{n: "Background" for n in _BG_NAMES},
+            "Epithelial cell": "Neoplastic",
+            "Mitotic cell": "Neoplastic",
+            "Fibroblast": "Connective",
+            "Endothelial cell": "Connective",
+            **{n: "Inflammatory" for n in _LEU},
+        },
+        "consep4": {
+            **{n: "Background" for n in _BG_NAMES},
+            "Epithelial cell": "Epithelial (incl. tumour)",
+            "Mitotic cell": "Other",
+            "Fibroblast": "Spindle-shaped",
+            "Endothelial cell": "Spindle-shaped",
+            **{n: "Inflammatory" for n in _LEU},
+        },
+        "paget_coarse": {
+            "Epithelium": "Epithelial tissue",
+            "Stroma": "Stroma",
+            "Smooth muscle": "Smooth muscle",
+            "Red blood cell": "Blood",
+            "Epithelial cell": "Epithelial cell",
+            "Fibroblast": "Connective tissue cell",
+            "Endothelial cell": "Connective tissue cell",
+            **{n: "Leukocyte" for n in _LEU},
+            "Mitotic cell": "Mitotic cell",
+        },
+        "nucleus1": {
+            **{n: "Background" for n in _BG_NAMES},
+            **{n: "Nucleus" for n in ("Epithelial cell", "Fibroblast", "Endothelial cell", *_LEU, "Mitotic cell")},
+        },
+    },
+)
+
+#: PAGET's coarse evaluation label set (paper Table 5 "Eval Class" at the leukocyte level):
+#: the target of ``PAGET13.eval_mappings["paget_coarse"]``.
+PAGET_COARSE = Taxonomy(
+    name="paget_coarse",
+    description="PAGET evaluation classes at the major-category level (paper Table 5): leukocyte subtypes merged.",
+    classes=(
+        _BG,
+        ClassInfo(1, "Epithelial tissue", (255, 170, 170), "tissue", level="tissue"),
+        ClassInfo(2, "Stroma", (150, 200, 150), "tissue", level="tissue"),
+        ClassInfo(3, "Smooth muscle", (200, 120, 200), "tissue", level="tissue"),
+        ClassInfo(4, "Blood", (160, 0, 0), "tissue", level="tissue"),
+        ClassInfo(5, "Epithelial cell", (220, 20, 20), "tumour", substitution=_PAGET_EPI_NOTE),
+        ClassInfo(6, "Connective tissue cell", (30, 170, 60), "stroma"),
+        ClassInfo(7, "Leukocyte", (30, 80, 230), "immune"),
+        ClassInfo(8, "Mitotic cell", (255, 255, 0), "tumour", substitution=_PAGET_MIT_NOTE),
     ),
 )
 
-TAXONOMIES: dict[str, Taxonomy] = {t.name: t for t in (PANNUKE6, CONSEP4, NUCLEUS1, PAGET13)}
+TAXONOMIES: dict[str, Taxonomy] = {t.name: t for t in (PANNUKE6, CONSEP4, NUCLEUS1, PAGET13, PAGET_COARSE)}
 
 
 def register_taxonomy(t: Taxonomy) -> Taxonomy:

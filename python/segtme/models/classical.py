@@ -5,9 +5,11 @@ haematoxylin optical density from colour deconvolution (Ruifrok & Johnston; here
 ``skimage.color.rgb2hed``), background subtraction (morphological opening of ``background_radius_um``),
 Gaussian smoothing, a threshold, seeds from maxima of the distance transform, a seeded
 watershed inside the foreground, and nucleus size filters (QuPath's defaults: 10-400 µm²,
-requested pixel size 0.5 µm, sigma 1.5 µm, background radius 8 µm). The one deliberate
-difference: the threshold is chosen automatically per image (Otsu on the background-subtracted
-haematoxylin OD, never below ``min_threshold_od``) instead of QuPath's fixed 0.1 OD.
+requested pixel size 0.5 µm, sigma 1.5 µm, background radius 8 µm). Deliberate differences:
+the threshold is chosen automatically per image (Otsu on the background-subtracted
+haematoxylin OD, never below ``min_threshold_od``) instead of QuPath's fixed 0.1 OD, and
+sigma (0.5 µm) / seed spacing (2 µm) were set on 7 MoNuSeg *training* images (never on the
+held-out split): mean AJI 0.29 -> 0.37 versus QuPath-like sigma 1.0 µm / 2.5 µm.
 
 It is registered as model family ``classical`` with preset ``classical`` (taxonomy ``nucleus1``:
 class-agnostic nuclei), so ``load_model("classical")`` works and the evaluation harness runs it on
@@ -42,9 +44,9 @@ class ClassicalParams:
     """
 
     background_radius_um: float = 8.0
-    sigma_um: float = 1.0
+    sigma_um: float = 0.5
     min_threshold_od: float = 0.05
-    seed_min_distance_um: float = 2.5
+    seed_min_distance_um: float = 2.0
     seed_h_um: float = 0.5
     min_area_um2: float = 10.0
     max_area_um2: float = 400.0

@@ -75,3 +75,4 @@ UPERHOVER_VIT_TINY = register_preset(
 )
 
 from . import classical  # noqa: E402,F401  (registers the "classical" family and preset)
+from ..paget import model as _paget_model  # noqa: E402,F401  (registers "paget_segformer" + paget_s / paget_h presets)

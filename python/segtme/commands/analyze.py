@@ -1,0 +1,128 @@
+"""`segtme analyze IMAGE`: nuclei (QuPath GeoJSON), overlay PNG, CSV table and TME report.
+
+All outputs are written atomically, and only after the whole analysis succeeded: a failure
+leaves no new files behind (a pre-existing output file is left untouched).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "analyze",
+        help="segment and classify nuclei in an H&E image; write GeoJSON, overlay, CSV and TME report",
+        description="Segment and classify nuclei in an H&E image (PNG/JPEG/TIFF). Writes nuclei.geojson "
+        "(QuPath: File > Import objects), overlay.png, nuclei.csv and tme.json into --out.",
+    )
+    p.add_argument("image", help="PNG, JPEG or TIFF image")
+    p.add_argument("--mpp", type=float, default=None,
+                   help="microns per pixel of the image (required unless the TIFF has resolution tags)")
+    p.add_argument("--model", default="default", help="model name (see `segtme models`) or path to a .json/.safetensors")
+    p.add_argument("--weights", default=None, help="weights .safetensors for the model (overrides the config's)")
+    p.add_argument("--out", default=None, help="output directory (default: <image stem>_segtme next to the image)")
+    p.add_argument("--cells", action="store_true", help="write QuPath cell objects (nucleus + 5 µm expansion) instead of detections")
+    p.add_argument("--gzip", action="store_true", help="write nuclei.geojson.gz")
+    p.add_argument("--narrative", default="template", help="narrative backend for the TME report (default: template)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--tile", type=int, default=None, help="tile size in working px (default: the model's)")
+    p.add_argument("--overlap", type=int, default=None, help="tile overlap in working px (default: the model's)")
+    p.add_argument("--batch", type=int, default=8, help="tiles per forward pass (default 8)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import logging
+    import shutil
+    import tempfile
+
+    from ..errors import InputError, SegTMEError
+    from ..export.atomic import atomic_write_text
+    from ..export.geojson import feature_collection, write_geojson
+    from ..export.overlay import write_overlay
+    from ..export.tables import write_nuclei_csv
+    from ..inference.imageio import read_image, validate_mpp
+    from ..models.registry import load_model
+    from ..pipeline import analyze, count_tiles
+
+    log = logging.getLogger("segtme.analyze")
+    image_path = Path(args.image)
+    out = Path(args.out) if args.out else image_path.with_name(image_path.stem + "_segtme")
+    if args.batch <= 0:
+        raise InputError(f"--batch must be positive, got {args.batch}")
+    if args.mpp is not None:
+        validate_mpp(args.mpp, "--mpp")
+
+    img = read_image(image_path)  # validates the file before the (slow) model load
+    mpp = args.mpp if args.mpp is not None else img.mpp
+    if mpp is None:
+        raise InputError(f"{image_path}: the image has no resolution information; pass --mpp (microns per pixel)")
+    try:
+        model = load_model(args.model, args.device, weights=args.weights)
+    except ValueError as e:  # invalid --device
+        if isinstance(e, SegTMEError):
+            raise
+        raise InputError(str(e)) from None
+
+    bar = None
+    progress = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        total = count_tiles(img.rgb.shape, mpp, model.config, tile=args.tile, overlap=args.overlap)
+        bar = tqdm(total=total, unit="tile", desc="segmenting", disable=None)
+        progress = bar.update
+    try:
+        res = analyze(
+            img.rgb, mpp, model, narrative_backend=args.narrative,
+            output_type="cell" if args.cells else "detection",
+            tile=args.tile, overlap=args.overlap, batch_size=args.batch, progress=progress,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    res.nuclei.meta["source"] = str(image_path)
+    res.notes[:0] = img.notes
+
+    # Write everything into a staging directory inside --out's parent, then move each file into
+    # place with an atomic rename: no partial files if anything fails before the moves.
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".segtme-", dir=out))
+    try:
+        fc = feature_collection(res.nuclei, res.output_type, report=res.report)
+        names = ["nuclei.geojson.gz" if args.gzip else "nuclei.geojson", "overlay.png", "nuclei.csv"]
+        write_geojson(stage / "nuclei.geojson", fc, gzip=args.gzip)
+        write_overlay(stage / "overlay.png", img.rgb, res.nuclei)
+        write_nuclei_csv(stage / "nuclei.csv", res.nuclei)
+        if res.report is not None:
+            atomic_write_text(stage / "tme.json", json.dumps(res.report, indent=2, ensure_ascii=False, default=_jsonable) + "\n")
+            names.append("tme.json")
+        for n in names:
+            (stage / n).replace(out / n)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+    counts: dict[str, int] = {}
+    for c in res.nuclei.class_names:
+        counts[c] = counts.get(c, 0) + 1
+    print(f"{len(res.nuclei)} nuclei ({', '.join(f'{k}: {v}' for k, v in sorted(counts.items())) or 'none'}) "
+          f"at {mpp:g} µm/px with model {model.config.name} [{model.source}]")
+    for n in names:
+        print(f"wrote {out / n}")
+    if res.report is None:
+        log.info("TME report not written (segtme.tme.report is not available)")
+    return 0
+
+
+def _jsonable(o):
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -1,0 +1,61 @@
+"""`segtme eval`: score a model on labelled H&E, next to the classical baseline, on the same images."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a model on labelled images (Dice, AJI, PQ, per-class F1/MCC) next to the classical baseline",
+        description=(
+            "Run MODEL and the classical baseline on the same labelled images and write per-image CSV, "
+            "a Markdown table and JSON aggregates. DATA is a dataset folder (images/ + labels/<stem>_inst.png "
+            "[+ _class.json]) or a training config (.toml) whose held-out 'val' lists define --split val."
+        ),
+    )
+    p.add_argument("--model", "-m", default="default", help="model name, preset, or .json/.safetensors path (default: default)")
+    p.add_argument("--weights", default=None, help="weights file for an architecture-only preset")
+    p.add_argument("--data", "-d", required=True, action="append",
+                   help="dataset folder or training config; repeat for several")
+    p.add_argument("--split", default="val", choices=["val", "train", "all"], help="for a config: which split (default: val = held out)")
+    p.add_argument("--mpp", type=float, default=None, help="µm/px of every image (for folders without MPP)")
+    p.add_argument("--names", nargs="*", default=None, help="only these image names/stems")
+    p.add_argument("--limit", type=int, default=None, help="first N images only")
+    p.add_argument("--out", "-o", default=None, help="output folder (per_image.csv, summary.md, summary.json)")
+    p.add_argument("--overlays", action="store_true", help="also write error overlays (green TP, red FP, yellow FN) to OUT/overlays")
+    p.add_argument("--no-baseline", action="store_true", help="skip the classical baseline")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..errors import InputError
+    from ..eval.evaluate import evaluate, load_items, markdown_table, write_outputs
+    from ..models import load_model
+
+    if args.overlays and not args.out:
+        raise InputError("--overlays needs --out DIR")
+    items = []
+    for d in args.data:
+        items += load_items(d, args.split, mpp=args.mpp, names=args.names, limit=args.limit)
+    models = {args.model if args.model != "classical" else "classical": load_model(args.model, args.device, weights=args.weights)}
+    if not args.no_baseline and "classical" not in models:
+        models["classical"] = load_model("classical", "cpu")
+    print(f"evaluating {', '.join(models)} on {len(items)} image(s) ({args.split})", flush=True)
+    result = evaluate(models, items, overlay_dir=(Path(args.out) / "overlays") if args.overlays else None, progress=True)
+    print()
+    print(markdown_table(result))
+    if args.out:
+        meta = {
+            "model": f"{args.model} ({models[next(iter(models))].source})",
+            "data": ", ".join(args.data),
+            "split": args.split,
+            "images": ", ".join(it.name for it in items),
+        }
+        paths = write_outputs(result, args.out, meta)
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0

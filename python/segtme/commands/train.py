@@ -1,0 +1,79 @@
+"""`segtme train`, `segtme pseudo-label`, `segtme curriculum`: training entry points
+(single process, or one process per GPU under ``torchrun``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _parse_set(items: list[str] | None) -> dict:
+    """``--set run.max_steps=100`` -> {"run.max_steps": 100} (values parsed as JSON when possible)."""
+    out = {}
+    for it in items or []:
+        if "=" not in it or "." not in it.split("=", 1)[0]:
+            from ..errors import InputError
+
+            raise InputError(f"--set expects SECTION.KEY=VALUE, got {it!r}")
+        k, v = it.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model from a TOML/YAML run config (resumes if interrupted; torchrun for multi-GPU)")
+    p.add_argument("config", help="run config (.toml, .yaml); see docs/training.md and configs/")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value, e.g. run.max_steps=100")
+    p.set_defaults(func=run_train)
+
+    q = sub.add_parser("pseudo-label", help="entropy-filtered pseudo-labels (two-pass, resumable, shardable)")
+    q.add_argument("--model", required=True, help="model spec (checkpoint .json, preset or shipped name)")
+    q.add_argument("--data", required=True, help="image folder (TCGA-UT layout or any folder of images)")
+    q.add_argument("--out", required=True, help="output folder")
+    q.add_argument("--kind", default="auto", choices=["auto", "tcga_ut", "images", "folder"], help="data layout (auto: TCGA-UT if scale folders exist)")
+    q.add_argument("--mpp", type=float, default=None, help="MPP of the images (kind images; TCGA-UT knows its scales)")
+    q.add_argument("--scales", default=None, help="TCGA-UT scales to use, e.g. 0 or 0,1,2,3,4,5")
+    q.add_argument("--tau-percentile", type=float, default=70.0, help="keep patches with mean foreground entropy below this corpus percentile")
+    q.add_argument("--shard", default=None, metavar="I/N", help="process shard I of N (default: torchrun rank/world, else 0/1)")
+    q.add_argument("--pass", dest="which", choices=["both", "stats", "write"], default="both",
+                   help="stats: pass 1 only; write: pass 2 only (needs all stats shards)")
+    q.add_argument("--batch-size", type=int, default=16)
+    q.add_argument("--device", default="auto")
+    q.set_defaults(func=run_pseudo)
+
+    c = sub.add_parser("curriculum", help="the paper's three-stage pseudo-label curriculum (resumable)")
+    c.add_argument("config", help="curriculum config (.toml/.yaml); see configs/curriculum_example.toml")
+    c.set_defaults(func=run_curriculum)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..train.trainer import train_from_config
+
+    res = train_from_config(args.config, _parse_set(args.set))
+    best = res["best"]
+    if best:
+        print(f"best checkpoint: {res['out_dir']}/checkpoints/{best[0]['json']} ({best[0]['metric']} = {best[0]['value']:.4f})")
+    return 0
+
+
+def run_pseudo(args: argparse.Namespace) -> int:
+    from ..train.pseudolabel import PseudoLabelConfig, parse_shard, run_pseudo_label
+
+    scales = [int(s) for s in args.scales.split(",")] if args.scales else None
+    cfg = PseudoLabelConfig(model=args.model, data=args.data, out=args.out, kind=args.kind, mpp=args.mpp, scales=scales,
+                            tau_percentile=args.tau_percentile, batch_size=args.batch_size, device=args.device)
+    shard = parse_shard(args.shard)
+    res = run_pseudo_label(cfg, shard=shard, which=args.which)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+def run_curriculum(args: argparse.Namespace) -> int:
+    from ..train.curriculum import run_curriculum_file
+
+    res = run_curriculum_file(args.config)
+    print(json.dumps(res, indent=2, default=str))
+    return 0

@@ -1,0 +1,197 @@
+"""MPP rescaling, crops and the paper's augmentations (section 6.1), applied identically to the
+image and its labels.
+
+Units: ``mpp_in`` is the stored image's µm/px; ``mpp_work`` the model's working µm/px;
+``s = mpp_in / mpp_work`` = working px per input px (docs/INTERFACES.md). Crops are taken in
+working px: a crop box ``(x0, y0, x0 + T, y0 + T)`` in working px reads the input region
+``[x0 / s, (x0 + T) / s)`` and resamples it (bilinear + antialias for the image, nearest for
+labels), so a 1000 px image at 0.25 µm/px is never rescaled in full to train on a 256 px crop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageEnhance
+
+from .sample import IGNORE
+
+
+def working_size(size_wh: tuple[int, int], mpp_in: float, mpp_work: float) -> tuple[int, int]:
+    """(width, height) in working px of an input of ``size_wh`` input px."""
+    s = mpp_in / mpp_work
+    return max(1, round(size_wh[0] * s)), max(1, round(size_wh[1] * s))
+
+
+def _resample(a: np.ndarray, box: tuple[float, float, float, float], out_wh: tuple[int, int], nearest: bool) -> np.ndarray:
+    if a.ndim == 3:
+        im = Image.fromarray(a)
+    elif a.dtype == np.uint8:
+        im = Image.fromarray(a)
+    else:
+        im = Image.fromarray(a.astype(np.int32))  # mode "I"
+    r = im.resize(out_wh, resample=Image.NEAREST if nearest else Image.BILINEAR, box=box,
+                  reducing_gap=None)
+    out = np.asarray(r)
+    return out.astype(a.dtype, copy=False)
+
+
+def crop_working(
+    rgb: np.ndarray,
+    inst: np.ndarray | None,
+    sem: np.ndarray | None,
+    mpp_in: float,
+    mpp_work: float,
+    tile: int,
+    origin: tuple[int, int] | None = None,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
+    """A ``tile`` x ``tile`` crop at working resolution.
+
+    origin: (x0, y0) in working px; None: random (``rng``) uniformly over valid positions.
+    Returns (rgb uint8 (T,T,3), inst int32 or None, sem uint8 or None, valid bool (T,T)). Where the
+    working image is smaller than the tile the crop is padded (image 0, inst 0, sem IGNORE, valid
+    False) on the right/bottom, as the paper pads.
+    """
+    h, w = rgb.shape[:2]
+    s = mpp_in / mpp_work
+    ww, wh = working_size((w, h), mpp_in, mpp_work)
+    if origin is None:
+        rng = rng or np.random.default_rng()
+        x0 = int(rng.integers(0, max(ww - tile, 0) + 1))
+        y0 = int(rng.integers(0, max(wh - tile, 0) + 1))
+    else:
+        x0, y0 = int(origin[0]), int(origin[1])
+    tw, th = max(0, min(tile, ww - x0)), max(0, min(tile, wh - y0))
+    out_rgb = np.zeros((tile, tile, 3), np.uint8)
+    out_inst = np.zeros((tile, tile), np.int32) if inst is not None else None
+    out_sem = np.full((tile, tile), IGNORE, np.uint8) if sem is not None else None
+    valid = np.zeros((tile, tile), bool)
+    if tw > 0 and th > 0:
+        if abs(s - 1.0) < 1e-9:
+            sl = (slice(y0, y0 + th), slice(x0, x0 + tw))
+            out_rgb[:th, :tw] = rgb[sl]
+            if inst is not None:
+                out_inst[:th, :tw] = inst[sl]
+            if sem is not None:
+                out_sem[:th, :tw] = sem[sl]
+        else:
+            box = (x0 / s, y0 / s, min((x0 + tw) / s, w), min((y0 + th) / s, h))
+            out_rgb[:th, :tw] = _resample(rgb, box, (tw, th), nearest=False)
+            if inst is not None:
+                out_inst[:th, :tw] = _resample(inst.astype(np.int32), box, (tw, th), nearest=True)
+            if sem is not None:
+                out_sem[:th, :tw] = _resample(sem.astype(np.uint8), box, (tw, th), nearest=True)
+        valid[:th, :tw] = True
+    return out_rgb, out_inst, out_sem, valid
+
+
+# --------------------------------------------------------------------------- colour
+def rgb_to_hls(rgb: np.ndarray) -> np.ndarray:
+    """Vectorised ``colorsys.rgb_to_hls`` on float RGB in [0, 1] (..., 3) -> HLS in [0, 1]."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    maxc = np.max(rgb, axis=-1)
+    minc = np.min(rgb, axis=-1)
+    l = (minc + maxc) / 2.0
+    d = maxc - minc
+    nz = d > 1e-12
+    s = np.zeros_like(l)
+    denom = np.where(l <= 0.5, maxc + minc, 2.0 - maxc - minc)
+    s[nz] = d[nz] / np.maximum(denom[nz], 1e-12)
+    dd = np.where(nz, d, 1.0)
+    rc, gc, bc = (maxc - r) / dd, (maxc - g) / dd, (maxc - b) / dd
+    h = np.where(r == maxc, bc - gc, np.where(g == maxc, 2.0 + rc - bc, 4.0 + gc - rc))
+    h = np.where(nz, (h / 6.0) % 1.0, 0.0)
+    return np.stack([h, l, s], axis=-1)
+
+
+def hls_to_rgb(hls: np.ndarray) -> np.ndarray:
+    """Vectorised ``colorsys.hls_to_rgb`` (..., 3) in [0, 1]."""
+    h, l, s = hls[..., 0], hls[..., 1], hls[..., 2]
+    m2 = np.where(l <= 0.5, l * (1.0 + s), l + s - l * s)
+    m1 = 2.0 * l - m2
+
+    def v(hue: np.ndarray) -> np.ndarray:
+        hue = hue % 1.0
+        return np.where(hue < 1 / 6, m1 + (m2 - m1) * hue * 6.0,
+                        np.where(hue < 0.5, m2, np.where(hue < 2 / 3, m1 + (m2 - m1) * (2 / 3 - hue) * 6.0, m1)))
+
+    rgb = np.stack([v(h + 1 / 3), v(h), v(h - 1 / 3)], axis=-1)
+    grey = s <= 0
+    rgb[grey] = l[grey][:, None]
+    return rgb
+
+
+def colour_jitter(rgb: np.ndarray, rng: np.random.Generator, brightness: float = 0.2, contrast: float = 0.2,
+                  saturation: float = 0.2, hue: float = 0.05) -> np.ndarray:
+    """torchvision-style ColorJitter: brightness/contrast/saturation factors in [1-b, 1+b]
+    (paper: [0.8, 1.2]) and a hue shift in [-hue, hue] turns (paper: 0.05), in random order."""
+    im = Image.fromarray(rgb)
+    ops = rng.permutation(4)
+    for op in ops:
+        if op == 0 and brightness > 0:
+            im = ImageEnhance.Brightness(im).enhance(float(rng.uniform(1 - brightness, 1 + brightness)))
+        elif op == 1 and contrast > 0:
+            im = ImageEnhance.Contrast(im).enhance(float(rng.uniform(1 - contrast, 1 + contrast)))
+        elif op == 2 and saturation > 0:
+            im = ImageEnhance.Color(im).enhance(float(rng.uniform(1 - saturation, 1 + saturation)))
+        elif op == 3 and hue > 0:
+            hsv = np.asarray(im.convert("HSV")).copy()
+            shift = int(round(float(rng.uniform(-hue, hue)) * 255))
+            hsv[..., 0] = ((hsv[..., 0].astype(np.int16) + shift) % 256).astype(np.uint8)
+            im = Image.fromarray(hsv, mode="HSV").convert("RGB")
+    return np.asarray(im)
+
+
+def hls_perturb(rgb: np.ndarray, rng: np.random.Generator, low: float = 0.9, high: float = 1.1) -> np.ndarray:
+    """The paper's HLS-space multiplicative perturbation: H, L and S each multiplied by an
+    independent factor in [low, high] (hue wraps around, L and S clip to [0, 1])."""
+    hls = rgb_to_hls(rgb.astype(np.float64) / 255.0)
+    f = rng.uniform(low, high, size=3)
+    hls = hls * f
+    hls[..., 0] %= 1.0
+    hls[..., 1:] = np.clip(hls[..., 1:], 0.0, 1.0)
+    return np.clip(np.round(hls_to_rgb(hls) * 255.0), 0, 255).astype(np.uint8)
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentations (paper section 6.1: each applied with probability 0.5)."""
+
+    p_colour_jitter: float = 0.5
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    hue: float = 0.05
+    p_hls: float = 0.5
+    hls_low: float = 0.9
+    hls_high: float = 1.1
+    p_hflip: float = 0.5
+    p_vflip: float = 0.5
+    p_rot90: float = 0.0  # not in the paper; off by default
+
+
+def augment(rgb: np.ndarray, labels: list[np.ndarray | None], rng: np.random.Generator,
+            cfg: AugmentConfig | None = None) -> tuple[np.ndarray, list[np.ndarray | None]]:
+    """Colour augmentations on the image; flips (and optional rot90) identically on image and
+    every label map. HV targets must be computed *after* this (their sign follows the flips)."""
+    cfg = cfg or AugmentConfig()
+    if rng.random() < cfg.p_colour_jitter:
+        rgb = colour_jitter(rgb, rng, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)
+    if rng.random() < cfg.p_hls:
+        rgb = hls_perturb(rgb, rng, cfg.hls_low, cfg.hls_high)
+
+    def apply(fn):
+        nonlocal rgb, labels
+        rgb = fn(rgb)
+        labels = [None if a is None else fn(a) for a in labels]
+
+    if rng.random() < cfg.p_hflip:
+        apply(lambda a: a[:, ::-1])
+    if rng.random() < cfg.p_vflip:
+        apply(lambda a: a[::-1])
+    if cfg.p_rot90 > 0 and rng.random() < cfg.p_rot90:
+        k = int(rng.integers(1, 4))
+        apply(lambda a: np.rot90(a, k))
+    return np.ascontiguousarray(rgb), [None if a is None else np.ascontiguousarray(a) for a in labels]

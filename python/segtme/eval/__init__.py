@@ -1,0 +1,1 @@
+"""Evaluation: metrics (``metrics.py``) and the dataset evaluation harness (``evaluate.py``)."""

@@ -1,0 +1,300 @@
+"""Inference engine: MPP normalisation, batched forward passes and blended tile stitching.
+
+Units: *input px* are pixels of the image the caller gave (µm/px = ``mpp_in``); *working px* are
+pixels at the model's working resolution ``cfg.mpp``. ``s = mpp_in / cfg.mpp`` is working px per
+input px.
+
+**Pixel-centre convention** (docs/INTERFACES.md, "MPP rescaling"). Coordinates are continuous
+with pixel ``i`` covering ``[i, i + 1)`` (QuPath's convention; its centre is ``i + 0.5``). The
+resampling maps a working-px position ``x_w`` to the input-px position ``x_in = x_w / s`` *with
+the exact s* (not the ratio of rounded image sizes): working pixel ``o`` (centre ``o + 0.5``)
+samples the input at continuous position ``(o + 0.5) / s``, i.e. input index ``(o + 0.5)/s - 0.5``.
+So any point found in working px goes back by ``x_in = x_w / s`` (plus the chunk offset), which
+``work_to_input`` does and the tests check. Working size is ``round(size * s)`` (at least 1).
+
+The engine never knows class names: it returns the model's channels; names, colours and roles
+come from ``cfg.tax`` downstream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from ..models.config import ModelConfig
+from ..models.registry import LoadedModel
+from .imageio import validate_mpp
+from .tiling import blend_window, tile_grid
+
+log = logging.getLogger(__name__)
+
+#: progress callback: called with the number of tiles just finished
+Progress = Callable[[int], None]
+
+
+@dataclass
+class Maps:
+    """Stitched model outputs at working resolution.
+
+    prob: (C, H, W) float32 softmax over the model's classes (channel 0 = background).
+    hv: (2, H, W) float32 horizontal/vertical maps (≈[-1, 1]), or None for models without HV.
+    """
+
+    prob: np.ndarray
+    hv: np.ndarray | None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.prob.shape[1]), int(self.prob.shape[2])
+
+
+# --------------------------------------------------------------------------- MPP rescaling
+
+
+def scale_factor(mpp_in: float, cfg: ModelConfig) -> float:
+    """s = mpp_in / cfg.mpp (working px per input px), after validating ``mpp_in``."""
+    return validate_mpp(mpp_in, "input MPP") / float(cfg.mpp)
+
+
+def working_size(height: int, width: int, s: float) -> tuple[int, int]:
+    """(round(height * s), round(width * s)), each at least 1 (round half up)."""
+    return max(1, int(math.floor(height * s + 0.5))), max(1, int(math.floor(width * s + 0.5)))
+
+
+def input_window(region_work: Sequence[int], s: float, in_shape: Sequence[int]) -> tuple[int, int, int, int]:
+    """Input-px window (iy0, ix0, iy1, ix1), clipped to the image, that ``resample`` needs to
+    produce the working-px region ``(wx0, wy0, wx1, wy1)`` exactly as it would from the whole
+    image (bilinear support plus the anti-aliasing Gaussian's radius)."""
+    wx0, wy0, wx1, wy1 = region_work
+    H, W = int(in_shape[0]), int(in_shape[1])
+    sigma = max(0.0, (1.0 / s - 1.0) / 2.0) if s < 1.0 else 0.0
+    r = int(4.0 * sigma + 0.5) + 2  # scipy gaussian_filter truncates at 4 sigma
+
+    def span(a: int, b: int, n: int) -> tuple[int, int]:
+        lo = math.floor((a + 0.5) / s - 0.5) - r
+        hi = math.ceil((b - 0.5) / s - 0.5) + 1 + r
+        return max(0, lo), min(n, hi)
+
+    iy0, iy1 = span(wy0, wy1, H)
+    ix0, ix1 = span(wx0, wx1, W)
+    return iy0, ix0, iy1, ix1
+
+
+def resample(
+    rgb: np.ndarray,
+    s: float,
+    out_shape: tuple[int, int] | None = None,
+    *,
+    origin_work: tuple[int, int] = (0, 0),
+    origin_in: tuple[int, int] = (0, 0),
+) -> np.ndarray:
+    """Resample an (H, W, 3) uint8 image by the exact factor ``s`` (pixel-centre convention above).
+
+    Working pixel ``(oy, ox)`` of the output (global working index ``origin_work + (oy, ox)``)
+    samples input index ``(origin_work + o + 0.5) / s - 0.5 - origin_in``, where ``origin_in`` is
+    the input-px position of ``rgb[0, 0]`` — so a crop (``input_window``) resamples to exactly the
+    pixels the whole image would give. Downsampling (s < 1) first low-pass filters with a Gaussian
+    of sigma ``(1/s - 1) / 2`` input px (scikit-image's anti-aliasing rule); interpolation is
+    bilinear; edges are replicated. Processed per channel to bound memory.
+    """
+    from scipy import ndimage as ndi
+
+    h, w = rgb.shape[:2]
+    oh, ow = out_shape if out_shape is not None else working_size(h, w, s)
+    inv = 1.0 / s
+    off_y = (origin_work[0] + 0.5) * inv - 0.5 - origin_in[0]
+    off_x = (origin_work[1] + 0.5) * inv - 0.5 - origin_in[1]
+    sigma = max(0.0, (1.0 / s - 1.0) / 2.0) if s < 1.0 else 0.0
+    out = np.empty((oh, ow, rgb.shape[2]), np.uint8)
+    for c in range(rgb.shape[2]):
+        img = rgb[:, :, c].astype(np.float32)
+        if sigma > 0:
+            img = ndi.gaussian_filter(img, sigma=sigma, mode="nearest")
+        res = ndi.affine_transform(
+            img, np.array([inv, inv]), offset=(off_y, off_x), output_shape=(oh, ow),
+            order=1, mode="nearest", prefilter=False,
+        )
+        out[:, :, c] = np.clip(np.rint(res), 0, 255)
+    return out
+
+
+def to_working(rgb: np.ndarray, mpp_in: float, cfg: ModelConfig) -> tuple[np.ndarray, float]:
+    """Rescale an input image to the model's working MPP.
+
+    rgb: (H, W, 3) uint8 at ``mpp_in`` µm/px. Returns ``(rgb_work, s)`` with ``s = mpp_in / cfg.mpp``
+    and ``rgb_work`` of size ``working_size(H, W, s)``. When ``s`` is within 1e-6 of 1 the image is
+    returned unchanged and ``s`` is 1.0 exactly.
+    """
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise InputError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
+    s = scale_factor(mpp_in, cfg)
+    if abs(s - 1.0) < 1e-6:
+        return rgb, 1.0
+    return resample(rgb, s), s
+
+
+def working_region(rgb: np.ndarray, s: float, region_work: Sequence[int]) -> np.ndarray:
+    """The working-px region ``(wx0, wy0, wx1, wy1)`` of the whole image's working version,
+    computed from the needed input window only (identical to ``to_working(rgb)[wy0:wy1, wx0:wx1]``
+    up to float rounding). ``s == 1`` returns a view."""
+    wx0, wy0, wx1, wy1 = (int(v) for v in region_work)
+    if s == 1.0:
+        return rgb[wy0:wy1, wx0:wx1]
+    iy0, ix0, iy1, ix1 = input_window(region_work, s, rgb.shape)
+    return resample(rgb[iy0:iy1, ix0:ix1], s, (wy1 - wy0, wx1 - wx0), origin_work=(wy0, wx0), origin_in=(iy0, ix0))
+
+
+def work_to_input(xy: np.ndarray, s: float, offset_xy: Sequence[float] = (0.0, 0.0)) -> np.ndarray:
+    """Map (…, 2) working-px (x, y) to input px: ``xy / s + offset`` (corner coordinates)."""
+    return np.asarray(xy, dtype=np.float64) / s + np.asarray(offset_xy, dtype=np.float64)
+
+
+def input_to_work(xy: np.ndarray, s: float, offset_xy: Sequence[float] = (0.0, 0.0)) -> np.ndarray:
+    """Inverse of ``work_to_input``."""
+    return (np.asarray(xy, dtype=np.float64) - np.asarray(offset_xy, dtype=np.float64)) * s
+
+
+# --------------------------------------------------------------------------- forward
+
+
+def _prepare(model: LoadedModel) -> None:
+    """Put the module in eval mode and channels_last memory format (once)."""
+    m = model.module
+    if not getattr(m, "_segtme_prepared", False):
+        m.eval()
+        m.to(memory_format=torch.channels_last)
+        m._segtme_prepared = True  # type: ignore[attr-defined]
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast on CUDA only; full precision elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _pad_to_multiple(x: np.ndarray, multiple: int) -> tuple[np.ndarray, int, int]:
+    """Pad (B, H, W, 3) at bottom/right to multiples of ``multiple`` (reflect; edge if too small)."""
+    h, w = x.shape[1:3]
+    ph = (-h) % multiple
+    pw = (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x, h, w
+    mode = "reflect" if ph < h and pw < w else "edge"
+    return np.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), mode=mode), h, w
+
+
+def forward_tiles(
+    model: LoadedModel, tiles: Sequence[np.ndarray], batch_size: int | None = None
+) -> list[dict[str, np.ndarray]]:
+    """Run the model on working-resolution tiles.
+
+    tiles: (h, w, 3) uint8 arrays at ``cfg.mpp`` (any sizes; equal sizes are batched together,
+    ``batch_size`` at a time, all at once if None). Each is padded to ``cfg.pad_multiple``
+    (bottom/right) and normalised with ``cfg.mean/std``; outputs are cropped back.
+    Returns per tile ``{"prob": (C, h, w) float32 softmax, "hv": (2, h, w) float32}`` (``"hv"``
+    absent for models without an HV head). Runs under ``torch.inference_mode``, bf16 autocast on
+    CUDA, channels_last.
+    """
+    cfg = model.config
+    dev = model.device
+    _prepare(model)
+    mean = torch.tensor(cfg.mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    out: list[dict[str, np.ndarray] | None] = [None] * len(tiles)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for k, t in enumerate(tiles):
+        if t.ndim != 3 or t.shape[2] != 3 or t.dtype != np.uint8 or t.shape[0] == 0 or t.shape[1] == 0:
+            raise InputError(f"tile {k}: expected a non-empty (h, w, 3) uint8 array, got {t.shape} {t.dtype}")
+        groups.setdefault(t.shape[:2], []).append(k)
+    for idxs in groups.values():
+        step = batch_size or len(idxs)
+        for b0 in range(0, len(idxs), step):
+            batch = idxs[b0 : b0 + step]
+            x, h, w = _pad_to_multiple(np.stack([tiles[i] for i in batch]), cfg.pad_multiple)
+            with torch.inference_mode():
+                t = torch.from_numpy(x).to(dev).permute(0, 3, 1, 2).float().div_(255.0)
+                t = ((t - mean) / std).contiguous(memory_format=torch.channels_last)
+                with _autocast(dev):
+                    y = model.module(t)
+                prob = torch.softmax(y["sem"].float()[:, :, :h, :w], dim=1).cpu().numpy()
+                hv = y["hv"].float()[:, :, :h, :w].cpu().numpy() if "hv" in y else None
+            for k, i in enumerate(batch):
+                d = {"prob": np.ascontiguousarray(prob[k])}
+                if hv is not None:
+                    d["hv"] = np.ascontiguousarray(hv[k])
+                out[i] = d
+    return out  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- tiled prediction
+
+
+def predict_maps(
+    model: LoadedModel,
+    rgb_work: np.ndarray,
+    tile: int | None = None,
+    overlap: int | None = None,
+    batch_size: int = 8,
+    *,
+    stitch: str = "blend",
+    progress: Progress | None = None,
+) -> Maps:
+    """Tiled prediction over a working-resolution image, stitched into full maps.
+
+    rgb_work: (H, W, 3) uint8 at ``cfg.mpp``. tile / overlap: working px (default: the config's).
+    stitch: ``"blend"`` (default): every tile's probabilities and HV maps are weighted by the same
+    smooth window (``tiling.blend_window``, sin² ramp over the overlap) and normalised by the summed
+    weights, so there are no seams; ``"last_writer"``: each tile overwrites the previous ones (the
+    SegTME-UNI2 paper's HV stitching; kept for comparison, it leaves seams).
+    progress: called with the number of tiles finished after each batch.
+    Memory: (C + 3) x H x W float32 — callers bound H, W (``pipeline.segment_image`` chunks).
+    """
+    cfg = model.config
+    tile = int(tile or cfg.tile_size)
+    overlap = int(cfg.tile_overlap if overlap is None else overlap)
+    if tile <= 0 or not 0 <= overlap < tile:
+        raise InputError(f"need tile > 0 and 0 <= overlap < tile, got tile={tile}, overlap={overlap}")
+    if stitch not in ("blend", "last_writer"):
+        raise ValueError(f"stitch must be 'blend' or 'last_writer', got {stitch!r}")
+    H, W = rgb_work.shape[:2]
+    grid = tile_grid(H, W, tile, overlap)
+    C = cfg.num_classes
+    prob = np.zeros((C, H, W), np.float32)
+    hv: np.ndarray | None = None
+    wsum = np.zeros((H, W), np.float32) if stitch == "blend" else None
+    win = blend_window(min(tile, H), min(tile, W), overlap) if stitch == "blend" else None
+    bs = max(1, int(batch_size))
+    for b0 in range(0, len(grid), bs):
+        boxes = grid[b0 : b0 + bs]
+        outs = forward_tiles(model, [rgb_work[y : y + h, x : x + w] for (y, x, h, w) in boxes], bs)
+        for (y, x, h, w), o in zip(boxes, outs):
+            if o["prob"].shape[0] != C:
+                raise ValueError(f"model returned {o['prob'].shape[0]} classes, config says {C}")
+            if hv is None and "hv" in o:
+                hv = np.zeros((2, H, W), np.float32)
+            if stitch == "blend":
+                prob[:, y : y + h, x : x + w] += o["prob"] * win
+                if hv is not None:
+                    hv[:, y : y + h, x : x + w] += o["hv"] * win
+                wsum[y : y + h, x : x + w] += win  # type: ignore[index]
+            else:
+                prob[:, y : y + h, x : x + w] = o["prob"]
+                if hv is not None:
+                    hv[:, y : y + h, x : x + w] = o["hv"]
+        if progress is not None:
+            progress(len(boxes))
+    if wsum is not None:
+        inv = 1.0 / wsum
+        prob *= inv
+        if hv is not None:
+            hv *= inv
+    return Maps(prob=prob, hv=hv)

@@ -1,0 +1,286 @@
+"""PAGET distillation: aggregated teacher labels -> the SegFormer student, trained with the shared
+trainer (``segtme.train.trainer.Trainer``; no second training loop here).
+
+One config file (TOML/YAML/JSON) = the shared trainer's sections (``[run]``, ``[model]``,
+``[optim]``, ``[loss]``, ``[augment]``) + a ``[distill]`` section::
+
+    [distill]
+    labels_dir = "runs/paget/labels"     # aggregated labels are written here
+    method = "hierarchical"               # or "flat" (ablation)
+    crop = 0                              # >0: keep only the top-left crop x crop px (tests)
+    overwrite = false                     # false: reuse labels already in labels_dir
+    [distill.images]
+    path = "../shared/data/consep-train/images"   glob = "train_*.png"   mpp = 0.25   limit = 0
+    [distill.instances]                   # the instance source (HoverNet's role in the paper)
+    kind = "stored"                       # stored | model
+    root = "../shared/data/consep-train/labels"
+    inst_pattern = "{key}_inst.png"       classes_pattern = "{key}_class.json"   classes_taxonomy = "consep4"
+    # kind = "model", model = "default" (any SegTME model spec), allow_random = false
+    [[distill.teachers]]                  # any number; kinds: rule | stored | plugin
+    kind = "rule"     rule = "tissue_density"            # + the rule's parameters
+    [[distill.teachers]]
+    kind = "stored"   name = "cd45"   root = "teachers/"   classes = ["Leukocyte"]
+                      pattern = "{key}.{name}.npy"   map_kind = "logits"   # logits | prob | mask
+    [[distill.teachers]]
+    kind = "plugin"   factory = "my_pkg.teachers:make_cd3_teacher"   # returns a Teacher; + kwargs
+    [distill.mitoses]                     # optional: kind = "stored" (JSON points) | "plugin"
+    [distill.aggregation]                 # AggregationParams fields (sigma_px, mitosis_radius_px, ...)
+
+Labels: ``<labels_dir>/<key>_sem_map.png`` (uint8 PAGET ids, 255 = unresolved / ignored) and a
+``manifest.json`` in the shared trainer's ``pseudo`` dataset format, so the trainer reads them as
+``[[data]] kind = "pseudo"`` (added automatically unless the config has its own ``[[data]]``).
+Labels stay at the images' own resolution (the paper's teachers run at 40x); the trainer
+rescales image and labels (nearest) to the student's 0.5 µm/px.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..errors import InputError
+from ..export.atomic import atomic_write, atomic_write_text
+from . import aggregate as ag
+from .teachers import (
+    InstanceSource,
+    MitosisDetector,
+    ModelInstanceSource,
+    StoredInstanceSource,
+    StoredMapTeacher,
+    StoredMitoses,
+    Teacher,
+    TeacherInput,
+    run_teachers,
+)
+
+log = logging.getLogger(__name__)
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+@dataclass
+class DistillSpec:
+    labels_dir: str
+    images: dict[str, Any]
+    instances: dict[str, Any]
+    teachers: list[dict[str, Any]] = field(default_factory=list)
+    mitoses: dict[str, Any] | None = None
+    aggregation: dict[str, Any] = field(default_factory=dict)
+    method: str = "hierarchical"
+    crop: int = 0
+    overwrite: bool = False
+
+
+def parse_distill_section(d: Mapping[str, Any]) -> DistillSpec:
+    known = {f.name for f in fields(DistillSpec)}
+    bad = set(d) - known
+    if bad:
+        raise InputError(f"[distill]: unknown key(s) {sorted(bad)}; known: {sorted(known)}")
+    for req in ("labels_dir", "images", "instances"):
+        if req not in d:
+            raise InputError(f"[distill]: missing {req!r}")
+    spec = DistillSpec(**dict(d))
+    if spec.method not in ("hierarchical", "flat"):
+        raise InputError(f"[distill]: method must be 'hierarchical' or 'flat', got {spec.method!r}")
+    try:
+        ag.AggregationParams(**spec.aggregation)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"[distill.aggregation]: {e}") from None
+    return spec
+
+
+def _plugin(factory: str, kwargs: Mapping[str, Any]) -> Any:
+    if ":" not in factory:
+        raise InputError(f"plugin factory must be 'module:callable', got {factory!r}")
+    mod, attr = factory.split(":", 1)
+    try:
+        return getattr(importlib.import_module(mod), attr)(**kwargs)
+    except (ImportError, AttributeError) as e:
+        raise InputError(f"cannot load plugin {factory!r}: {e}") from None
+
+
+def build_teacher(d: Mapping[str, Any]) -> Teacher:
+    d = dict(d)
+    kind = d.pop("kind", None)
+    if kind == "rule":
+        from .rule_teachers import RULE_TEACHERS
+
+        rule = d.pop("rule", None)
+        if rule not in RULE_TEACHERS:
+            raise InputError(f"rule teacher {rule!r} unknown; known: {sorted(RULE_TEACHERS)}")
+        return RULE_TEACHERS[rule](**d)
+    if kind == "stored":
+        try:
+            return StoredMapTeacher(name=d.pop("name"), root=d.pop("root"), classes=tuple(d.pop("classes")),
+                                    pattern=d.pop("pattern", "{key}.{name}.npy"), kind=d.pop("map_kind", "logits"))
+        except KeyError as e:
+            raise InputError(f"stored teacher needs {e.args[0]!r}") from None
+    if kind == "plugin":
+        t = _plugin(d.pop("factory", ""), d)
+        if not isinstance(t, Teacher):
+            raise InputError(f"plugin teacher {t!r} does not implement the Teacher protocol (name, classes, predict)")
+        return t
+    raise InputError(f"teacher kind must be rule, stored or plugin, got {kind!r}")
+
+
+def build_instance_source(d: Mapping[str, Any]) -> InstanceSource:
+    d = dict(d)
+    kind = d.pop("kind", "stored")
+    if kind == "stored":
+        if "root" not in d:
+            raise InputError("[distill.instances] kind = 'stored' needs root")
+        return StoredInstanceSource(**d)
+    if kind == "model":
+        return ModelInstanceSource(model=d.pop("model", "default"), allow_random=bool(d.pop("allow_random", False)),
+                                   device=d.pop("device", "auto"))
+    if kind == "plugin":
+        return _plugin(d.pop("factory", ""), d)
+    raise InputError(f"[distill.instances]: kind must be stored, model or plugin, got {kind!r}")
+
+
+def build_mitosis_detector(d: Mapping[str, Any] | None) -> MitosisDetector | None:
+    if not d:
+        return None
+    d = dict(d)
+    kind = d.pop("kind", "stored")
+    if kind == "stored":
+        return StoredMitoses(**d)
+    if kind == "plugin":
+        return _plugin(d.pop("factory", ""), d)
+    raise InputError(f"[distill.mitoses]: kind must be stored or plugin, got {kind!r}")
+
+
+def list_images(images: Mapping[str, Any]) -> list[tuple[str, Path, float]]:
+    """(key, path, mpp) for the distillation images (sorted; ``limit`` > 0 keeps the first ones)."""
+    root = Path(images.get("path", ""))
+    if not root.is_dir():
+        raise InputError(f"[distill.images]: folder not found: {root}")
+    if "mpp" not in images:
+        raise InputError("[distill.images]: mpp (µm/px of the images) is required")
+    paths = sorted(p for p in root.glob(str(images.get("glob", "*"))) if p.suffix.lower() in IMAGE_EXTS)
+    lim = int(images.get("limit", 0) or 0)
+    if lim > 0:
+        paths = paths[:lim]
+    if not paths:
+        raise InputError(f"[distill.images]: no images in {root} matching {images.get('glob', '*')!r}")
+    return [(p.stem, p.resolve(), float(images["mpp"])) for p in paths]
+
+
+def aggregate_image(
+    rgb: np.ndarray,
+    mpp: float,
+    key: str,
+    teachers: list[Teacher],
+    instance_source: InstanceSource,
+    mitosis_detector: MitosisDetector | None = None,
+    *,
+    method: str = "hierarchical",
+    params: ag.AggregationParams = ag.AggregationParams(),
+) -> ag.AggregationResult:
+    """Run the plug-ins on one image and aggregate their outputs (see ``aggregate``)."""
+    image = TeacherInput(rgb, mpp, key)
+    inst_out = instance_source.instances(image)
+    inst = ag.relabel_sequential(np.asarray(inst_out.inst))
+    image.inst = inst
+    logits = run_teachers(teachers, image)
+    baseline = inst_out.baseline(inst)
+    mit = mitosis_detector.detect(image) if mitosis_detector is not None else None
+    return ag.aggregate(method, rgb=rgb, inst=inst, logits=logits, baseline=baseline, mitoses_xy=mit, params=params)
+
+
+def build_labels(spec: DistillSpec) -> Path:
+    """Aggregate teacher outputs for every image and write the label folder; returns its path."""
+    from PIL import Image
+
+    from ..data.sample import read_rgb
+
+    out = Path(spec.labels_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    teachers = [build_teacher(t) for t in spec.teachers]
+    src = build_instance_source(spec.instances)
+    mit = build_mitosis_detector(spec.mitoses)
+    params = ag.AggregationParams(**spec.aggregation)
+    accepted, stats = [], {}
+    for key, path, mpp in list_images(spec.images):
+        sem_name = f"{key}_sem_map.png"
+        img_name = f"{key}{path.suffix}" if spec.crop else None
+        if not spec.overwrite and (out / sem_name).is_file() and (img_name is None or (out / img_name).is_file()):
+            log.info("labels for %s exist; reusing (overwrite = false)", key)
+        else:
+            rgb = read_rgb(path)
+            res = aggregate_image(rgb, mpp, key, teachers, src, mit, method=spec.method, params=params)
+            lab = res.label
+            if spec.crop:
+                c = int(spec.crop)
+                lab, rgb = lab[:c, :c], rgb[:c, :c]
+                with atomic_write(out / img_name) as tmp:
+                    Image.fromarray(np.ascontiguousarray(rgb)).save(tmp)
+            with atomic_write(out / sem_name) as tmp:
+                Image.fromarray(np.ascontiguousarray(lab.astype(np.uint8))).save(tmp)
+            stats[key] = res.stats
+        accepted.append({"image": str((out / img_name).resolve()) if img_name else str(path),
+                         "sem_map": sem_name, "mpp": mpp, "key": key})
+    manifest = {"kind": "paget-aggregated-labels", "method": spec.method, "aggregation": dict(spec.aggregation),
+                "teachers": [t.name for t in teachers], "instance_source": getattr(src, "name", type(src).__name__),
+                "accepted": accepted, "stats": stats}
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, default=str))
+    return out
+
+
+#: the paper's training settings (section 3.6) applied where the config does not say otherwise
+PAPER_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "optim": {"lr": 6e-5, "betas": [0.9, 0.999], "weight_decay": 0.01, "schedule": "poly", "warmup_steps": 1500},
+    "loss": {"name": "ce"},
+    "run": {"batch_size": 4, "max_steps": 48000, "metric": "miou"},
+    "model": {"preset": "paget_s"},
+}
+
+
+def training_config(cfg: Mapping[str, Any], labels_dir: str | Path) -> dict[str, Any]:
+    """The shared trainer's config: the file's sections over the paper's defaults, plus the
+    aggregated labels as a ``pseudo`` dataset."""
+    d: dict[str, Any] = {k: dict(v) for k, v in PAPER_TRAIN_DEFAULTS.items()}
+    for sec, v in cfg.items():
+        if sec == "distill":
+            continue
+        if isinstance(v, Mapping) and isinstance(d.get(sec), dict):
+            d[sec].update(v)
+        else:
+            d[sec] = v
+    if "preset" in d["model"] and "config" in d["model"]:
+        d["model"].pop("preset")
+    if not d.get("data"):
+        d["data"] = [{"kind": "pseudo", "path": str(labels_dir), "name": "paget"}]
+    return d
+
+
+def distill(config: Mapping[str, Any] | str | Path, *, labels_only: bool = False,
+            overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``segtme distill``: build the aggregated labels, then train the student with the shared
+    trainer. ``overrides`` like {"run.max_steps": 10}. Returns {"labels_dir", "train": summary}."""
+    from ..train.config import read_config_file, train_config_from_dict
+    from ..train.trainer import Trainer
+
+    cfg = dict(read_config_file(config)) if isinstance(config, (str, Path)) else dict(config)
+    for k, v in (overrides or {}).items():
+        sec, _, key = k.partition(".")
+        cfg.setdefault(sec, {})[key] = v
+    if "distill" not in cfg:
+        raise InputError("config has no [distill] section")
+    spec = parse_distill_section(cfg["distill"])
+    labels = build_labels(spec)
+    result: dict[str, Any] = {"labels_dir": str(labels)}
+    if labels_only:
+        return result
+    tc = train_config_from_dict(training_config(cfg, labels), source=str(config) if isinstance(config, (str, Path)) else None)
+    trainer = Trainer(tc)
+    try:
+        result["train"] = trainer.fit()
+    finally:
+        trainer.close()
+    return result

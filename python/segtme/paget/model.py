@@ -1,0 +1,143 @@
+"""The PAGET student: SegFormer (transformers) with a MiT encoder, 14 outputs, registered as the
+``paget_segformer`` model family, plus the ``paget_s`` / ``paget_h`` presets.
+
+Paper (section 3.5): SegFormer with MiT-B5, inputs 384x384 at 20x (~0.5 µm/px), pixel-wise
+prediction of 13 TME components + background. PAGET-S = the semantic map; PAGET-H = the same
+weights + a nucleus instance source, each nucleus taking the majority class of its pixels
+(``segtme.paget.product``). The module is built from a ``SegformerConfig`` locally (random init;
+nothing is downloaded); ImageNet-pretrained MiT weights can be loaded by the user with
+``load_mit_weights`` from a local file.
+
+Model output contract (docs/INTERFACES.md): ``forward(x) -> {"sem": (B, 14, H, W)}`` logits
+upsampled (bilinear) to the input size; no "hv" head.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.config import ModelConfig
+from ..models.registry import register_family, register_preset
+
+#: MiT encoder variants (SegFormer paper, Table 1 / the released configs): depths, widths, heads,
+#: decoder width. B5 is the paper's student; B0/B1 are the CPU-sized variants.
+MIT_VARIANTS: dict[str, dict[str, Any]] = {
+    "b0": {"depths": [2, 2, 2, 2], "hidden_sizes": [32, 64, 160, 256], "decoder_hidden_size": 256},
+    "b1": {"depths": [2, 2, 2, 2], "hidden_sizes": [64, 128, 320, 512], "decoder_hidden_size": 256},
+    "b2": {"depths": [3, 4, 6, 3], "hidden_sizes": [64, 128, 320, 512], "decoder_hidden_size": 768},
+    "b3": {"depths": [3, 4, 18, 3], "hidden_sizes": [64, 128, 320, 512], "decoder_hidden_size": 768},
+    "b4": {"depths": [3, 8, 27, 3], "hidden_sizes": [64, 128, 320, 512], "decoder_hidden_size": 768},
+    "b5": {"depths": [3, 6, 40, 3], "hidden_sizes": [64, 128, 320, 512], "decoder_hidden_size": 768},
+}
+#: the paper's input tile edge at 20x (working px) and working resolution
+PAGET_TILE = 384
+PAGET_MPP = 0.5
+
+
+def segformer_config(variant: str, num_labels: int, **overrides: Any):
+    """A transformers ``SegformerConfig`` for MiT-``variant`` with ``num_labels`` outputs."""
+    from transformers import SegformerConfig
+
+    try:
+        v = MIT_VARIANTS[variant.lower()]
+    except KeyError:
+        raise ValueError(f"unknown MiT variant {variant!r}; known: {sorted(MIT_VARIANTS)}") from None
+    kw = dict(
+        num_channels=3,
+        num_encoder_blocks=4,
+        depths=list(v["depths"]),
+        hidden_sizes=list(v["hidden_sizes"]),
+        decoder_hidden_size=v["decoder_hidden_size"],
+        sr_ratios=[8, 4, 2, 1],
+        num_attention_heads=[1, 2, 5, 8],
+        patch_sizes=[7, 3, 3, 3],
+        strides=[4, 2, 2, 2],
+        mlp_ratios=[4, 4, 4, 4],
+        num_labels=num_labels,
+        semantic_loss_ignore_index=255,
+    )
+    kw.update(overrides)
+    return SegformerConfig(**kw)
+
+
+class PagetSegFormer(nn.Module):
+    """SegFormer (MiT encoder + all-MLP decoder) returning ``{"sem": logits at input size}``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        from transformers import SegformerForSemanticSegmentation
+
+        self.cfg = cfg
+        extra = dict(cfg.extra)
+        variant = str(extra.get("variant", "b5"))
+        overrides = dict(extra.get("segformer_overrides", {}))
+        n = cfg.head_channels().get("sem", cfg.num_classes)
+        self.segformer = SegformerForSemanticSegmentation(segformer_config(variant, n, **overrides))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.segformer(pixel_values=x).logits  # (B, C, H/4, W/4)
+        return {"sem": F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)}
+
+
+def load_mit_weights(module: PagetSegFormer, path: str) -> None:
+    """Load ImageNet-pretrained MiT encoder weights (a local safetensors/torch file holding a
+    ``SegformerModel`` state dict, keys ``encoder.*`` or ``segformer.encoder.*``) into the encoder
+    only (strict on the encoder). Never downloads."""
+    from ..models.registry import load_state_dict_strict, read_state_dict
+
+    sd = read_state_dict(path)
+    enc = {k.split("encoder.", 1)[1]: v for k, v in sd.items() if "encoder." in k}
+    load_state_dict_strict(module.segformer.segformer.encoder, enc, str(path))
+
+
+@register_family("paget_segformer")
+def _build_paget_segformer(cfg: ModelConfig) -> nn.Module:
+    return PagetSegFormer(cfg)
+
+
+def _preset(name: str, variant: str, mode: str, doc: str) -> ModelConfig:
+    extra: dict[str, Any] = {"variant": variant, "mode": mode, "description": doc}
+    if mode == "panoptic":
+        # instance source for PAGET-H: a SegTME model spec; "default" = the shipped UperHoVer
+        extra["instance_source"] = "default"
+    return register_preset(
+        ModelConfig(
+            name=name,
+            arch="paget_segformer",
+            backbone=f"mit_{variant}",
+            heads={"sem": -1},
+            taxonomy="paget13",
+            mpp=PAGET_MPP,
+            tile_size=PAGET_TILE,
+            tile_overlap=64,
+            pad_multiple=32,
+            extra=extra,
+        )
+    )
+
+
+#: PAGET-S (semantic): the paper's SegFormer MiT-B5 student, 384 px tiles at 0.5 µm/px.
+PAGET_S = _preset("paget_s", "b5", "semantic", "PAGET-S: SegFormer MiT-B5, 14-class semantic map")
+#: PAGET-H (panoptic): the same student + per-nucleus majority vote over instances.
+PAGET_H = _preset("paget_h", "b5", "panoptic", "PAGET-H: PAGET-S + per-nucleus majority vote over instances")
+#: CPU-sized variants (same code, MiT-B0 / MiT-B1 encoders)
+PAGET_S_B0 = _preset("paget_s_b0", "b0", "semantic", "PAGET-S with a MiT-B0 encoder (CPU-sized)")
+PAGET_S_B1 = _preset("paget_s_b1", "b1", "semantic", "PAGET-S with a MiT-B1 encoder (CPU-sized)")
+PAGET_H_B0 = _preset("paget_h_b0", "b0", "panoptic", "PAGET-H with a MiT-B0 encoder (CPU-sized)")
+
+
+def is_paget(cfg: ModelConfig) -> bool:
+    return cfg.arch == "paget_segformer"
+
+
+def paget_mode(cfg: ModelConfig) -> str:
+    """"semantic" (PAGET-S) or "panoptic" (PAGET-H)."""
+    return str(cfg.extra.get("mode", "semantic"))
+
+
+# the 13-class TME feature group must be registered whenever a PAGET model can produce a table
+from . import features as _features  # noqa: E402,F401

@@ -1,0 +1,309 @@
+"""The path from an H&E image to classified nuclei and a TME report.
+
+* ``nuclei_from_maps``: model maps of one working-resolution tile/chunk -> nuclei table in
+  input px (post-processing + measurements + coordinate mapping). The gRPC server calls it per
+  streamed tile.
+* ``segment_image``: any-size RGB image -> nuclei table, processed in chunks with a halo so memory
+  stays bounded (no full-size float maps are ever allocated); each nucleus is kept only by the
+  chunk whose core holds its centroid, so it appears once.
+* ``analyze``: file or array + MPP + model -> ``AnalysisResult`` (nuclei + TME report).
+
+Units: *input px* = pixels of the given image (µm/px = its MPP); *working px* = pixels at the
+model's ``cfg.mpp``; ``s = mpp_in / cfg.mpp``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .errors import InputError
+from .inference.nuclei import NucleiTable, build_nuclei_table
+from .models.config import ModelConfig
+from .models.registry import LoadedModel
+
+log = logging.getLogger(__name__)
+
+#: default chunk edge and halo in working px
+DEFAULT_CHUNK_WORK = 1536
+DEFAULT_HALO_WORK = 96
+
+
+def nuclei_from_maps(
+    prob: np.ndarray,
+    hv: np.ndarray | None,
+    rgb_work: np.ndarray | None,
+    cfg: ModelConfig,
+    scale: float,
+    offset_xy: Sequence[float] = (0.0, 0.0),
+    input_mpp: float | None = None,
+) -> NucleiTable:
+    """Nuclei from the model maps of one working-resolution image (tile or chunk).
+
+    prob: (C, h, w) softmax at ``cfg.mpp``; hv: (2, h, w) or None (then instances are the
+    connected components of the foreground); rgb_work: (h, w, 3) uint8 at the same resolution
+    (for haematoxylin OD) or None.
+    scale: s = working px per input px; offset_xy: input-px position of working pixel corner
+    (0, 0), i.e. the tile/chunk origin in the input image (full-res px for the server).
+    input_mpp: µm/px of the input coordinates (None if unknown; then µm columns are omitted).
+    Returns the table in input px: ``x_in = x_work / s + offset`` (corner convention); areas
+    scale by 1/s², lengths by 1/s. Post-processing parameters come from ``cfg.postprocess``.
+    """
+    from .inference.postprocess import PostprocessParams, classify_instances, hv_watershed
+
+    params = PostprocessParams.from_mapping(cfg.postprocess)
+    fg_prob = 1.0 - prob[0]
+    if hv is not None:
+        inst = hv_watershed(fg_prob, hv, params)
+    else:
+        from scipy import ndimage as ndi
+
+        from .inference.postprocess import _remove_small, relabel_sequential
+
+        lab, _ = ndi.label(fg_prob > params.fg_threshold)
+        inst = relabel_sequential(_remove_small(lab.astype(np.int32), params.min_object_px))
+    cls, cprob = classify_instances(inst, prob)
+    table = build_nuclei_table(inst, cfg.tax, class_id=cls, class_prob=cprob, rgb=rgb_work, mpp=cfg.mpp)
+    out = table.translated(float(offset_xy[0]), float(offset_xy[1]), scale=1.0 / float(scale), mpp=input_mpp)
+    out.mpp = input_mpp
+    return out
+
+
+def _chunk_params(chunk_size: int | None, halo: int | None) -> tuple[int, int]:
+    c = int(chunk_size) if chunk_size else DEFAULT_CHUNK_WORK
+    h = int(halo) if halo is not None else DEFAULT_HALO_WORK
+    if c <= 0 or h < 0:
+        raise InputError(f"need chunk_size > 0 and halo >= 0 (working px), got {c}, {h}")
+    return c, h
+
+
+def plan_chunks(rgb_shape: Sequence[int], mpp: float, cfg: ModelConfig, chunk_size: int | None = None,
+                halo: int | None = None):
+    """The chunks ``segment_image`` will process, in *working* px of the whole image."""
+    from .inference.engine import scale_factor, working_size
+    from .inference.tiling import chunk_grid
+
+    s = scale_factor(mpp, cfg)
+    c, h = _chunk_params(chunk_size, halo)
+    hw, ww = working_size(int(rgb_shape[0]), int(rgb_shape[1]), 1.0 if abs(s - 1) < 1e-6 else s)
+    return chunk_grid(ww, hw, c, h)
+
+
+def count_tiles(rgb_shape: Sequence[int], mpp: float, cfg: ModelConfig, chunk_size: int | None = None,
+                halo: int | None = None, tile: int | None = None, overlap: int | None = None) -> int:
+    """Number of model tiles ``segment_image`` will run (for a progress bar's total)."""
+    from .inference.tiling import tile_grid
+
+    t = int(tile or cfg.tile_size)
+    o = int(cfg.tile_overlap if overlap is None else overlap)
+    n = 0
+    for ch in plan_chunks(rgb_shape, mpp, cfg, chunk_size, halo):
+        x0, y0, x1, y1 = ch.region
+        n += len(tile_grid(y1 - y0, x1 - x0, t, o))
+    return n
+
+
+def _dedupe_across_chunks(table: NucleiTable, chunk_of: np.ndarray, inside: np.ndarray, iou_min: float = 0.3) -> np.ndarray:
+    """Boolean keep-mask removing the same nucleus found by two neighbouring chunks.
+
+    Candidates are nuclei kept with a small tolerance around their chunk core; two candidates from
+    different chunks whose polygons overlap with IoU >= ``iou_min`` are one nucleus: the copy whose
+    centroid lies inside its own chunk's core is kept (ties: the first).
+    """
+    import shapely
+
+    keep = np.ones(len(table), bool)
+    if len(table) < 2:
+        return keep
+    from shapely.geometry import Polygon
+
+    geoms = np.array([Polygon(p) if len(p) >= 3 else Polygon() for p in table.polygons], dtype=object)
+    geoms = shapely.make_valid(geoms)
+    tree = shapely.STRtree(geoms)
+    a, b = tree.query(geoms, predicate="intersects")
+    sel = (a < b) & (chunk_of[a] != chunk_of[b])
+    for i, j in zip(a[sel], b[sel]):
+        if not (keep[i] and keep[j]):
+            continue
+        inter = shapely.area(shapely.intersection(geoms[i], geoms[j]))
+        union = shapely.area(shapely.union(geoms[i], geoms[j]))
+        if union > 0 and inter / union >= iou_min:
+            drop = j if inside[i] or not inside[j] else i
+            keep[drop] = False
+    return keep
+
+
+def segment_image(
+    rgb: np.ndarray,
+    mpp: float,
+    model: LoadedModel,
+    *,
+    chunk_size: int | None = None,
+    halo: int | None = None,
+    tile: int | None = None,
+    overlap: int | None = None,
+    batch_size: int = 8,
+    progress: Callable[[int], None] | None = None,
+) -> NucleiTable:
+    """Nuclei of an (H, W, 3) uint8 image at ``mpp`` µm/px, in input px.
+
+    The image's working-resolution grid (``s = mpp / cfg.mpp``, size ``round(size * s)``) is cut
+    into chunks of ``chunk_size`` working px (default 1536) with a ``halo`` of working px (default
+    96) on each side. Each chunk region is resampled from just the input window it needs (exactly
+    the pixels the whole image would give), predicted with blended tiles (``tile``/``overlap``
+    working px, default the config's), post-processed and measured. A nucleus is kept by the chunk
+    whose core holds its centroid; nuclei within 2 working px of a core border are also taken from
+    the neighbour and then de-duplicated by polygon overlap, so each nucleus appears once even if
+    the two chunks place its centroid on different sides of the border. The halo must exceed the
+    largest nucleus plus the distance over which tile-edge context matters; the defaults do.
+    Peak memory ~ (C + 6) x (chunk + 2 halo)^2 x 4 bytes, independent of the image size.
+    progress: called with the number of model tiles finished.
+    """
+    from .inference.engine import predict_maps, scale_factor, working_region
+    from .inference.tiling import owns
+
+    cfg = model.config
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise InputError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise InputError(f"image has zero size ({rgb.shape[1]}x{rgb.shape[0]} px)")
+    s = scale_factor(mpp, cfg)
+    if abs(s - 1.0) < 1e-6:
+        s = 1.0
+    chunks = plan_chunks(rgb.shape, mpp, cfg, chunk_size, halo)
+    tol = 2.0  # working px around a core in which nuclei are kept for de-duplication
+    parts: list[NucleiTable] = []
+    chunk_of: list[np.ndarray] = []
+    inside: list[np.ndarray] = []
+    for k, ch in enumerate(chunks):
+        x0, y0, x1, y1 = ch.region
+        rgb_work = working_region(rgb, s, ch.region)
+        maps = predict_maps(model, rgb_work, tile, overlap, batch_size, progress=progress)
+        t = nuclei_from_maps(maps.prob, maps.hv, rgb_work, cfg, s, (x0 / s, y0 / s), mpp)
+        del maps, rgb_work
+        if len(t):
+            cw = t.centroid * s  # centroids in working px of the whole image
+            cx0, cy0, cx1, cy1 = ch.core
+            grown = (cx0 - tol, cy0 - tol, cx1 + tol, cy1 + tol)
+            near = np.fromiter((owns(grown, x, y) for x, y in cw), bool, len(t))
+            t = t.subset(near)
+            inside.append(np.fromiter((owns(ch.core, x, y) for x, y in cw[near]), bool, int(near.sum())))
+            chunk_of.append(np.full(len(t), k))
+            parts.append(t)
+    if parts:
+        table = NucleiTable.concat(parts, renumber=False)
+        keep = _dedupe_across_chunks(table, np.concatenate(chunk_of), np.concatenate(inside))
+        table = table.subset(keep)
+        table.ids = np.arange(1, len(table) + 1, dtype=np.int64)
+    else:
+        table = NucleiTable.empty(cfg.tax, mpp)
+    table.mpp = mpp
+    table.meta.update(
+        model=cfg.name, model_mpp=cfg.mpp, input_mpp=mpp, scale=s,
+        image_size=[int(rgb.shape[1]), int(rgb.shape[0])], n_chunks=len(chunks),
+    )
+    return table
+
+
+# --------------------------------------------------------------------------- analyze
+
+
+@dataclass
+class AnalysisResult:
+    """Output of ``analyze``.
+
+    nuclei: the nuclei table (input px; ``nuclei.mpp`` = input MPP).
+    report: the TME report (``segtme.tme.report.build_tme_report``) or None when that module is
+        not available.
+    model: the model used.
+    mpp: µm/px of the input; image_size: (width, height) input px; notes: input conversions.
+    output_type: "detection" or "cell" (for ``feature_collection``).
+    """
+
+    nuclei: NucleiTable
+    report: dict | None
+    model: LoadedModel
+    mpp: float
+    image_size: tuple[int, int]
+    notes: list[str] = field(default_factory=list)
+    output_type: str = "detection"
+
+    def feature_collection(self, output_type: str | None = None) -> dict:
+        """QuPath GeoJSON FeatureCollection of the nuclei (plus TME measurements if any)."""
+        from .export.geojson import feature_collection
+
+        return feature_collection(self.nuclei, output_type=output_type or self.output_type, report=self.report)
+
+
+def build_report(table: NucleiTable, narrative_backend: str = "template") -> dict | None:
+    """TME report via ``segtme.tme.report.build_tme_report`` if that module exists, else None."""
+    try:
+        from .tme.report import build_tme_report  # type: ignore[import-not-found]
+    except ImportError as e:
+        log.warning("TME report not available (%s); writing nuclei only", e)
+        return None
+    return build_tme_report(table, narrative_backend=narrative_backend)
+
+
+def _resolve_model(model: Any, device: str, weights: str | Path | None) -> LoadedModel:
+    if isinstance(model, LoadedModel):
+        return model
+    from .models.registry import load_model
+
+    return load_model(model, device, weights=weights)
+
+
+def analyze(
+    image_or_path: Any,
+    mpp: float | None = None,
+    model: Any = "default",
+    narrative_backend: str = "template",
+    output_type: str = "detection",
+    *,
+    device: str = "auto",
+    weights: str | Path | None = None,
+    tile: int | None = None,
+    overlap: int | None = None,
+    batch_size: int = 8,
+    chunk_size: int | None = None,
+    halo: int | None = None,
+    max_pixels: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> AnalysisResult:
+    """Analyse an H&E image: nuclei (segmented, classified, measured) and the TME report.
+
+    image_or_path: a file path (PNG/JPEG/TIFF) or an (H, W[, C]) array.
+    mpp: µm/px of the image; overrides the file's resolution tags; required when the file has
+    none. model: a model name / config path / ``LoadedModel``. output_type: "detection" | "cell".
+    Raises InputError / SegTMEError subclasses with a user-facing message.
+    """
+    from .inference.imageio import image_from_array, read_image, validate_mpp
+
+    if output_type not in ("detection", "cell"):
+        raise InputError(f"output_type must be 'detection' or 'cell', got {output_type!r}")
+    if isinstance(image_or_path, (str, os.PathLike)):
+        img = read_image(image_or_path, max_pixels=max_pixels)
+    else:
+        img = image_from_array(np.asarray(image_or_path), max_pixels=max_pixels)
+    if mpp is not None:
+        use = validate_mpp(mpp, "--mpp")
+        if img.mpp is not None and abs(img.mpp - use) > 0.02 * use:
+            log.warning("using --mpp %.4g although the file says %.4g µm/px", use, img.mpp)
+    elif img.mpp is not None:
+        use = img.mpp
+        log.info("MPP from file: %.4g µm/px", use)
+    else:
+        raise InputError(f"{img.source}: the image has no resolution information; pass its microns per pixel (--mpp)")
+    lm = _resolve_model(model, device, weights)
+    table = segment_image(
+        img.rgb, use, lm, chunk_size=chunk_size, halo=halo, tile=tile, overlap=overlap,
+        batch_size=batch_size, progress=progress,
+    )
+    table.meta["source"] = img.source
+    report = build_report(table, narrative_backend)
+    return AnalysisResult(table, report, lm, use, img.size, list(img.notes), output_type)

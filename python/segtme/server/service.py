@@ -1,0 +1,715 @@
+"""The ``segtme.v1.SegTME`` gRPC service and the server around it.
+
+``build_server(ServerConfig)`` loads each model once, starts one ``MicroBatcher`` per model, and
+returns a started ``SegTMEServer`` with the SegTME service, the standard ``grpc.health.v1``
+health service and server reflection, behind the optional bearer-token interceptor and TLS.
+
+DetectTME (bidirectional stream): the first message is a ``JobConfig``; then ``Tile`` messages;
+then an optional ``End`` (the client's half-close also ends the job). Per tile the server
+decodes the pixels (PNG / JPEG / RAW_RGB; corrupt data refused), rescales from the tile's
+resolution (``image_mpp * downsample``) to the model's working MPP, pads short edge tiles,
+sends the tile through the shared batcher, post-processes it (``pipeline.nuclei_from_maps``),
+maps coordinates back to full-resolution pixels (``x_full = tile.x + x_tile * downsample``) and
+keeps the nuclei whose centroid lies in the tile's core (half-open) and inside the annotation.
+Responses: ``Progress`` after every tile, ``NucleiBatch`` (after each tile when
+``per_tile_results``, else in chunks at the end), a final ``Progress`` with fraction 1.0, then the
+``TMEReport`` computed over all nuclei of the annotation.
+
+Reading, decoding and submitting tiles happens on a per-stream reader thread, so a single
+stream keeps several tiles in flight (bounded by ``max_inflight_tiles_per_stream``) and the
+batcher can fill micro-batches from one client as well as from many.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import queue
+import threading
+import time
+from concurrent import futures
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import grpc
+import numpy as np
+
+from .. import __version__
+from ..errors import InputError, SegTMEError
+from ..inference.nuclei import NucleiTable
+from ..models.registry import LoadedModel
+from ._proto.segtme.v1 import segtme_pb2 as pb
+from ._proto.segtme.v1 import segtme_pb2_grpc as pb_grpc
+from .batcher import Cancelled, JobToken, MicroBatcher
+from .limits import ServerLimits, StreamSlots
+from .tiles import (
+    DecodedTile,
+    JobSpec,
+    RequestError,
+    WorkTile,
+    decode_pixels,
+    decode_tile,
+    invalid,
+    parse_job_config,
+    tile_nuclei,
+    to_work_tile,
+)
+
+log = logging.getLogger("segtme.server")
+job_log = logging.getLogger("segtme.server.jobs")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SegTME"].full_name
+#: largest JSON payload of one NucleiBatch message (bytes); batches are split above this
+NUCLEI_BATCH_BYTES = 1_000_000
+_POLL_S = 0.05
+
+
+# --------------------------------------------------------------------------- configuration
+@dataclass
+class ServerConfig:
+    """Everything ``segtme serve`` configures.
+
+    models: model specs for ``load_model`` (name, preset or .json/.safetensors path); the first
+    is the default. max_batch: micro-batch size (1 = batching off); max_wait_ms: how long the
+    batcher waits for a batch to fill; queue_size: tiles queued for the model (all streams).
+    token / tls_cert / tls_key: optional bearer token and TLS PEM files. grace_s: how long
+    in-flight calls may finish on shutdown.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    models: list[str] = field(default_factory=lambda: ["default"])
+    device: str = "auto"
+    max_batch: int = 8
+    max_wait_ms: float = 10.0
+    queue_size: int = 64
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    token: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    grace_s: float = 10.0
+    warmup: bool = True
+    allow_random: bool = False
+
+
+@dataclass
+class ModelRunner:
+    """One loaded model and its shared batcher."""
+
+    model: LoadedModel
+    batcher: MicroBatcher
+
+    @property
+    def cfg(self):
+        return self.model.config
+
+
+def make_runner(model: LoadedModel, max_batch: int, max_wait_ms: float, queue_size: int) -> ModelRunner:
+    from ..inference.engine import forward_tiles
+
+    def run(batch: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        return forward_tiles(model, batch)
+
+    b = MicroBatcher(run, max_batch=max_batch, max_wait_s=max_wait_ms / 1000.0, max_queue=queue_size,
+                     name=model.config.name)
+    return ModelRunner(model, b)
+
+
+# --------------------------------------------------------------------------- job
+class _TileJob:
+    """Per-job state shared by DetectTME and AnalyzeImage: tiles in flight, nuclei kept."""
+
+    def __init__(self, runner: ModelRunner, spec: JobSpec, token: JobToken, limits: ServerLimits):
+        self.runner = runner
+        self.spec = spec
+        self.token = token
+        self.limits = limits
+        self.tables: list[NucleiTable] = []
+        self.tiles_done = 0
+        self.nuclei = 0
+        self.inflight = threading.BoundedSemaphore(limits.max_inflight_tiles_per_stream)
+        #: set by the reader thread when the client sent something invalid (the job stops at once)
+        self.error: RequestError | None = None
+
+    def submit(self, tile: DecodedTile, field_name: str) -> tuple[WorkTile, Future]:
+        """Rescale + pad a decoded tile and queue it for the model (blocks while this job has too
+        many tiles in flight or the model queue is full; raises Cancelled when the job ends)."""
+        wt = to_work_tile(tile, self.spec.image_mpp, self.runner.cfg, field_name)
+        while not self.inflight.acquire(timeout=_POLL_S):
+            if self.token.cancelled:
+                raise Cancelled(self.token.name)
+        try:
+            fut = self.runner.batcher.submit(wt.padded, self.token)
+        except BaseException:
+            self.inflight.release()
+            raise
+        return wt, fut
+
+    def collect(self, wt: WorkTile, fut: Future, field_name: str) -> NucleiTable:
+        """Wait for a tile's model output, post-process it, apply the ownership rule."""
+        try:
+            while True:
+                if self.token.cancelled:
+                    fut.cancel()
+                    raise Cancelled(self.token.name)
+                try:
+                    out = fut.result(timeout=_POLL_S)
+                    break
+                except futures.TimeoutError:
+                    continue
+                except futures.CancelledError:
+                    raise Cancelled(self.token.name) from None
+                except Cancelled:
+                    raise
+                except InputError as e:
+                    raise invalid(f"{field_name}: {e}") from None
+                except Exception as e:
+                    log.exception("model failed on %s", field_name)
+                    raise RequestError(grpc.StatusCode.INTERNAL, f"{field_name}: model failed: {type(e).__name__}: {e}") from None
+        finally:
+            self.inflight.release()
+        t = tile_nuclei(wt, out, self.runner.cfg, self.spec.image_mpp, self.spec.geometry)
+        self.tables.append(t)
+        self.tiles_done += 1
+        self.nuclei += len(t)
+        return t
+
+    def table(self) -> NucleiTable:
+        cfg = self.runner.cfg
+        t = NucleiTable.concat(self.tables, renumber=True) if self.tables else NucleiTable.empty(cfg.tax, self.spec.image_mpp)
+        t.mpp = self.spec.image_mpp
+        t.meta.update(model=cfg.name, model_mpp=cfg.mpp, input_mpp=self.spec.image_mpp, job_id=self.spec.job_id,
+                      annotation_id=self.spec.annotation_id)
+        return t
+
+
+def _features_messages(table: NucleiTable, output_type: str, tile_index: int) -> Iterator[pb.NucleiBatch]:
+    """NucleiBatch messages (GeoJSON FeatureCollections, each at most ~NUCLEI_BATCH_BYTES)."""
+    from ..export.geojson import nuclei_to_features
+
+    if len(table) == 0:
+        return
+    chunk: list[str] = []
+    size = 0
+    for f in nuclei_to_features(table, output_type):
+        s = json.dumps(f, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        if chunk and size + len(s) > NUCLEI_BATCH_BYTES:
+            yield _batch(chunk, tile_index)
+            chunk, size = [], 0
+        chunk.append(s)
+        size += len(s) + 1
+    if chunk:
+        yield _batch(chunk, tile_index)
+
+
+def _batch(chunk: list[str], tile_index: int) -> pb.NucleiBatch:
+    text = '{"type":"FeatureCollection","features":[' + ",".join(chunk) + "]}"
+    return pb.NucleiBatch(tile_index=tile_index, features_geojson=text, count=len(chunk))
+
+
+def _report_message(report: dict | None, table: NucleiTable, annotation_id: str, seconds: float) -> pb.TMEReport:
+    msg = pb.TMEReport(nuclei_total=len(table), annotation_id=annotation_id, seconds=seconds)
+    if report is None:
+        return msg
+    from ..tme.report import report_measurements
+
+    msg.report_json = json.dumps(report, ensure_ascii=False, allow_nan=False, default=_json_default)
+    narrative = report.get("narrative")
+    msg.narrative = narrative if isinstance(narrative, str) else ""
+    msg.tokens.extend(str(t) for t in (report.get("generated_tokens") or []))
+    for k, v in report_measurements(report).items():
+        try:
+            fv = float(v)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(fv):
+            msg.measurements[k] = fv
+    return msg
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def build_report(table: NucleiTable, backend: str) -> dict:
+    """TME report over all nuclei of the job (``tme.report.build_tme_report``).
+
+    backend "none": the report without a narrative (computed with the template backend, whose
+    text, verifier result and backend names are then removed). A backend the server cannot run
+    (e.g. ``transformers`` without ``SEGTME_NARRATOR_MODEL``) -> FAILED_PRECONDITION."""
+    from ..narrative.backends import NarrativeBackendError
+    from ..tme.report import build_tme_report
+
+    try:
+        report = build_tme_report(table, narrative_backend="template" if backend == "none" else backend)
+    except NarrativeBackendError as e:
+        raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, f"narrative_backend {backend!r}: {e}") from None
+    if backend == "none":
+        report.update(narrative="", narrative_backend="none", narrative_backend_used="none", verifier=None)
+    return _sanitise(report)
+
+
+def _sanitise(o: Any) -> Any:
+    """Replace non-finite floats by None so the report is strict JSON."""
+    if isinstance(o, dict):
+        return {str(k): _sanitise(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_sanitise(v) for v in o]
+    if isinstance(o, (float, np.floating)):
+        return float(o) if math.isfinite(float(o)) else None
+    if isinstance(o, np.generic):
+        return o.item()
+    return o
+
+
+# --------------------------------------------------------------------------- servicer
+class SegTMEServicer(pb_grpc.SegTMEServicer):
+    """The SegTME service. ``runners``: model name -> ModelRunner (first = default)."""
+
+    def __init__(self, runners: dict[str, ModelRunner], limits: ServerLimits, max_batch: int,
+                 aliases: dict[str, str] | None = None):
+        if not runners:
+            raise ValueError("the server needs at least one model")
+        self.runners = runners
+        self.aliases = dict(aliases or {})
+        self.default_model = next(iter(runners))
+        self.limits = limits
+        self.max_batch = max_batch
+        self.slots = StreamSlots(limits.max_concurrent_streams)
+        self._jobs_lock = threading.Lock()
+        self.jobs_started = 0
+
+    # ------------------------------------------------------------------ helpers
+    def _model_name(self, name: str) -> str:
+        return self.aliases.get(name, name)
+
+    def _known_models(self) -> dict:
+        d = {k: r.cfg for k, r in self.runners.items()}
+        d.update({a: self.runners[n].cfg for a, n in self.aliases.items()})
+        return d
+
+    def _acquire_slot(self, context: grpc.ServicerContext) -> None:
+        if not self.slots.acquire():
+            job_log.info(json.dumps({"event": "refused", "status": "RESOURCE_EXHAUSTED", "peer": context.peer(),
+                                     "reason": "max_concurrent_streams"}))
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"server busy: {self.limits.max_concurrent_streams} concurrent jobs already running "
+                          "(max_concurrent_streams); retry later")
+
+    def _log_job(self, rpc: str, spec: JobSpec | None, job: _TileJob | None, status: str, t0: float,
+                 context: grpc.ServicerContext, message: str = "") -> None:
+        rec = {
+            "event": "job", "rpc": rpc, "job_id": spec.job_id if spec else "", "model": spec.model if spec else "",
+            "annotation_id": spec.annotation_id if spec else "", "status": status,
+            "tiles": job.tiles_done if job else 0, "nuclei": job.nuclei if job else 0,
+            "seconds": round(time.perf_counter() - t0, 3), "peer": context.peer(),
+        }
+        if message:
+            rec["message"] = message[:300]
+        job_log.info(json.dumps(rec, ensure_ascii=False))
+
+    # ------------------------------------------------------------------ unary
+    def GetInfo(self, request, context):
+        first = next(iter(self.runners.values()))
+        return pb.ServerInfo(
+            version=__version__, device=str(first.model.device), models_loaded=list(self.runners),
+            default_model=self.default_model, max_batch=self.max_batch,
+            limits=pb.Limits(max_message_bytes=self.limits.max_message_bytes,
+                             max_tile_pixels=self.limits.max_tile_pixels,
+                             max_tiles_per_stream=self.limits.max_tiles_per_stream,
+                             max_concurrent_streams=self.limits.max_concurrent_streams),
+        )
+
+    def ListModels(self, request, context):
+        out = pb.ListModelsResponse()
+        for name, r in self.runners.items():
+            cfg = r.cfg
+            tax = cfg.tax
+            mi = out.models.add(name=name, mpp=cfg.mpp, tile_size=cfg.tile_size, tile_overlap=cfg.tile_overlap,
+                                description=f"{cfg.arch} / {cfg.backbone} ({r.model.source})")
+            for c in tax.classes:
+                mi.classes.add(id=c.id, name=c.name, color=list(c.color), role=c.role, level=c.level)
+            mi.substitutions.extend(tax.substitutions())
+        return out
+
+    def Narrate(self, request, context):
+        from ..tme.report import report_from_features
+
+        try:
+            features = json.loads(request.features_json or "")
+        except json.JSONDecodeError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"features_json is not valid JSON: {e}")
+        if not isinstance(features, dict):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "features_json must be a JSON object (the raw_data dict)")
+        backend = request.narrative_backend or "template"
+        from .tiles import NARRATIVE_BACKENDS
+
+        if backend not in NARRATIVE_BACKENDS:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"narrative_backend must be one of {list(NARRATIVE_BACKENDS)}, got {backend!r}")
+        kw: dict[str, Any] = {"narrative_backend": backend}
+        if request.taxonomy:
+            from ..taxonomy import get_taxonomy
+
+            try:
+                kw["taxonomy"] = get_taxonomy(request.taxonomy)
+            except (KeyError, ValueError) as e:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"taxonomy: {e}")
+        from ..narrative.backends import NarrativeBackendError
+
+        if backend == "none":
+            kw["narrative_backend"] = "template"
+        try:
+            report = _sanitise(report_from_features(features, **kw))
+        except NarrativeBackendError as e:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"narrative_backend {backend!r}: {e}")
+        except (InputError, ValueError, KeyError, TypeError) as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"features_json: {e}")
+        if backend == "none":
+            report.update(narrative="", narrative_backend="none", narrative_backend_used="none", verifier=None)
+        narrative = report.get("narrative")
+        return pb.NarrateResponse(
+            report_json=json.dumps(report, ensure_ascii=False, allow_nan=False),
+            narrative=narrative if isinstance(narrative, str) else "",
+            tokens=[str(t) for t in report.get("generated_tokens") or []],
+        )
+
+    def AnalyzeImage(self, request, context):
+        from ..inference.tiling import plan_stream_tiles
+
+        t0 = time.perf_counter()
+        self._acquire_slot(context)
+        token = JobToken("analyze")
+        context.add_callback(token.cancel)
+        spec: JobSpec | None = None
+        job: _TileJob | None = None
+        status = "OK"
+        try:
+            cfg_msg = pb.JobConfig(model=request.model, image_mpp=request.image_mpp, output_type=request.output_type,
+                                   narrative_backend=request.narrative_backend, job_id="analyze")
+            spec = parse_job_config(cfg_msg, self.default_model, self._known_models())
+            spec.model = self._model_name(spec.model)
+            runner = self.runners[spec.model]
+            if request.encoding not in (pb.PNG, pb.JPEG, pb.RAW_RGB):
+                raise invalid(f"encoding must be PNG, JPEG or RAW_RGB, got {request.encoding}")
+            if not request.pixels:
+                raise invalid("pixels is empty")
+            w, h = request.width, request.height
+            if request.encoding != pb.RAW_RGB and (w == 0 and h == 0):
+                w, h = _image_size(request.pixels, request.encoding)
+            if w <= 0 or h <= 0:
+                raise invalid(f"width/height must be > 0, got {w}x{h}")
+            if w * h > self.limits.max_image_pixels:
+                raise invalid(f"width*height = {w}x{h} exceeds max_image_pixels ({self.limits.max_image_pixels}); "
+                              "stream it with DetectTME instead")
+            rgb = decode_pixels(request.encoding, request.pixels, w, h, "image", self.limits.max_image_pixels)
+            cfg = runner.cfg
+            plan = plan_stream_tiles((0, 0, w, h), (w, h), spec.image_mpp, cfg.mpp, cfg.tile_size, cfg.tile_overlap)
+            job = _TileJob(runner, spec, token, self.limits)
+            pending: list[tuple[WorkTile, Future, str]] = []
+            for k, st in enumerate(plan):
+                rx, ry, rw, rh = st.region
+                dt = DecodedTile(k, rx, ry, 1.0, st.core, np.ascontiguousarray(rgb[ry:ry + rh, rx:rx + rw]))
+                if len(pending) >= self.limits.max_inflight_tiles_per_stream:
+                    job.collect(*pending.pop(0))
+                pending.append((*job.submit(dt, f"image tile {k}"), f"image tile {k}"))
+            for p in pending:
+                job.collect(*p)
+            table = job.table()
+            table.meta["image_size"] = [w, h]
+            report = build_report(table, spec.narrative_backend)
+            from ..export.geojson import dumps, nuclei_to_features
+
+            fc = {"type": "FeatureCollection", "features": nuclei_to_features(table, spec.output_type)}
+            return pb.AnalyzeImageResponse(
+                features_geojson=dumps(fc),
+                report=_report_message(report, table, "", time.perf_counter() - t0))
+        except RequestError as e:
+            status = e.code.name
+            context.abort(e.code, e.message)
+        except Cancelled:
+            status = "CANCELLED"
+            context.abort(grpc.StatusCode.CANCELLED, "cancelled")
+        except SegTMEError as e:
+            status = "INVALID_ARGUMENT"
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except Exception as e:
+            if status == "OK" and type(e) is not Exception:  # context.abort raises a bare Exception
+                status = "INTERNAL"
+                log.exception("AnalyzeImage failed")
+                context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}")
+            raise
+        finally:
+            token.cancel()
+            if job is not None:
+                job.runner.batcher.drop(token)
+            self.slots.release()
+            self._log_job("AnalyzeImage", spec, job, status, t0, context)
+
+    # ------------------------------------------------------------------ DetectTME
+    def DetectTME(self, request_iterator, context):
+        t0 = time.perf_counter()
+        self._acquire_slot(context)
+        token = JobToken("detect")
+        context.add_callback(token.cancel)  # runs when the RPC ends for any reason (cancel, deadline)
+        state: dict[str, Any] = {"spec": None, "job": None}
+        status, message = "OK", ""
+        abort: tuple[grpc.StatusCode, str] | None = None
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        try:
+            yield from self._detect(request_iterator, context, token, state, t0)
+        except RequestError as e:
+            abort = (e.code, e.message)
+        except SegTMEError as e:
+            abort = (grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except Cancelled:
+            job = state["job"]
+            if job is not None and job.error is not None:
+                abort = (job.error.code, job.error.message)
+            else:
+                expired = deadline is not None and time.monotonic() >= deadline - 0.25  # log label only
+                status = "DEADLINE_EXCEEDED" if expired else "CANCELLED"
+        except GeneratorExit:
+            status = "CANCELLED"
+            raise
+        except Exception as e:  # one stream's failure never reaches another: it ends this RPC only
+            log.exception("DetectTME failed")
+            abort = (grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}")
+        finally:
+            token.cancel()
+            job = state["job"]
+            if job is not None:
+                job.runner.batcher.drop(token)
+            self.slots.release()
+            if abort is not None:
+                status, message = abort[0].name, abort[1]
+            self._log_job("DetectTME", state["spec"], job, status, t0, context, message)
+        if abort is not None:
+            context.abort(*abort)
+
+    def _detect(self, request_iterator, context, token: JobToken, state: dict, t0: float):
+        try:
+            first = next(request_iterator)
+        except StopIteration:
+            raise invalid("config: the stream ended before the JobConfig message") from None
+        kind = first.WhichOneof("msg")
+        if kind != "config":
+            raise invalid(f"config: the first message must be a JobConfig, got {kind or 'an empty message'}")
+        spec = parse_job_config(first.config, self.default_model, self._known_models())
+        spec.model = self._model_name(spec.model)
+        state["spec"] = spec
+        token.name = spec.job_id or "detect"
+        runner = self.runners[spec.model]
+        job = _TileJob(runner, spec, token, self.limits)
+        state["job"] = job
+        inbox: queue.Queue = queue.Queue()
+        reader = threading.Thread(target=self._read_tiles, args=(request_iterator, job, inbox),
+                                  name=f"segtme-reader-{token.name}", daemon=True)
+        reader.start()
+        expected = spec.expected_tiles
+        while True:
+            item = self._next_item(inbox, token)
+            if item[0] == "end":
+                break
+            if item[0] == "error":
+                raise item[1]
+            _, wt, fut, fname = item
+            t = job.collect(wt, fut, fname)
+            if spec.per_tile_results and len(t):
+                yield from (pb.DetectResponse(nuclei=m) for m in _features_messages(t, spec.output_type, wt.tile.index))
+            frac = min(job.tiles_done / expected, 0.99) if expected > 0 else 0.0
+            yield pb.DetectResponse(progress=pb.Progress(
+                tiles_done=job.tiles_done, tiles_expected=expected, nuclei_so_far=job.nuclei,
+                fraction=frac, stage="segmenting"))
+        table = job.table()
+        yield pb.DetectResponse(progress=pb.Progress(
+            tiles_done=job.tiles_done, tiles_expected=expected, nuclei_so_far=len(table),
+            fraction=min(job.tiles_done / expected, 0.99) if expected > 0 else 0.0, stage="features"))
+        if not spec.per_tile_results:
+            for m in _features_messages(table, spec.output_type, -1):
+                if token.cancelled:
+                    raise Cancelled(token.name)
+                yield pb.DetectResponse(nuclei=m)
+        report = build_report(table, spec.narrative_backend)
+        if token.cancelled:
+            raise Cancelled(token.name)
+        yield pb.DetectResponse(progress=pb.Progress(
+            tiles_done=job.tiles_done, tiles_expected=expected, nuclei_so_far=len(table), fraction=1.0, stage="done"))
+        yield pb.DetectResponse(report=_report_message(report, table, spec.annotation_id, time.perf_counter() - t0))
+
+    def _next_item(self, inbox: queue.Queue, token: JobToken):
+        while True:
+            try:
+                return inbox.get(timeout=_POLL_S)
+            except queue.Empty:
+                if token.cancelled:
+                    raise Cancelled(token.name) from None
+
+    def _read_tiles(self, request_iterator, job: _TileJob, inbox: queue.Queue) -> None:
+        """Reader thread: validate, decode, rescale and submit tiles; hand (tile, future) to the
+        response loop in order. Ends with ("end",) or ("error", RequestError)."""
+        n = 0
+        try:
+            for msg in request_iterator:
+                if job.token.cancelled:
+                    return
+                kind = msg.WhichOneof("msg")
+                if kind == "end":
+                    break
+                if kind == "config":
+                    raise invalid(f"config: a JobConfig may only be the first message (got another after {n} tile(s))")
+                if kind != "tile":
+                    raise invalid(f"message {n + 1}: empty DetectRequest (set config, tile or end)")
+                if n >= self.limits.max_tiles_per_stream:
+                    raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                       f"tile[{n}]: more than max_tiles_per_stream ({self.limits.max_tiles_per_stream}) "
+                                       "tiles in one stream")
+                fname = f"tile[{n}]"
+                dt = decode_tile(msg.tile, self.limits, n)
+                wt, fut = job.submit(dt, fname)
+                inbox.put(("tile", wt, fut, fname))
+                n += 1
+            inbox.put(("end",))
+        except RequestError as e:
+            # stop this job's compute at once (queued tiles dropped), then report the error
+            job.error = e
+            job.token.cancel()
+            inbox.put(("error", e))
+        except Cancelled:
+            pass
+        except grpc.RpcError:
+            job.token.cancel()  # the client went away
+        except Exception as e:  # never let a reader crash silently
+            if job.token.cancelled:
+                return
+            log.exception("reading tiles failed")
+            inbox.put(("error", RequestError(grpc.StatusCode.INTERNAL, f"reading tiles failed: {type(e).__name__}: {e}")))
+
+
+def _image_size(data: bytes, encoding: int) -> tuple[int, int]:
+    import io
+
+    from PIL import Image
+
+    try:
+        im = Image.open(io.BytesIO(data), formats=["PNG" if encoding == pb.PNG else "JPEG"])
+        return im.width, im.height
+    except Exception as e:
+        raise invalid(f"pixels: cannot read the image header ({type(e).__name__}: {e})") from None
+
+
+# --------------------------------------------------------------------------- server
+class SegTMEServer:
+    """A running server: ``port``, ``stop(grace)``, ``wait()``."""
+
+    def __init__(self, server: grpc.Server, port: int, servicer: SegTMEServicer, health, config: ServerConfig,
+                 owns_runners: bool = True):
+        self.owns_runners = owns_runners
+        self.server = server
+        self.port = port
+        self.servicer = servicer
+        self.health = health
+        self.config = config
+        self._stopped = threading.Event()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Graceful stop: health -> NOT_SERVING, refuse new calls, let running calls finish for
+        ``grace`` seconds, then cancel them and shut the batchers down."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        from grpc_health.v1 import health_pb2
+
+        self.health.enter_graceful_shutdown()
+        for svc in ("", SERVICE_NAME):
+            self.health.set(svc, health_pb2.HealthCheckResponse.NOT_SERVING)
+        ev = self.server.stop(self.config.grace_s if grace is None else grace)
+        ev.wait()
+        if self.owns_runners:
+            for r in self.servicer.runners.values():
+                r.batcher.close()
+        log.info("server stopped")
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def load_runners(config: ServerConfig) -> tuple[dict[str, ModelRunner], dict[str, str]]:
+    """Load each model once (by spec) and start its batcher. Returns (runners by config name,
+    aliases spec -> name)."""
+    from ..models.registry import load_model
+
+    runners: dict[str, ModelRunner] = {}
+    aliases: dict[str, str] = {}
+    for spec in config.models:
+        lm = load_model(spec, config.device, allow_random=config.allow_random)
+        name = lm.config.name
+        if name in runners:
+            raise SegTMEError(f"two models named {name!r}; give each model a distinct name")
+        runners[name] = make_runner(lm, config.max_batch, config.max_wait_ms, config.queue_size)
+        if str(spec) != name:
+            aliases[str(spec)] = name
+        if config.warmup:
+            from ..inference.engine import forward_tiles
+
+            T = lm.config.tile_size
+            forward_tiles(lm, [np.full((T, T, 3), 200, np.uint8)])
+        log.info("model %s loaded on %s (%s)", name, lm.device, lm.source)
+    return runners, aliases
+
+
+def build_server(config: ServerConfig, runners: dict[str, ModelRunner] | None = None,
+                 aliases: dict[str, str] | None = None) -> SegTMEServer:
+    """Create, bind and start the server (``config.port`` 0 = pick a free port)."""
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection
+
+    from .auth import BearerTokenInterceptor, server_credentials
+
+    owns = runners is None
+    if runners is None:
+        runners, aliases = load_runners(config)
+    lim = config.limits
+    servicer = SegTMEServicer(runners, lim, config.max_batch, aliases)
+    # streams + unary calls + health; beyond this gRPC answers RESOURCE_EXHAUSTED instead of queueing
+    workers = lim.max_concurrent_streams + 8
+    interceptors = [BearerTokenInterceptor(config.token)] if config.token else []
+    options = [
+        ("grpc.max_receive_message_length", int(lim.max_message_bytes)),
+        ("grpc.max_send_message_length", int(lim.max_message_bytes)),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="segtme-rpc"),
+        interceptors=interceptors, options=options, maximum_concurrent_rpcs=workers,
+    )
+    pb_grpc.add_SegTMEServicer_to_server(servicer, server)
+    hs = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    addr = f"{config.host}:{config.port}"
+    if config.tls_cert or config.tls_key:
+        if not (config.tls_cert and config.tls_key):
+            raise InputError("TLS needs both --tls-cert and --tls-key")
+        port = server.add_secure_port(addr, server_credentials(config.tls_cert, config.tls_key))
+    else:
+        port = server.add_insecure_port(addr)
+    if port == 0:
+        raise SegTMEError(f"cannot bind {addr}")
+    server.start()
+    for svc in ("", SERVICE_NAME):
+        hs.set(svc, health_pb2.HealthCheckResponse.SERVING)
+    log.info("segtme server %s listening on %s:%d (%s, token=%s, models=%s, max_batch=%d)", __version__, config.host,
+             port, "TLS" if config.tls_cert else "plaintext", "yes" if config.token else "no", list(runners),
+             config.max_batch)
+    return SegTMEServer(server, port, servicer, hs, config, owns_runners=owns)

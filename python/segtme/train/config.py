@@ -1,0 +1,191 @@
+"""Training-run configuration: one TOML (``tomllib``) or YAML (``pyyaml``) file per run.
+
+Sections (all optional except ``[model]`` and at least one ``[[data]]``; defaults = the paper's
+Table 3 where it has a value)::
+
+    [run]     out_dir, seed, device ("auto"), threads (0 = torch default), epochs | max_steps,
+              batch_size (per device, 8), grad_accum (1), eval_every (500 optimiser steps),
+              log_every (10), save_every (resume state; default = eval_every), keep_best (2),
+              metric ("miou"), metric_mode ("max"), compile (false), amp ("auto" = bf16 on CUDA),
+              num_workers (2), val_crops_per_image (4), max_val_items (64), eval_instances (true),
+              cache_size (16 decoded images per worker), ddp_timeout_s (10800), sync_bn (false),
+              find_unused_parameters (false), grad_clip (0 = off)
+    [model]   preset = "uperhover_resnet18" | config = "path/to/model.json"; any ModelConfig field
+              as an override (name, backbone, head_hidden, taxonomy, mpp, tile_size, ...);
+              init_weights = "full model .safetensors" (init_strict = true);
+              backbone_weights = "auto" | PATH (UNI2-h via find_uni2h_checkpoint; never downloads)
+    [optim]   lr (5e-5), weight_decay (1e-2), betas ([0.9, 0.999]), eps (1e-8),
+              schedule ("linear" | "poly" | "constant"), warmup_steps (0), poly_power (1.0),
+              min_lr (0.0)
+    [loss]    name ("uperhover" | "ce" | "module:Factory"), other keys -> the loss's kwargs
+              (uperhover: hv_weight 1.0, msge_weight 2.0)
+    [augment] AugmentConfig fields (paper: colour jitter, HLS, flips, each p = 0.5)
+    [postprocess]  HV-watershed overrides used by evaluation (PQ)
+    [[data]]  name, kind (folder | pannuke | pseudo), path, mpp (override for all images),
+              default_mpp (for images whose index.json has none), classes
+              (true), class_map ({"dataset id" = model id}), split (index.json split filter),
+              repeat ("auto" | int crops per image per epoch), use ("train" | "val" | "both"),
+              val (list of sample names/stems held out for validation), val_fraction (0.0),
+              exclude (list of names/stems), scales (tcga_ut), images_root (pseudo)
+
+Relative paths are resolved against the current working directory.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs/train"
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0
+    epochs: float | None = None
+    max_steps: int | None = None
+    batch_size: int = 8
+    grad_accum: int = 1
+    eval_every: int = 500
+    log_every: int = 10
+    save_every: int | None = None
+    keep_best: int = 2
+    metric: str = "miou"
+    metric_mode: str = "max"
+    compile: bool = False
+    amp: str = "auto"
+    num_workers: int = 2
+    val_crops_per_image: int = 4
+    max_val_items: int = 64
+    eval_instances: bool = True
+    cache_size: int = 16
+    ddp_timeout_s: int = 10800
+    sync_bn: bool = False
+    find_unused_parameters: bool = False
+    grad_clip: float = 0.0
+    progress: bool = True
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-5
+    weight_decay: float = 1e-2
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    schedule: str = "linear"
+    warmup_steps: int = 0
+    poly_power: float = 1.0
+    min_lr: float = 0.0
+
+
+@dataclass
+class DataSpec:
+    path: str
+    kind: str = "folder"
+    name: str | None = None
+    mpp: float | None = None
+    default_mpp: float | None = None
+    classes: bool = True
+    class_map: dict[int, int] | None = None
+    split: str | None = None
+    repeat: Any = "auto"
+    use: str = "train"
+    val: list[str] = field(default_factory=list)
+    val_fraction: float = 0.0
+    exclude: list[str] = field(default_factory=list)
+    scales: list[int] | None = None
+    images_root: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    run: RunConfig
+    model: dict[str, Any]
+    data: list[DataSpec]
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: dict[str, Any] = field(default_factory=lambda: {"name": "uperhover"})
+    augment: dict[str, Any] = field(default_factory=dict)
+    postprocess: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        d = asdict(self)
+        d.pop("source", None)
+        return d
+
+
+def _build(cls, d: dict[str, Any], where: str):
+    known = {f.name for f in fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise InputError(f"config [{where}]: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+    try:
+        return cls(**d)
+    except TypeError as e:
+        raise InputError(f"config [{where}]: {e}") from None
+
+
+def train_config_from_dict(d: dict[str, Any], source: str | None = None) -> TrainConfig:
+    d = dict(d)
+    known = {"run", "model", "data", "optim", "loss", "augment", "postprocess"}
+    unknown = set(d) - known
+    if unknown:
+        raise InputError(f"config: unknown section(s) {sorted(unknown)}; known: {sorted(known)}")
+    if "model" not in d or not isinstance(d["model"], dict):
+        raise InputError("config: missing [model] section (preset = ... or config = ...)")
+    data = d.get("data") or []
+    if isinstance(data, dict):
+        data = [data]
+    specs = []
+    for i, ds in enumerate(data):
+        ds = dict(ds)
+        if "class_map" in ds and ds["class_map"] is not None:
+            ds["class_map"] = {int(k): int(v) for k, v in ds["class_map"].items()}
+        specs.append(_build(DataSpec, ds, f"data #{i}"))
+    run = _build(RunConfig, dict(d.get("run", {})), "run")
+    if run.metric_mode not in ("max", "min"):
+        raise InputError("config [run]: metric_mode must be 'max' or 'min'")
+    optim = _build(OptimConfig, dict(d.get("optim", {})), "optim")
+    if optim.schedule not in ("linear", "poly", "constant"):
+        raise InputError(f"config [optim]: schedule must be linear, poly or constant, got {optim.schedule!r}")
+    loss = dict(d.get("loss", {"name": "uperhover"}))
+    loss.setdefault("name", "uperhover")
+    return TrainConfig(run=run, model=dict(d["model"]), data=specs, optim=optim, loss=loss,
+                       augment=dict(d.get("augment", {})), postprocess=dict(d.get("postprocess", {})), source=source)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Parse a TOML (.toml) or YAML (.yaml/.yml) file (JSON also accepted) into a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            return tomllib.loads(text)
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            return yaml.safe_load(text) or {}
+        if path.suffix == ".json":
+            return json.loads(text)
+    except Exception as e:  # tomllib.TOMLDecodeError, yaml.YAMLError, json errors
+        raise InputError(f"cannot parse config {path}: {e}") from None
+    raise InputError(f"config {path}: use a .toml, .yaml/.yml or .json file")
+
+
+def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a run config; ``overrides`` like {"run.max_steps": 10} are applied on top."""
+    d = read_config_file(path)
+    for k, v in (overrides or {}).items():
+        sec, _, key = k.partition(".")
+        d.setdefault(sec, {})[key] = v
+    return train_config_from_dict(d, source=str(path))

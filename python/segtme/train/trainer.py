@@ -1,0 +1,681 @@
+"""The trainer behind ``segtme train CONFIG`` (single process, or multi-GPU/multi-node via torchrun).
+
+What one run does (paper section 6, Table 3 defaults; everything overridable in the config):
+
+* data: ``[[data]]`` readers -> working-MPP crops of ``tile_size`` (``segtme.data``); training
+  crops are random + augmented, validation crops are fixed grid positions;
+* model: ``segtme.models`` preset / config + overrides, fresh init (optionally full-model
+  ``init_weights`` or UNI2-h ``backbone_weights``); any registered family works, so a
+  semantic-only student (``[loss] name = "ce"``) uses the same trainer;
+* optimiser: AdamW (lr 5e-5, wd 1e-2), LR ``linear`` decay to 0 without warm-up, or
+  ``poly`` with ``warmup_steps`` (PAGET: 6e-5, 1500 warm-up), per optimiser step;
+* bf16 autocast on CUDA, optional ``torch.compile``, gradient accumulation;
+* every ``eval_every`` steps: validation loss, mIoU, and PQ/AJI/Dice (HV watershed) on crops
+  with instance labels; the best ``keep_best`` checkpoints by ``metric`` are kept as
+  ``checkpoints/ckpt-stepNNNNNNN.safetensors`` + ``.json`` (``ModelConfig``, loadable with
+  ``segtme.models.load_model(json)``); ``checkpoints/best.json`` lists them, best first;
+* ``metrics.csv`` (one row per log/eval step) and a tqdm bar on rank 0;
+* resume: ``resume/`` holds model, optimiser (+ RNG) as safetensors and ``state.json``
+  (step, micro-batch counter, best list); rerunning the same command continues exactly where it
+  stopped (data order and augmentations are pure functions of seed, epoch and index).
+
+Metrics (validation crops): ``miou`` = mean IoU over all classes incl. background (as HF
+``evaluate``'s mean_iou) on class-labelled crops; if no validation crop has classes, it is the
+binary background/nucleus mIoU. ``fg_iou`` = nucleus-vs-background IoU on all crops (pixels of
+unknown class count as nucleus). ``pq``/``aji``/``dice`` = mean over crops with instance labels.
+
+DDP: launched by torchrun (``WORLD_SIZE`` > 1): nccl on CUDA, gloo on CPU; ``EpochSampler``
+shards the data; rank 0 evaluates, logs and writes files; the others wait at a barrier.
+Gradients are averaged over ranks (each rank's loss is the mean over its own shard).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, replace as dc_replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..data.dataset import CropDataset, EpochSampler
+from ..data.readers import read_dataset
+from ..data.sample import FG_UNKNOWN, IGNORE, SampleRef
+from ..data.transforms import AugmentConfig
+from ..errors import InputError
+from ..export.atomic import atomic_write, atomic_write_text
+from ..models.config import ModelConfig
+from ..models.registry import (
+    create_model,
+    find_uni2h_checkpoint,
+    load_backbone_weights,
+    load_state_dict_strict,
+    presets,
+    read_state_dict,
+    resolve_config,
+    select_device,
+)
+from .config import DataSpec, TrainConfig, load_train_config
+from .losses import build_loss
+
+log = logging.getLogger(__name__)
+
+MODEL_KEYS_NOT_CONFIG = ("preset", "config", "init_weights", "init_strict")
+#: what ``Trainer.evaluate`` can report (``[run] metric`` must be one of these)
+EVAL_METRICS = {"val_loss", "miou", "miou_nuclei", "fg_iou", "pq", "dq", "sq", "aji", "dice"}
+
+
+# --------------------------------------------------------------------------- model
+def build_model_config(model_section: dict[str, Any]) -> ModelConfig:
+    """ModelConfig from ``[model]``: a preset or a config JSON, plus ModelConfig-field overrides."""
+    m = dict(model_section)
+    preset, cfg_path = m.pop("preset", None), m.pop("config", None)
+    for k in MODEL_KEYS_NOT_CONFIG:
+        m.pop(k, None)
+    if preset and cfg_path:
+        raise InputError("[model]: give either preset or config, not both")
+    if preset:
+        if preset not in presets():
+            raise InputError(f"[model]: unknown preset {preset!r}; known: {sorted(presets())}")
+        base = presets()[preset]
+    elif cfg_path:
+        base, _ = resolve_config(str(cfg_path))
+    else:
+        if "name" not in m:
+            raise InputError("[model]: need preset = ..., config = ..., or an inline config with name")
+        return ModelConfig.from_dict(m)
+    bw = m.pop("backbone_weights", None)
+    cfg = base.replace(**m)
+    return cfg.replace(backbone_weights=bw) if bw is not None else cfg
+
+
+def init_model(cfg: ModelConfig, model_section: dict[str, Any]) -> tuple[nn.Module, str]:
+    """Fresh model (random heads) + optional full-model or backbone weights. Returns (module, source)."""
+    module = create_model(cfg.replace(weights=None))
+    src = "random-init"
+    iw = model_section.get("init_weights")
+    if iw:
+        sd = read_state_dict(iw)
+        if model_section.get("init_strict", True):
+            load_state_dict_strict(module, sd, str(iw))
+        else:
+            own = module.state_dict()
+            fit = {k: v for k, v in sd.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+            module.load_state_dict(fit, strict=False)
+            log.info("init_weights %s: loaded %d/%d tensors (non-strict)", iw, len(fit), len(own))
+        src = f"init:{iw}"
+    bw = cfg.backbone_weights
+    if bw:
+        p = find_uni2h_checkpoint(None if bw == "auto" else bw)
+        load_backbone_weights(module, p)
+        src += f" + backbone:{p}"
+    return module, src
+
+
+# --------------------------------------------------------------------------- data
+def _matches(ref: SampleRef, names: list[str]) -> bool:
+    stem = ref.name.split("/", 1)[-1]
+    base = stem.rsplit("/", 1)[-1]
+    return ref.name in names or stem in names or base in names
+
+
+def split_refs(specs: list[DataSpec], seed: int) -> tuple[list[SampleRef], list[int | None], list[SampleRef]]:
+    """(train refs, per-ref repeat (None = auto), val refs) from the ``[[data]]`` entries."""
+    train, reps, val = [], [], []
+    for sp in specs:
+        kw: dict[str, Any] = {"name": sp.name}
+        if sp.kind == "folder":
+            kw.update(mpp=sp.mpp, default_mpp=sp.default_mpp, classes=sp.classes, class_map=sp.class_map, split=sp.split)
+        elif sp.kind == "pannuke":
+            kw.update(classes=sp.classes, class_map=sp.class_map)
+            if sp.mpp:
+                kw["mpp"] = sp.mpp
+        elif sp.kind == "pseudo":
+            kw.update(mpp=sp.mpp, images_root=sp.images_root)
+        elif sp.kind == "tcga_ut":
+            raise InputError(f"dataset {sp.path}: kind tcga_ut is unlabelled; pseudo-label it first (segtme pseudo-label)")
+        refs = [r for r in read_dataset(sp.kind, sp.path, **kw) if not _matches(r, sp.exclude)]
+        is_val = [_matches(r, sp.val) for r in refs]
+        missing = [n for n in sp.val if not any(_matches(r, [n]) for r in refs)]
+        if missing:
+            raise InputError(f"dataset {sp.path}: val name(s) {missing} match no sample")
+        if sp.val_fraction > 0:
+            rng = np.random.default_rng(seed)
+            cand = [i for i, v in enumerate(is_val) if not v]
+            k = max(1, round(sp.val_fraction * len(refs))) if len(refs) > 1 else 0
+            for i in rng.permutation(cand)[:k]:
+                is_val[int(i)] = True
+        if sp.use not in ("train", "val", "both"):
+            raise InputError(f"dataset {sp.path}: use must be train, val or both, got {sp.use!r}")
+        for r, v in zip(refs, is_val):
+            to_val = sp.use in ("val", "both") or v
+            to_train = sp.use == "both" or (sp.use == "train" and not v)
+            if to_val:
+                val.append(r)
+            if to_train:
+                train.append(r)
+                reps.append(None if sp.repeat in (None, "auto") else int(sp.repeat))
+    return train, reps, val
+
+
+def collate(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {k: torch.stack([b[k] for b in batch]) for k in batch[0]}
+
+
+# --------------------------------------------------------------------------- schedule
+def lr_factor(step: int, total: int, schedule: str, warmup: int = 0, power: float = 1.0) -> float:
+    """LR multiplier for optimiser step ``step`` (0-based) of ``total``.
+
+    linear (paper): ``(T - t) / T`` after an optional linear warm-up; poly: ``(1 - t'/T')^power``
+    after warm-up (t', T' counted from the end of warm-up); constant: 1 after warm-up."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    t, T = step - warmup, max(1, total - warmup)
+    frac = max(0.0, (T - t) / T)
+    return frac if schedule == "linear" else frac ** power
+
+
+# --------------------------------------------------------------------------- distributed
+@dataclass
+class DistInfo:
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def init_distributed(device_pref: str, timeout_s: int) -> tuple[DistInfo, torch.device]:
+    """Initialise torch.distributed from torchrun's environment (no-op for one process)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    info = DistInfo(world, rank, local)
+    dev = select_device(device_pref)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    return info, dev
+
+
+# --------------------------------------------------------------------------- state I/O
+def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    with atomic_write(path) as tmp:
+        save_file(flat, str(tmp), metadata=metadata)
+
+
+def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimiser state dict into tensors (safetensors) and JSON (no pickle)."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"state.{pid}.{k}"] = v
+            else:
+                scalars.setdefault(str(pid), {})[k] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        if not key.startswith("state."):
+            continue
+        _, pid, name = key.split(".", 2)
+        state.setdefault(int(pid), {})[name] = v
+    for pid, d in meta.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(d)
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _jsonable_random_state() -> list:
+    v, st, g = random.getstate()
+    return [v, list(st), g]
+
+
+def freeze_unused_parameters(model: nn.Module, tile: int, device: torch.device) -> list[str]:
+    """Probe one forward/backward (eval mode: BN statistics untouched) on a zero tile and set
+    ``requires_grad=False`` on parameters that get no gradient. Returns their names."""
+    was = model.training
+    model.eval()
+    x = torch.zeros(1, 3, tile, tile, device=device)
+    out = model(x)
+    total = sum(v.float().sum() for v in out.values())
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(total, params, allow_unused=True)
+    model.train(was)
+    unused = {id(p) for p, g in zip(params, grads) if g is None}
+    names = []
+    for n, p in model.named_parameters():
+        if id(p) in unused:
+            p.requires_grad_(False)
+            names.append(n)
+    return names
+
+
+# --------------------------------------------------------------------------- trainer
+class Trainer:
+    """One training run (see module doc). ``Trainer(cfg).fit()``; ``fit(stop_at_step=k)`` stops
+    after step k as an interruption would (tests), leaving a resumable state."""
+
+    def __init__(self, cfg: TrainConfig, *, model: nn.Module | None = None, model_config: ModelConfig | None = None):
+        self.cfg = cfg
+        rc = cfg.run
+        if rc.threads > 0:
+            torch.set_num_threads(rc.threads)
+        if rc.metric not in EVAL_METRICS:
+            raise InputError(f"[run] metric {rc.metric!r} unknown; choose one of {sorted(EVAL_METRICS)}")
+        self.dist, self.device = init_distributed(rc.device, rc.ddp_timeout_s)
+        self.out = Path(rc.out_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.resume_dir = self.out / "resume"
+        if self.dist.is_main:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            self.resume_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(rc.seed)
+        random.seed(rc.seed)
+        np.random.seed(rc.seed % (2**32))
+
+        self.model_cfg = model_config or build_model_config(cfg.model)
+        if model is None:
+            model, self.init_source = init_model(self.model_cfg, cfg.model)
+        else:
+            self.init_source = "given module"
+        self.model = model.to(self.device)
+        if self.dist.enabled and rc.sync_bn:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.loss_fn = build_loss(cfg.loss.get("name", "uperhover"), **{k: v for k, v in cfg.loss.items() if k != "name"})
+
+        # data
+        train_refs, reps, val_refs = split_refs(cfg.data, rc.seed)
+        if not train_refs:
+            raise InputError("no training samples (check [[data]] paths, use/val settings)")
+        mc = self.model_cfg
+        aug = AugmentConfig(**cfg.augment) if cfg.augment else AugmentConfig()
+        repeats = [r if r is not None else None for r in reps]
+        auto = [r is None for r in repeats]
+        if any(auto) and not all(auto):
+            # mixed: compute the auto ones here (CropDataset takes one list)
+            from ..data.dataset import ref_size
+            from ..data.transforms import working_size
+
+            repeats = [
+                r if r is not None else max(1, round(np.prod(working_size(ref_size(ref), ref.mpp, mc.mpp)) / mc.tile_size**2))
+                for r, ref in zip(repeats, train_refs)
+            ]
+        self.train_ds = CropDataset(train_refs, mc.mpp, mc.tile_size, mean=mc.mean, std=mc.std, num_classes=mc.num_classes,
+                                    train=True, repeats=None if all(auto) else repeats, augment_cfg=aug, seed=rc.seed,
+                                    cache_size=rc.cache_size, with_hv="hv" in mc.heads)
+        self.val_ds = None
+        if val_refs:
+            vds = CropDataset(val_refs, mc.mpp, mc.tile_size, mean=mc.mean, std=mc.std, num_classes=mc.num_classes,
+                              train=False, crops_per_image=rc.val_crops_per_image, seed=rc.seed, cache_size=rc.cache_size,
+                              with_hv="hv" in mc.heads)
+            if len(vds.items) > rc.max_val_items:
+                keep = np.linspace(0, len(vds.items) - 1, rc.max_val_items).round().astype(int)
+                vds.items = [vds.items[i] for i in sorted(set(keep.tolist()))]
+            self.val_ds = vds
+        self.sampler = EpochSampler(len(self.train_ds), num_replicas=self.dist.world, rank=self.dist.rank, seed=rc.seed)
+        per_rank = self.sampler.per_rank
+        self.drop_last = per_rank >= rc.batch_size
+        self.batches_per_epoch = per_rank // rc.batch_size if self.drop_last else 1
+        if rc.max_steps:
+            self.total_steps = int(rc.max_steps)
+        else:
+            epochs = rc.epochs if rc.epochs is not None else 1
+            self.total_steps = max(1, math.ceil(epochs * self.batches_per_epoch / rc.grad_accum))
+
+        # parameters the forward never uses (e.g. a ViT's final norm when only block taps are
+        # read) are frozen: AdamW would skip them anyway, and DDP needs every trained
+        # parameter to receive a gradient
+        self.frozen_unused = freeze_unused_parameters(self.model, mc.tile_size, self.device)
+        if self.frozen_unused and self.dist.is_main:
+            log.info("parameters unused by the forward pass (frozen): %s", ", ".join(self.frozen_unused))
+
+        # optimiser
+        oc = cfg.optim
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps, weight_decay=oc.weight_decay)
+        self.amp_dtype = None
+        if rc.amp == "bf16" or (rc.amp == "auto" and self.device.type == "cuda"):
+            self.amp_dtype = torch.bfloat16
+
+        self.ddp_model: nn.Module = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.ddp_model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                                 find_unused_parameters=rc.find_unused_parameters)
+        self.fwd_model = torch.compile(self.ddp_model) if rc.compile else self.ddp_model
+
+        # progress state
+        self.step = 0  # optimiser steps done
+        self.micro = 0  # micro-batches consumed
+        self.best: list[dict[str, Any]] = []
+        self.rows: list[dict[str, Any]] = []
+        self._resume()
+
+    # ------------------------------------------------------------------ helpers
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def set_lr(self) -> float:
+        oc = self.cfg.optim
+        f = lr_factor(self.step, self.total_steps, oc.schedule, oc.warmup_steps, oc.poly_power)
+        lr = oc.min_lr + (oc.lr - oc.min_lr) * f
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        return lr
+
+    def _loader_from(self, micro: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Endless micro-batch iterator starting at global micro-batch ``micro``."""
+        rc = self.cfg.run
+        while True:
+            epoch, pos = divmod(micro, self.batches_per_epoch)
+            self.sampler.set_epoch(epoch, start=pos * rc.batch_size)
+            dl = DataLoader(self.train_ds, batch_size=rc.batch_size, sampler=self.sampler, drop_last=self.drop_last,
+                            num_workers=rc.num_workers, collate_fn=collate, pin_memory=self.device.type == "cuda",
+                            persistent_workers=False)
+            n = 0
+            for batch in dl:
+                yield batch
+                micro += 1
+                n += 1
+                if n >= self.batches_per_epoch - pos:
+                    break
+            if n == 0:
+                raise InputError("training data loader produced no batch (dataset too small for batch_size?)")
+
+    def _to_dev(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    # ------------------------------------------------------------------ train
+    def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """One optimiser step over ``grad_accum`` micro-batches; returns mean loss terms."""
+        self.ddp_model.train()
+        lr = self.set_lr()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        k = len(micro_batches)
+        for i, mb in enumerate(micro_batches):
+            mb = self._to_dev(mb)
+            sync = (i == k - 1) or not self.dist.enabled
+            ctx = nullcontext() if sync else self.ddp_model.no_sync()  # type: ignore[attr-defined]
+            with ctx:
+                with self.autocast():
+                    out = self.fwd_model(mb["image"])
+                terms = self.loss_fn(out, mb)
+                (terms["total"] / k).backward()
+            for name, v in terms.items():
+                sums[name] = sums.get(name, 0.0) + float(v.detach()) / k
+        if self.cfg.run.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.run.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        sums["lr"] = lr
+        return sums
+
+    def fit(self, stop_at_step: int | None = None) -> dict[str, Any]:
+        """Train until ``total_steps`` (or ``stop_at_step``); returns a summary dict."""
+        rc = self.cfg.run
+        save_every = rc.save_every or rc.eval_every
+        it = self._loader_from(self.micro)
+        bar = None
+        if self.dist.is_main and rc.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.model_cfg.name}", dynamic_ncols=True)
+        run_terms: dict[str, float] = {}
+        n_run = 0
+        t0 = time.time()
+        while self.step < self.total_steps:
+            mbs = [next(it) for _ in range(rc.grad_accum)]
+            self.micro += rc.grad_accum
+            terms = self.train_step(mbs)
+            for k, v in terms.items():
+                run_terms[k] = run_terms.get(k, 0.0) + v
+            n_run += 1
+            last = self.step >= self.total_steps
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{terms['total']:.4f}", lr=f"{terms['lr']:.2e}")
+            row: dict[str, Any] | None = None
+            if self.step % rc.log_every == 0 or last:
+                row = {"step": self.step, "epoch": round(self.micro / self.batches_per_epoch, 4),
+                       "time_s": round(time.time() - t0, 2)}
+                row.update({("lr" if k == "lr" else f"loss_{k}" if k != "total" else "loss"): v / n_run for k, v in run_terms.items()})
+                run_terms, n_run = {}, 0
+            do_eval = self.step % rc.eval_every == 0 or last
+            if do_eval:
+                metrics = self.evaluate() if self.dist.is_main else {}
+                row = row or {"step": self.step, "epoch": round(self.micro / self.batches_per_epoch, 4)}
+                row.update(metrics)
+                if self.dist.is_main:
+                    self._checkpoint(metrics)
+            if row is not None and self.dist.is_main:
+                self._log_row(row)
+            if do_eval or self.step % save_every == 0 or last or (stop_at_step is not None and self.step >= stop_at_step):
+                self._save_resume()
+            if stop_at_step is not None and self.step >= stop_at_step:
+                break
+        if bar is not None:
+            bar.close()
+        return {"step": self.step, "total_steps": self.total_steps, "best": list(self.best), "out_dir": str(self.out)}
+
+    # ------------------------------------------------------------------ eval
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Validation metrics on the fixed validation crops (rank 0). Empty dict without val data."""
+        if self.val_ds is None or len(self.val_ds) == 0:
+            return {}
+        from ..eval.metrics import instance_metrics, miou, nanmean, semantic_confusion
+
+        C = self.model_cfg.num_classes
+        model = self.model
+        was_training = model.training
+        model.eval()
+        conf = np.zeros((C, C), np.int64)
+        conf_bin = np.zeros((2, 2), np.int64)
+        n_cls = 0
+        inst_rows: list[dict[str, float]] = []
+        losses: list[float] = []
+        dl = DataLoader(self.val_ds, batch_size=self.cfg.run.batch_size, shuffle=False, num_workers=0, collate_fn=collate)
+        post = dict(self.model_cfg.postprocess)
+        post.update(self.cfg.postprocess)
+        for batch in dl:
+            b = self._to_dev(batch)
+            with self.autocast():
+                out = model(b["image"])
+            losses.append(float(self.loss_fn(out, b)["total"]))
+            prob = torch.softmax(out["sem"].float(), 1).cpu().numpy()
+            hv = out["hv"].float().cpu().numpy() if "hv" in out else None
+            sem_t = batch["sem"].numpy()
+            for i in range(prob.shape[0]):
+                t = sem_t[i]
+                valid = t != IGNORE
+                pred = prob[i].argmax(0)
+                tb = ((t > 0) & valid).astype(np.int64)
+                pb = (pred > 0).astype(np.int64)
+                conf_bin += semantic_confusion(tb[valid][None], pb[valid][None], 2)
+                if bool(batch["has_cls"][i]):
+                    known = valid & (t != FG_UNKNOWN)
+                    conf += semantic_confusion(t[known][None], pred[known][None], C)
+                    n_cls += 1
+                if hv is not None and self.cfg.run.eval_instances and bool(batch["has_inst"][i]):
+                    from ..inference.postprocess import hv_watershed
+
+                    pinst = hv_watershed(1.0 - prob[i][0], hv[i], post)
+                    pinst[~valid] = 0
+                    inst_rows.append(instance_metrics(batch["inst"][i].numpy(), pinst).to_dict())
+        if was_training:
+            model.train()
+        res: dict[str, float] = {"val_loss": float(np.mean(losses))}
+        mb = miou(conf_bin, include_background=True)
+        res["fg_iou"] = float(mb["IoU_1"])
+        res["miou"] = float(miou(conf, include_background=True)["mIoU"]) if n_cls else float(mb["mIoU"])
+        if n_cls:
+            res["miou_nuclei"] = float(miou(conf)["mIoU"])
+        if inst_rows:
+            for k in ("pq", "dq", "sq", "aji", "dice"):
+                res[k] = nanmean(r[k] for r in inst_rows)
+        return res
+
+    # ------------------------------------------------------------------ files
+    def _log_row(self, row: dict[str, Any]) -> None:
+        self.rows = [r for r in self.rows if int(r["step"]) != int(row["step"])] + [row]
+        keys: list[str] = []
+        for r in self.rows:
+            for k in r:
+                if k not in keys:
+                    keys.append(k)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+        w.writeheader()
+        for r in self.rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+        atomic_write_text(self.out / "metrics.csv", buf.getvalue())
+        if not self.cfg.run.progress:
+            log.info("step %s: %s", row["step"], {k: v for k, v in row.items() if k != "step"})
+
+    def checkpoint_config(self, stem: str) -> ModelConfig:
+        return self.model_cfg.replace(weights=f"{stem}.safetensors", backbone_weights=None)
+
+    def save_model(self, directory: Path, stem: str) -> Path:
+        """``<stem>.safetensors`` + ``<stem>.json`` (ModelConfig); returns the JSON path."""
+        save_safetensors(self.model.state_dict(), directory / f"{stem}.safetensors",
+                         metadata={"format": "pt", "segtme_step": str(self.step)})
+        p = directory / f"{stem}.json"
+        self.checkpoint_config(stem).to_json(p)
+        return p
+
+    def _checkpoint(self, metrics: dict[str, float]) -> None:
+        rc = self.cfg.run
+        if metrics and rc.metric not in metrics:
+            raise InputError(f"[run] metric {rc.metric!r} not among evaluation metrics {sorted(metrics)}")
+        value = float(metrics[rc.metric]) if metrics else float(self.step)
+        if math.isnan(value):
+            value = -math.inf if rc.metric_mode == "max" else math.inf
+        sign = 1.0 if (rc.metric_mode == "max" or not metrics) else -1.0
+        cand = self.best + [{"step": self.step, "metric": rc.metric if metrics else "step", "value": value}]
+        cand.sort(key=lambda e: (-sign * e["value"], -e["step"]))
+        keep = cand[: rc.keep_best]
+        if any(e["step"] == self.step for e in keep):
+            stem = f"ckpt-step{self.step:07d}"
+            self.save_model(self.ckpt_dir, stem)
+            keep = [dict(e, json=f"{stem}.json") if e["step"] == self.step else e for e in keep]
+        for e in cand:
+            if e not in keep and "json" in e:
+                for suf in (".json", ".safetensors"):
+                    (self.ckpt_dir / (e["json"][:-5] + suf)).unlink(missing_ok=True)
+        self.best = keep
+        atomic_write_text(self.ckpt_dir / "best.json", json.dumps(
+            {"metric": rc.metric, "mode": rc.metric_mode, "best": self.best[0]["json"] if self.best else None,
+             "checkpoints": self.best}, indent=2))
+
+    def _save_resume(self) -> None:
+        if not self.dist.is_main:
+            if self.dist.enabled:
+                dist.barrier()
+            return
+        tag = f"{self.step:07d}"
+        otensors, ometa = optimizer_to_tensors(self.optimizer)
+        otensors["rng.torch"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                otensors[f"rng.cuda.{i}"] = s
+        save_safetensors(self.model.state_dict(), self.resume_dir / f"model-{tag}.safetensors")
+        save_safetensors(otensors, self.resume_dir / f"optim-{tag}.safetensors")
+        state = {
+            "step": self.step,
+            "micro": self.micro,
+            "total_steps": self.total_steps,
+            "best": self.best,
+            "model": f"model-{tag}.safetensors",
+            "optim": f"optim-{tag}.safetensors",
+            "optim_meta": ometa,
+            "rng_python": _jsonable_random_state(),
+            "rng_numpy": [np.random.get_state()[0], np.random.get_state()[1].tolist(), *np.random.get_state()[2:]],
+            "rows": self.rows,
+            "config": self.cfg.to_dict(),
+            "model_config": self.model_cfg.to_dict(),
+        }
+        atomic_write_text(self.resume_dir / "state.json", json.dumps(state, default=float))
+        for p in self.resume_dir.glob("*.safetensors"):
+            if tag not in p.name:
+                p.unlink(missing_ok=True)
+        if self.dist.enabled:
+            dist.barrier()
+
+    def _resume(self) -> None:
+        sp = self.resume_dir / "state.json"
+        if not sp.is_file():
+            return
+        from safetensors.torch import load_file
+
+        st = json.loads(sp.read_text())
+        if st.get("total_steps") != self.total_steps:
+            log.warning("resume: total_steps changed %s -> %s (LR schedule follows the new value)",
+                        st.get("total_steps"), self.total_steps)
+        load_state_dict_strict(self.model, load_file(str(self.resume_dir / st["model"])), st["model"])
+        ot = load_file(str(self.resume_dir / st["optim"]))
+        optimizer_from_tensors(self.optimizer, ot, st["optim_meta"])
+        torch.set_rng_state(ot["rng.torch"])
+        if torch.cuda.is_available():
+            cs = [ot[k] for k in sorted(k for k in ot if k.startswith("rng.cuda."))]
+            if cs:
+                torch.cuda.set_rng_state_all(cs)
+        v, s, g = st["rng_python"]
+        random.setstate((v, tuple(s), g))
+        name, keys, pos, has_g, cached = st["rng_numpy"]
+        np.random.set_state((name, np.asarray(keys, np.uint32), int(pos), int(has_g), float(cached)))
+        self.step, self.micro = int(st["step"]), int(st["micro"])
+        self.best, self.rows = st["best"], st.get("rows", [])
+        log.info("resumed from %s at step %d", sp, self.step)
+
+    def close(self) -> None:
+        if self.dist.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def train_from_config(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``segtme train CONFIG``: load the config, train (resuming if possible), return a summary."""
+    cfg = load_train_config(path, overrides)
+    tr = Trainer(cfg)
+    try:
+        if tr.dist.is_main:
+            atomic_write_text(tr.out / "train_config.json", json.dumps(cfg.to_dict(), indent=2, default=str))
+        return tr.fit()
+    finally:
+        tr.close()

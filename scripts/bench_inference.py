@@ -1,0 +1,378 @@
+#!/usr/bin/env python
+"""Inference speed benchmark: the default model through the real product path, the classical
+baseline on the same image, and the full UNI2-UperHoVer architecture's forward time per tile.
+
+One run on this machine measures, in this order (so the ratios share the same machine load):
+
+1. **Default model, end to end** (``segtme.pipeline.analyze`` + GeoJSON / overlay / CSV export),
+   on a real-H&E mosaic of ``--region`` x ``--region`` px at the model's working MPP, split into
+   read (``imageio.read_image`` of a PNG), model (``engine.predict_maps`` incl. resampling and
+   tile blending), post-processing (``postprocess.hv_watershed`` + ``classify_instances``),
+   features (``build_nuclei_table`` measurements + TME report) and export. Reported as megapixels
+   per second (working px), seconds per mm² of tissue, and peak RSS of a fresh child process
+   (one child per repeat, so the peak belongs to that run alone).
+2. **Classical baseline** (``models.classical``) on the same mosaic: detection + the same
+   nuclei-table measurements.
+3. **UNI2-UperHoVer** (the paper's ViT-G/14 + two UperNet heads of width 768) forward time per
+   224x224 tile with **random weights** (the architecture's cost; its weights are gated and not
+   here), and the default model's forward time per 224x224 tile for comparison.
+
+The mosaic is built from the real H&E of ``$SEGTME_DATA_DIR`` (MoNuSeg training images, resampled
+to the working MPP, flipped and tiled), or from the bundled sample when that data is missing.
+The machine may be shared: each measurement is repeated (``--repeats``) and the minimum and the
+median are reported with the load average before and after.
+
+    python scripts/bench_inference.py                       # 4000 px region, 2 repeats
+    python scripts/bench_inference.py --region 10000 --repeats 1 --write-docs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("read", "model", "postprocess", "features", "export")
+
+
+# ----------------------------------------------------------------------------- mosaic
+def make_mosaic(region: int, work_mpp: float, seed: int = 0) -> tuple[np.ndarray, str]:
+    """A ``region`` x ``region`` px RGB mosaic of real H&E at ``work_mpp`` µm/px."""
+    from PIL import Image
+
+    from segtme.inference.engine import resample
+
+    data = Path(os.environ.get("SEGTME_DATA_DIR", REPO.parent / "shared" / "data"))
+    tiles: list[np.ndarray] = []
+    src = ""
+    idx = data / "monuseg-train" / "index.json"
+    if idx.is_file():
+        items = json.loads(idx.read_text())
+        items = items["items"] if isinstance(items, dict) else items
+        for it in items:
+            rgb = np.asarray(Image.open(data / "monuseg-train" / it["image"]).convert("RGB"))
+            m = float(it.get("mpp") or 0.25)
+            tiles.append(resample(rgb, m / work_mpp))
+        src = f"MoNuSeg training images ({len(tiles)}) from {data}, resampled to {work_mpp} µm/px"
+    else:
+        p = REPO / "python" / "segtme" / "samples" / "he_tcia_stardist.jpg"
+        tiles.append(np.asarray(Image.open(p).convert("RGB")))
+        src = f"bundled sample {p.name} (treated as {work_mpp} µm/px)"
+    rng = np.random.default_rng(seed)
+    out = np.zeros((region, region, 3), np.uint8)
+    y = 0
+    while y < region:
+        x = 0
+        row_h = 0
+        while x < region:
+            t = tiles[int(rng.integers(len(tiles)))]
+            if rng.random() < 0.5:
+                t = t[:, ::-1]
+            if rng.random() < 0.5:
+                t = t[::-1]
+            h, w = min(t.shape[0], region - y), min(t.shape[1], region - x)
+            out[y : y + h, x : x + w] = t[:h, :w]
+            x += w
+            row_h = max(row_h, h)
+        y += row_h
+    return out, src
+
+
+# ----------------------------------------------------------------------------- timing
+class StageTimer:
+    """Accumulates wall time per stage by wrapping the product functions in their modules."""
+
+    def __init__(self) -> None:
+        self.t = {k: 0.0 for k in STAGES}
+        self._patched: list[tuple[object, str, object]] = []
+
+    def wrap(self, module: object, name: str, stage: str) -> None:
+        fn = getattr(module, name)
+
+        def timed(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.t[stage] += time.perf_counter() - t0
+
+        self._patched.append((module, name, fn))
+        setattr(module, name, timed)
+
+    def restore(self) -> None:
+        for module, name, fn in reversed(self._patched):
+            setattr(module, name, fn)
+        self._patched.clear()
+
+    @contextmanager
+    def stage(self, stage: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.t[stage] += time.perf_counter() - t0
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 1024.0 if sys.platform != "darwin" else r / 2**20
+
+
+def _child_default(png: str, work_mpp: float, threads: int, q: mp.Queue) -> None:
+    """One end-to-end run of the product path in a fresh process (clean peak memory)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    import segtme.inference.engine as engine
+    import segtme.inference.postprocess as post
+    import segtme.pipeline as pipeline
+    from segtme.export.geojson import write_geojson
+    from segtme.export.overlay import write_overlay
+    from segtme.export.tables import write_nuclei_csv
+    from segtme.inference import imageio
+    from segtme.models import load_model
+
+    model = load_model("default", "cpu")
+    base_rss = _peak_rss_mib()
+    st = StageTimer()
+    st.wrap(imageio, "read_image", "read")
+    st.wrap(engine, "predict_maps", "model")
+    st.wrap(post, "hv_watershed", "postprocess")
+    st.wrap(post, "classify_instances", "postprocess")
+    st.wrap(pipeline, "build_nuclei_table", "features")
+    st.wrap(pipeline, "build_report", "features")
+    t0 = time.perf_counter()
+    res = pipeline.analyze(png, mpp=work_mpp, model=model)
+    with tempfile.TemporaryDirectory() as d, st.stage("export"):
+        write_geojson(Path(d) / "nuclei.geojson", res.feature_collection())
+        img = imageio.read_image(png).rgb if False else None  # the overlay reuses the array below
+        del img
+        write_nuclei_csv(Path(d) / "nuclei.csv", res.nuclei)
+        from PIL import Image
+
+        with Image.open(png) as im:
+            rgb = np.asarray(im.convert("RGB"))
+        write_overlay(Path(d) / "overlay.png", rgb, res.nuclei)
+    total = time.perf_counter() - t0
+    st.restore()
+    q.put({"total": total, **st.t, "n_nuclei": len(res.nuclei), "peak_rss_mib": _peak_rss_mib(), "base_rss_mib": base_rss})
+
+
+def _child_classical(png: str, work_mpp: float, q: mp.Queue) -> None:
+    from segtme.inference import imageio
+    from segtme.inference.nuclei import build_nuclei_table
+    from segtme.models import load_model
+
+    model = load_model("classical", "cpu")
+    base_rss = _peak_rss_mib()
+    t0 = time.perf_counter()
+    rgb = imageio.read_image(png).rgb
+    t1 = time.perf_counter()
+    inst, cls, prob = model.module.predict_instances(rgb, work_mpp)
+    t2 = time.perf_counter()
+    table = build_nuclei_table(inst, model.config.tax, class_id=cls, class_prob=prob, rgb=rgb, mpp=work_mpp)
+    t3 = time.perf_counter()
+    q.put({"total": t3 - t0, "read": t1 - t0, "detect": t2 - t1, "features": t3 - t2, "n_nuclei": len(table),
+           "peak_rss_mib": _peak_rss_mib(), "base_rss_mib": base_rss})
+
+
+def _run_child(target, *args) -> dict:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=target, args=(*args, q))
+    p.start()
+    out = q.get()
+    p.join()
+    return out
+
+
+def tile_forward_seconds(preset_or_name: str, n: int, threads: int, tile: int = 224, random_weights: bool = False) -> list[float]:
+    """Seconds per forward of one tile x tile tile (batch 1, channels_last, inference mode)."""
+    import torch
+
+    from segtme.models import create_model, load_model, resolve_config
+
+    torch.set_num_threads(threads)
+    if random_weights:
+        cfg, _ = resolve_config(preset_or_name)
+        module = create_model(cfg).eval()
+    else:
+        module = load_model(preset_or_name, "cpu").module.eval()
+    module = module.to(memory_format=torch.channels_last)
+    x = torch.randn(1, 3, tile, tile).contiguous(memory_format=torch.channels_last)
+    out = []
+    with torch.inference_mode():
+        module(x)  # warm-up
+        for _ in range(n):
+            t0 = time.perf_counter()
+            module(x)
+            out.append(time.perf_counter() - t0)
+    del module
+    return out
+
+
+def machine() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--region", type=int, default=4000, help="mosaic edge in working px (default 4000; the target is stated for 10000)")
+    ap.add_argument("--repeats", type=int, default=2, help="end-to-end repeats (fresh process each)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (the target machine has 2 cores)")
+    ap.add_argument("--uni2-tiles", type=int, default=2, help="UNI2-UperHoVer tiles to time (0 = skip)")
+    ap.add_argument("--out", default=str(REPO / "runs" / "bench"), help="folder for the saved table (git-ignored runs/)")
+    ap.add_argument("--write-docs", action="store_true", help="also replace the table in docs/benchmarks.md")
+    args = ap.parse_args(argv)
+
+    from segtme.models import resolve_config
+
+    cfg, _ = resolve_config("default")
+    work_mpp = float(cfg.mpp)
+    info = machine()
+    load0 = _load()
+    print(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}; load average {load0}", flush=True)
+    rgb, src = make_mosaic(args.region, work_mpp)
+    mp_work = rgb.shape[0] * rgb.shape[1] / 1e6
+    mm2 = mp_work * (work_mpp**2)  # µm² per px x px / 1e6 = mm²
+    print(f"mosaic: {args.region}x{args.region} px at {work_mpp} µm/px = {mp_work:.1f} MP = {mm2:.2f} mm² ({src})", flush=True)
+
+    results: dict = {"machine": info, "mosaic": {"px": args.region, "mpp": work_mpp, "megapixels": mp_work, "mm2": mm2, "source": src}}
+    with tempfile.TemporaryDirectory() as d:
+        png = str(Path(d) / "mosaic.png")
+        from PIL import Image
+
+        Image.fromarray(rgb).save(png, compress_level=1)
+        del rgb
+        runs = []
+        for r in range(args.repeats):
+            out = _run_child(_child_default, png, work_mpp, args.threads)
+            runs.append(out)
+            print(f"default model run {r + 1}: {out['total']:.1f} s, {out['n_nuclei']} nuclei, peak RSS {out['peak_rss_mib']:.0f} MiB", flush=True)
+        cl = _run_child(_child_classical, png, work_mpp)
+        print(f"classical: {cl['total']:.1f} s, {cl['n_nuclei']} nuclei", flush=True)
+    results["default_runs"] = runs
+    results["classical"] = cl
+    fwd_default = tile_forward_seconds("default", 5, args.threads)
+    results["tile_224_default_s"] = fwd_default
+    uni = []
+    if args.uni2_tiles > 0:
+        uni = tile_forward_seconds("uni2_uperhover", args.uni2_tiles, args.threads, random_weights=True)
+    results["tile_224_uni2_s"] = uni
+    results["load_before"], results["load_after"] = load0, _load()
+
+    md = render_table(results, cfg)
+    print()
+    print(md)
+    outdir = Path(args.out)
+    outdir.mkdir(parents=True, exist_ok=True)
+    from segtme.export.atomic import atomic_write_text
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    atomic_write_text(outdir / f"bench_{stamp}.md", md)
+    atomic_write_text(outdir / f"bench_{stamp}.json", json.dumps(results, indent=2))
+    print(f"saved {outdir / f'bench_{stamp}.md'}")
+    if args.write_docs:
+        update_docs(md, " ".join(["python scripts/bench_inference.py", *(argv if argv is not None else sys.argv[1:])]))
+    return 0
+
+
+def render_table(res: dict, cfg) -> str:
+    m = res["machine"]
+    mz = res["mosaic"]
+    runs = res["default_runs"]
+    best = min(runs, key=lambda r: r["total"])
+    med_total = statistics.median(r["total"] for r in runs)
+    mpx, mm2 = mz["megapixels"], mz["mm2"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, Python {m['python']}; {m['date']}; "
+        f"load average before / after: {res['load_before']} / {res['load_after']} (shared machine: other jobs ran).",
+        f"Image: {mz['px']}x{mz['px']} px mosaic of real H&E at {mz['mpp']} µm/px = {mpx:.1f} MP = {mm2:.2f} mm² ({mz['source']}).",
+        f"Default model: `{cfg.name}` = UperHoVer, timm `{cfg.backbone}` levels {cfg.out_indices}, UperNet heads width "
+        f"{cfg.head_hidden}, {cfg.tax.name}, working MPP {cfg.mpp}, tiles {cfg.tile_size}/{cfg.tile_overlap}.",
+        "",
+        "| path | total s | MP/s | s/mm² | read s | model s | post-proc s (% of total) | features s | export s | peak RSS MiB | nuclei |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for i, r in enumerate(runs):
+        lines.append(
+            f"| default, run {i + 1} | {r['total']:.1f} | {mpx / r['total']:.2f} | {r['total'] / mm2:.2f} | {r['read']:.1f} | "
+            f"{r['model']:.1f} | {r['postprocess']:.1f} ({100 * r['postprocess'] / r['total']:.0f} %) | {r['features']:.1f} | "
+            f"{r['export']:.1f} | {r['peak_rss_mib']:.0f} | {r['n_nuclei']} |"
+        )
+    c = res["classical"]
+    lines.append(
+        f"| classical baseline | {c['total']:.1f} | {mpx / c['total']:.2f} | {c['total'] / mm2:.2f} | {c['read']:.1f} | "
+        f"{c['detect']:.1f} (detection) | – | {c['features']:.1f} | – | {c['peak_rss_mib']:.0f} | {c['n_nuclei']} |"
+    )
+    lines += [
+        "",
+        f"Default model, best of {len(runs)}: {mpx / best['total']:.2f} MP/s = {best['total'] / mm2:.2f} s/mm² "
+        f"(median {med_total / mm2:.2f} s/mm²); post-processing {100 * best['postprocess'] / best['total']:.0f} % of the total; "
+        f"peak RSS {best['peak_rss_mib']:.0f} MiB (model loaded: {best['base_rss_mib']:.0f} MiB).",
+        "",
+        "| forward pass, one 224x224 tile, batch 1 | min s | median s |",
+        "|---|---:|---:|",
+        f"| default model ({cfg.backbone}) | {min(res['tile_224_default_s']):.3f} | {statistics.median(res['tile_224_default_s']):.3f} |",
+    ]
+    if res["tile_224_uni2_s"]:
+        u = res["tile_224_uni2_s"]
+        lines.append(f"| UNI2-UperHoVer (ViT-G/14 + 2 UperNet heads of 768; **random weights**) | {min(u):.2f} | {statistics.median(u):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def update_docs(md: str, command: str) -> None:
+    from segtme.export.atomic import atomic_write_text
+
+    p = REPO / "docs" / "benchmarks.md"
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    text = p.read_text() if p.is_file() else f"# Benchmarks\n\n{start}\n{end}\n"
+    if start not in text:
+        text += f"\n{start}\n{end}\n"
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    block = f"{start}\nCommand: `{command}`\n\n{md}{end}"
+    atomic_write_text(p, head + block + tail)
+    print(f"updated {p}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+#!/usr/bin/env python
+"""Per-tile time of PAGET-S (MiT-B5 and a small MiT variant) and PAGET-H, in the same run as the
+UperHoVer default model, on this machine.
+
+Tile: 384 x 384 px at 20x (0.5 µm/px) — the paper's PAGET-S input; the same tissue area as the
+paper's 768 x 768 px at 40x for HoverNet / the teachers (Appendix H). The tile is cut from a real
+CoNSeP image (40x, downsampled) when ../shared/data is present, else random pixels.
+
+Timed (wall clock, after ``--warmup`` untimed runs, mean ± std over ``--runs`` repetitions of
+``--tiles`` tiles, batch 1, inference mode, fp32 on CPU / bf16 autocast on CUDA):
+* PAGET-S forward (SegFormer logits upsampled to 384², softmax + argmax);
+* UperHoVer forward + HV-watershed post-processing on the same tile (the instance source);
+* PAGET-H = PAGET-S + UperHoVer + per-nucleus majority vote;
+* PAGET-S product (``analyze_paget``: map -> tissue annotations + nucleus components + features).
+Weights are random (no trained PAGET weights ship): time does not depend on the weights, except
+that the number of nuclei a random UperHoVer finds changes the watershed cost; the report says
+which UperHoVer model was used ("default" if shipped, else the ``uperhover_resnet18`` preset).
+
+Paper reference: PAGET-S 4.3 ± 0.1 ms per 384² tile on one Tesla V100-SXM2-32GB; HoverNet 403 ms
+per 768² tile; PAGET-H 407 ms (Table 7).
+
+    python scripts/bench_paget.py [--variants b5,b0] [--tiles 3] [--runs 3] [--out runs/bench_paget]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER_MS = {"PAGET-S (V100)": 4.3, "HoverNet 768² @40x (V100)": 403.0, "PAGET-H (V100)": 407.0}
+
+
+def real_tile(size: int = 384) -> tuple[np.ndarray, str]:
+    data = Path(os.environ.get("SEGTME_DATA_DIR", REPO.parent / "shared" / "data"))
+    p = data / "consep-train" / "images" / "train_1.png"
+    if p.is_file():
+        from PIL import Image
+
+        im = Image.open(p).convert("RGB").crop((0, 0, 2 * size, 2 * size)).resize((size, size), Image.BILINEAR)
+        return np.asarray(im), f"{p.name} (top-left 768² at 40x, resized to {size}² at 20x)"
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "random pixels (shared data not found)"
+
+
+def timeit(fn, tiles: int, runs: int, warmup: int) -> tuple[float, float]:
+    """Mean and std (over runs) of the per-tile time in ms."""
+    for _ in range(warmup):
+        fn()
+    per_run = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        for _ in range(tiles):
+            fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        per_run.append((time.perf_counter() - t0) * 1000.0 / tiles)
+    return statistics.mean(per_run), (statistics.stdev(per_run) if len(per_run) > 1 else 0.0)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", default="b5,b0", help="MiT variants of PAGET-S to time (b0..b5)")
+    ap.add_argument("--tiles", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default=str(REPO / "runs" / "bench_paget"))
+    args = ap.parse_args()
+
+    from segtme.export.atomic import atomic_write_text
+    from segtme.inference.engine import forward_tiles
+    from segtme.inference.postprocess import PostprocessParams, hv_watershed
+    from segtme.models import load_model, presets
+    from segtme.models.registry import shipped_models
+    from segtme.paget.product import analyze_paget, majority_nucleus_class
+
+    rgb, tile_src = real_tile(384)
+    uh_name = "default" if "default" in shipped_models() else "uperhover_resnet18"
+    uh = load_model(uh_name, args.device, allow_random=True)
+    dev = uh.device
+    rows: list[dict] = []
+
+    def uh_instances() -> np.ndarray:
+        o = forward_tiles(uh, [rgb], 1)[0]
+        return hv_watershed(1.0 - o["prob"][0], o["hv"], PostprocessParams.from_mapping(uh.config.postprocess))
+
+    m, s = timeit(uh_instances, args.tiles, args.runs, args.warmup)
+    rows.append({"pipeline": f"UperHoVer ({uh_name}: {uh.config.backbone}, {uh.source}) forward + HV watershed",
+                 "input": "384² @ 0.5 µm/px", "ms_mean": m, "ms_std": s})
+    inst = uh_instances()
+
+    for v in [x.strip() for x in args.variants.split(",") if x.strip()]:
+        name = "paget_s" if v == "b5" else f"paget_s_{v}"
+        cfg = presets().get(name) or presets()["paget_s"].replace(name=f"paget_s_{v}", extra={"variant": v, "mode": "semantic"})
+        lm = load_model(cfg, args.device, allow_random=True)
+        nparam = sum(p.numel() for p in lm.module.parameters()) / 1e6
+
+        def paget_s() -> np.ndarray:
+            o = forward_tiles(lm, [rgb], 1)[0]
+            return o["prob"].argmax(0)
+
+        m_s, s_s = timeit(paget_s, args.tiles, args.runs, args.warmup)
+        rows.append({"pipeline": f"PAGET-S MiT-{v.upper()} ({nparam:.1f} M params) forward", "input": "384² @ 0.5 µm/px",
+                     "ms_mean": m_s, "ms_std": s_s})
+
+        def paget_h() -> np.ndarray:
+            o = forward_tiles(lm, [rgb], 1)[0]
+            ins = uh_instances()
+            return majority_nucleus_class(ins, o["prob"].argmax(0), o["prob"])[0]
+
+        m_h, s_h = timeit(paget_h, args.tiles, args.runs, args.warmup)
+        rows.append({"pipeline": f"PAGET-H MiT-{v.upper()} (PAGET-S + UperHoVer {uh_name} + majority vote)",
+                     "input": "384² @ 0.5 µm/px", "ms_mean": m_h, "ms_std": s_h})
+
+        def product() -> None:
+            analyze_paget(rgb, 0.5, lm, mode="semantic", batch_size=1)
+
+        m_p, s_p = timeit(product, args.tiles, args.runs, args.warmup)
+        rows.append({"pipeline": f"PAGET-S MiT-{v.upper()} product (analyze_paget: annotations + nuclei + features)",
+                     "input": "384² @ 0.5 µm/px", "ms_mean": m_p, "ms_std": s_p})
+        del lm
+
+    env = {
+        "device": str(dev), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None, "python": sys.version.split()[0],
+        "tile": tile_src, "uperhover_model": uh_name, "nuclei_in_tile": int(inst.max()),
+        "tiles": args.tiles, "runs": args.runs, "warmup": args.warmup,
+    }
+    w = max(len(r["pipeline"]) for r in rows)
+    lines = [f"{'pipeline':<{w}}  {'input':<16} {'ms/tile':>10}  {'± std':>8}"]
+    lines += [f"{r['pipeline']:<{w}}  {r['input']:<16} {r['ms_mean']:>10.1f}  {r['ms_std']:>8.1f}" for r in rows]
+    lines.append("")
+    lines.append("paper (Table 7, Tesla V100-SXM2-32GB): " + ", ".join(f"{k} {v:g} ms" for k, v in PAPER_MS.items()))
+    lines.append(f"this machine: {env['device']}, {env['cores']} cores (shared; load {env['loadavg']}), torch {env['torch']}, "
+                 f"{env['threads']} threads; tile: {tile_src}; UperHoVer = {uh_name}")
+    text = "\n".join(lines)
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "bench_paget.txt", text + "\n")
+    atomic_write_text(out / "bench_paget.json", json.dumps({"rows": rows, "env": env, "paper_ms": PAPER_MS}, indent=2, default=str))
+    print(f"saved {out / 'bench_paget.txt'} and bench_paget.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+#!/usr/bin/env python
+"""Server throughput: tiles/s and megapixels/s for 1, 4 and 8 concurrent DetectTME clients, with
+the shared batcher on (``--max-batch``) and off (max batch 1), in one run.
+
+    .venv/bin/python scripts/bench_server.py                      # writes docs/bench_server.md
+    .venv/bin/python scripts/bench_server.py --model uperhover_resnet18 --tiles-per-client 8 --out /tmp/b.md
+
+Each client streams ``--tiles-per-client`` tiles of the streaming plan over a real MoNuSeg image
+(PNG, encoded before the clock starts) as one DetectTME job and waits for its TME report. For
+N clients the same N jobs are run twice: **concurrently** (N client threads at once) and
+**sequentially** (one client after another); the issue's target is concurrent / sequential
+>= 1.5 for 4 clients. The server runs in this process on loopback (clients do minimal work:
+they count messages, they do not parse the GeoJSON).
+
+Model: ``--model`` (default: the shipped ``default`` model if present, else the
+``uperhover_resnet18`` preset with random weights — the compute of a real CNN; its nuclei are
+meaningless, which does not matter for throughput). Timings depend on the machine and on what
+else runs on it: the table records the CPU count and the load average before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "python"))
+
+
+@dataclass
+class Row:
+    batching: str
+    max_batch: int
+    clients: int
+    mode: str
+    tiles: int
+    seconds: float
+    mpix_sent: float
+    mpix_full: float
+    mean_batch: float
+
+    @property
+    def tiles_s(self) -> float:
+        return self.tiles / self.seconds
+
+    @property
+    def mpix_s(self) -> float:
+        return self.mpix_sent / self.seconds
+
+    @property
+    def mpix_full_s(self) -> float:
+        return self.mpix_full / self.seconds
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("SEGTME_DATA_DIR", REPO.parent / "shared" / "data")).resolve()
+
+
+def load_images(n: int):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    root = data_dir() / "monuseg-train"
+    if not root.is_dir():
+        raise SystemExit(f"MoNuSeg data not found at {root} (set SEGTME_DATA_DIR)")
+    index = json.loads((root / "index.json").read_text())
+    items = index["items"] if isinstance(index, dict) and "items" in index else index
+    out = []
+    for it in items[:n]:
+        out.append((np.asarray(Image.open(root / it["image"]).convert("RGB")), float(it.get("mpp", 0.25))))
+    return out
+
+
+def make_jobs(n_clients: int, tiles_per_client: int, cfg, images):
+    """One job per client: the first ``tiles_per_client`` tiles of the plan over a whole image."""
+    from PIL import Image
+
+    from segtme.inference.engine import resample
+    from segtme.inference.tiling import plan_stream_tiles
+    from segtme.server._proto.segtme.v1 import segtme_pb2 as pb
+
+    jobs = []
+    for c in range(n_clients):
+        rgb, mpp = images[c % len(images)]
+        H, W = rgb.shape[:2]
+        plan = plan_stream_tiles((0, 0, W, H), (W, H), mpp, cfg.mpp, cfg.tile_size, cfg.tile_overlap)
+        msgs = [pb.DetectRequest(config=pb.JobConfig(image_mpp=mpp, job_id=f"bench-{c}",
+                                                     expected_tiles=tiles_per_client))]
+        sent = full = 0.0
+        for k in range(tiles_per_client):
+            t = plan[(k + 3 * c) % len(plan)]
+            rx, ry, rw, rh = t.region
+            small = resample(rgb[ry:ry + rh, rx:rx + rw], 1.0 / t.d)
+            buf = io.BytesIO()
+            Image.fromarray(small).save(buf, "PNG")
+            x0, y0, x1, y1 = t.core
+            msgs.append(pb.DetectRequest(tile=pb.Tile(
+                index=k, x=rx, y=ry, downsample=t.d, width=small.shape[1], height=small.shape[0],
+                core=pb.Rect(x=x0, y=y0, width=x1 - x0, height=y1 - y0), encoding=pb.PNG, pixels=buf.getvalue())))
+            sent += small.shape[0] * small.shape[1] / 1e6
+            full += rw * rh / 1e6
+        msgs.append(pb.DetectRequest(end=pb.End()))
+        jobs.append((msgs, sent, full))
+    return jobs
+
+
+def run_client(stub, msgs) -> int:
+    n = 0
+    last = None
+    for r in stub.DetectTME(iter(msgs), timeout=3600):
+        last = r.WhichOneof("msg")
+        n += 1
+    if last != "report":
+        raise RuntimeError("job did not end with a report")
+    return n
+
+
+def measure(stub, runner, jobs, concurrent: bool) -> tuple[float, float]:
+    b0, i0 = runner.batcher.stats.batches, runner.batcher.stats.items
+    t0 = time.perf_counter()
+    if concurrent:
+        errs: list[BaseException] = []
+
+        def go(m):
+            try:
+                run_client(stub, m)
+            except BaseException as e:  # noqa: BLE001
+                errs.append(e)
+
+        th = [threading.Thread(target=go, args=(m,)) for m, _, _ in jobs]
+        for t in th:
+            t.start()
+        for t in th:
+            t.join()
+        if errs:
+            raise errs[0]
+    else:
+        for m, _, _ in jobs:
+            run_client(stub, m)
+    dt = time.perf_counter() - t0
+    nb, ni = runner.batcher.stats.batches - b0, runner.batcher.stats.items - i0
+    return dt, (ni / nb if nb else 0.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=None, help="model spec (default: shipped 'default', else uperhover_resnet18 random)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--max-batch", type=int, default=8, help="batch size when batching is on")
+    ap.add_argument("--max-wait-ms", type=float, default=10.0)
+    ap.add_argument("--clients", default="1,4,8")
+    ap.add_argument("--tiles-per-client", type=int, default=8)
+    ap.add_argument("--out", type=Path, default=REPO / "docs" / "bench_server.md")
+    args = ap.parse_args(argv)
+
+    import grpc
+    import torch
+
+    from segtme.export.atomic import atomic_write
+    from segtme.models.registry import load_model, shipped_models
+    from segtme.server._proto.segtme.v1 import segtme_pb2_grpc as pb_grpc
+    from segtme.server.limits import ServerLimits
+    from segtme.server.service import ServerConfig, build_server, make_runner
+
+    spec = args.model or ("default" if "default" in shipped_models() else "uperhover_resnet18")
+    lm = load_model(spec, args.device, allow_random=True)
+    cfg = lm.config
+    clients = [int(c) for c in args.clients.split(",")]
+    images = load_images(max(clients))
+    load0 = os.getloadavg()
+    rows: list[Row] = []
+    for label, mb in (("on", args.max_batch), ("off", 1)):
+        runner = make_runner(lm, mb, args.max_wait_ms if mb > 1 else 0.0, queue_size=64)
+        srv = build_server(ServerConfig(port=0, max_batch=mb, limits=ServerLimits(max_concurrent_streams=max(16, max(clients)))),
+                           runners={cfg.name: runner})
+        ch = grpc.insecure_channel(f"127.0.0.1:{srv.port}")
+        stub = pb_grpc.SegTMEStub(ch)
+        warm = make_jobs(1, 2, cfg, images)
+        run_client(stub, warm[0][0])  # warm-up (not timed)
+        for n in clients:
+            jobs = make_jobs(n, args.tiles_per_client, cfg, images)
+            tiles = n * args.tiles_per_client
+            sent = sum(j[1] for j in jobs)
+            full = sum(j[2] for j in jobs)
+            modes = ("concurrent",) if n == 1 else ("sequential", "concurrent")
+            for mode in modes:
+                dt, meanb = measure(stub, runner, jobs, mode == "concurrent")
+                r = Row(label, mb, n, mode, tiles, dt, sent, full, meanb)
+                rows.append(r)
+                print(f"batching {label:3s} clients {n} {mode:10s}: {r.tiles_s:6.2f} tiles/s  {r.mpix_s:6.3f} MP/s sent  "
+                      f"{r.mpix_full_s:6.3f} MP/s full-res  mean batch {meanb:.2f}  ({dt:.1f} s)", flush=True)
+        ch.close()
+        srv.stop(1)
+        runner.batcher.close()
+    load1 = os.getloadavg()
+
+    def find(b, n, mode):
+        return next((r for r in rows if r.batching == b and r.clients == n and r.mode == mode), None)
+
+    lines = [
+        "# Server throughput (`scripts/bench_server.py`)",
+        "",
+        f"Command: `.venv/bin/python scripts/bench_server.py {' '.join(argv if argv is not None else sys.argv[1:])}`".rstrip() + "",
+        "",
+        f"- model: `{cfg.name}` ({lm.source}), tile {cfg.tile_size} px at {cfg.mpp} µm/px, overlap {cfg.tile_overlap}; "
+        f"device {lm.device}; torch threads {torch.get_num_threads()}",
+        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, torch {torch.__version__}; "
+        f"load average before {load0[0]:.1f} / after {load1[0]:.1f} (1 min) — **the machine was shared with other "
+        "jobs, so absolute numbers are noisy**",
+        f"- each client: one DetectTME job of {args.tiles_per_client} PNG tiles of a MoNuSeg image (read at the plan's "
+        "downsample) + the TME report; server in-process on loopback",
+        "- batching on: `--max-batch` " + str(args.max_batch) + f", wait {args.max_wait_ms} ms; off: max batch 1",
+        "- MP/s sent = megapixels of the tiles as sent (working resolution); full-res = the full-resolution area they cover",
+        "",
+        "| batching | clients | mode | tiles | seconds | tiles/s | MP/s sent | MP/s full-res | mean batch |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r.batching} (max {r.max_batch}) | {r.clients} | {r.mode} | {r.tiles} | {r.seconds:.2f} | "
+                     f"{r.tiles_s:.2f} | {r.mpix_s:.3f} | {r.mpix_full_s:.3f} | {r.mean_batch:.2f} |")
+    lines += ["", "Concurrent vs the same jobs one client after another (target: >= 1.5x for 4 clients):", ""]
+    for b in ("on", "off"):
+        for n in clients:
+            if n == 1:
+                continue
+            c, s = find(b, n, "concurrent"), find(b, n, "sequential")
+            if c and s:
+                lines.append(f"- batching {b}, {n} clients: {c.tiles_s / s.tiles_s:.2f}x")
+    on4, off4 = find("on", 4, "concurrent"), find("off", 4, "concurrent")
+    if on4 and off4:
+        lines.append(f"- 4 concurrent clients, batching on vs off: {on4.tiles_s / off4.tiles_s:.2f}x")
+    text = "\n".join(lines) + "\n"
+    print()
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(args.out, "w") as f:
+        f.write(text)
+    print(f"written {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

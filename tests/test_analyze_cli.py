@@ -1,0 +1,144 @@
+"""`segtme analyze`: outputs, MPP from TIFF tags, and one clear error (exit 2) per bad input,
+with no partial output files left behind."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image as PILImage
+from safetensors.torch import save_file
+
+from segtme.cli import main
+from segtme.models import create_model, presets
+
+OUTPUTS = {"nuclei.geojson", "nuclei.geojson.gz", "overlay.png", "nuclei.csv", "tme.json"}
+
+
+@pytest.fixture(scope="module")
+def tiny_model_files(tmp_path_factory):
+    """A randomly initialised tiny UperHoVer written as .json + .safetensors (until the shipped
+    default model exists)."""
+    d = tmp_path_factory.mktemp("model")
+    cfg = presets()["uperhover_vit_tiny"].replace(name="tiny_test")
+    torch.manual_seed(0)
+    module = create_model(cfg)
+    cfg.to_json(d / "tiny_test.json")
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(d / "tiny_test.safetensors"))
+    return d / "tiny_test.json"
+
+
+@pytest.fixture(scope="module")
+def he_png(tmp_path_factory, monuseg_small):
+    rgb, _, mpp = monuseg_small[0]
+    d = tmp_path_factory.mktemp("img")
+    PILImage.fromarray(rgb[:128, :128]).save(d / "he.png")
+    tifffile.imwrite(d / "he.tif", rgb[:128, :128], photometric="rgb",
+                     resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")
+    return d / "he.png", d / "he.tif", mpp
+
+
+def _outputs(d):
+    return {p.name for p in d.iterdir()} & OUTPUTS if d.exists() else set()
+
+
+def _report_available() -> bool:
+    try:
+        import segtme.tme.report  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_analyze_writes_outputs(tmp_path, tiny_model_files, he_png, capsys):
+    png, _, mpp = he_png
+    out = tmp_path / "out"
+    rc = main(["analyze", str(png), "--mpp", str(mpp), "--model", str(tiny_model_files), "--out", str(out), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    expected = {"nuclei.geojson", "overlay.png", "nuclei.csv"} | ({"tme.json"} if _report_available() else set())
+    assert _outputs(out) == expected
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging leftovers
+    fc = json.loads((out / "nuclei.geojson").read_text(encoding="utf-8"))
+    assert fc["type"] == "FeatureCollection"
+    assert all(f["properties"]["objectType"] in ("detection", "annotation") for f in fc["features"])
+    assert np.asarray(PILImage.open(out / "overlay.png")).shape == (128, 128, 3)
+    assert (out / "nuclei.csv").read_text(encoding="utf-8").startswith("id,class,")
+    assert "nuclei" in capsys.readouterr().out
+
+
+def test_tiff_mpp_from_tags_cells_and_gzip(tmp_path, tiny_model_files, he_png):
+    _, tif, _ = he_png
+    out = tmp_path / "o"
+    rc = main(["analyze", str(tif), "--model", str(tiny_model_files), "--out", str(out), "--cells", "--gzip",
+               "--tile", "56", "--overlap", "14", "--batch", "2", "--no-progress"])
+    assert rc == 0
+    assert "nuclei.geojson.gz" in _outputs(out) and "nuclei.geojson" not in _outputs(out)
+
+
+def _fails(args, capsys, match):
+    rc = main(args)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith("error: ") and match in err, err
+    assert len(err.strip().splitlines()) == 1  # one clear message, no traceback
+
+
+@pytest.mark.parametrize("mpp,match", [("nan", "finite positive"), ("-0.25", "finite positive"), ("0", "finite positive")])
+def test_bad_mpp(tmp_path, tiny_model_files, he_png, capsys, mpp, match):
+    png, _, _ = he_png
+    out = tmp_path / "o"
+    _fails(["analyze", str(png), f"--mpp={mpp}", "--model", str(tiny_model_files), "--out", str(out)], capsys, match)
+    assert _outputs(out) == set()
+
+
+def test_png_without_mpp_requires_flag(tmp_path, tiny_model_files, he_png, capsys):
+    png, _, _ = he_png
+    _fails(["analyze", str(png), "--model", str(tiny_model_files), "--out", str(tmp_path / "o")], capsys, "--mpp")
+
+
+def test_unknown_model_and_missing_or_wrong_weights(tmp_path, tiny_model_files, he_png, capsys):
+    png, _, mpp = he_png
+    base = ["analyze", str(png), "--mpp", str(mpp), "--out", str(tmp_path / "o")]
+    _fails(base + ["--model", "no_such_model"], capsys, "unknown model")
+    lonely = tmp_path / "lonely.json"
+    lonely.write_text(tiny_model_files.read_text())
+    _fails(base + ["--model", str(lonely)], capsys, "weights file not found")
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"foo": torch.zeros(2)}, str(wrong))
+    _fails(base + ["--model", str(tiny_model_files), "--weights", str(wrong)], capsys, "do not fit model")
+    assert _outputs(tmp_path / "o") == set()
+
+
+def test_bad_images(tmp_path, tiny_model_files, capsys):
+    out = tmp_path / "o"
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\ngarbage")
+    _fails(["analyze", str(bad), "--mpp", "0.5", "--model", str(tiny_model_files), "--out", str(out)], capsys, "bad.png")
+    empty = tmp_path / "empty.tif"
+    empty.write_bytes(b"")
+    _fails(["analyze", str(empty), "--mpp", "0.5", "--model", str(tiny_model_files), "--out", str(out)], capsys, "empty")
+    _fails(["analyze", str(tmp_path / "none.png"), "--mpp", "0.5", "--out", str(out)], capsys, "not found")
+    assert _outputs(out) == set()
+
+
+def test_no_partial_outputs_when_writing_fails(tmp_path, tiny_model_files, he_png, monkeypatch):
+    import segtme.export.overlay as overlay
+
+    png, _, mpp = he_png
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "nuclei.csv").write_text("previous run")
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(overlay, "write_overlay", broken)
+    with pytest.raises(OSError, match="disk full"):
+        main(["analyze", str(png), "--mpp", str(mpp), "--model", str(tiny_model_files), "--out", str(out), "--no-progress"])
+    # GeoJSON was already staged when the overlay failed: nothing new is published, the old
+    # file is untouched and the staging directory is gone
+    assert sorted(p.name for p in out.iterdir()) == ["nuclei.csv"]
+    assert (out / "nuclei.csv").read_text() == "previous run"

@@ -1,0 +1,164 @@
+"""Exports: atomic writes, QuPath GeoJSON rules, overlay PNG, CSV."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import os
+import uuid
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from inference_helpers import threshold_model
+from segtme.export.atomic import atomic_write, atomic_write_bytes, atomic_write_text
+from segtme.export.geojson import feature_collection, nuclei_to_features, read_geojson, write_geojson
+from segtme.export.overlay import render_overlay, write_overlay
+from segtme.export.tables import write_nuclei_csv
+from segtme.pipeline import segment_image
+
+
+# --------------------------------------------------------------------------- atomic
+def test_atomic_write_success_and_modes(tmp_path):
+    atomic_write_text(tmp_path / "a.txt", "µm\n")
+    assert (tmp_path / "a.txt").read_text(encoding="utf-8") == "µm\n"
+    atomic_write_bytes(tmp_path / "b.bin", b"\x00\x01")
+    assert (tmp_path / "b.bin").read_bytes() == b"\x00\x01"
+    with atomic_write(tmp_path / "c.png") as tmp:  # path mode: a library writes by suffix
+        assert tmp.parent == tmp_path and tmp.name.endswith(".png") and tmp != tmp_path / "c.png"
+        PILImage.new("RGB", (2, 2)).save(tmp)
+    assert PILImage.open(tmp_path / "c.png").size == (2, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.bin", "c.png"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0o600
+
+
+@pytest.mark.parametrize("mode", [None, "wb", "w"])
+def test_atomic_write_error_leaves_nothing_and_keeps_old_file(tmp_path, mode):
+    target = tmp_path / "out.json"
+    with pytest.raises(RuntimeError):
+        with atomic_write(target, mode) as f:
+            if mode is None:
+                f.write_text("partial")
+            else:
+                f.write(b"partial" if mode == "wb" else "partial")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_write(target, "w") as f:
+            f.write("new")
+            raise RuntimeError("boom")
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+
+
+def test_atomic_write_refuses_bad_mode_and_missing_dir(tmp_path):
+    with pytest.raises(ValueError):
+        with atomic_write(tmp_path / "x", "a"):
+            pass
+    with pytest.raises(FileNotFoundError):
+        with atomic_write(tmp_path / "nodir" / "x", "w"):
+            pass
+    with pytest.raises(FileNotFoundError):  # path mode: the writer removed the temp file
+        with atomic_write(tmp_path / "y") as tmp:
+            tmp.unlink()
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- GeoJSON
+@pytest.fixture(scope="module")
+def table_and_rgb(monuseg_small):
+    rgb, _, mpp = monuseg_small[0]
+    rgb = rgb[:192, :192]
+    t = segment_image(rgb, mpp, threshold_model())
+    assert len(t) > 10
+    return t, rgb
+
+
+def _check_polygon(geom):
+    from shapely.geometry import shape
+
+    assert geom["type"] == "Polygon"
+    ring = geom["coordinates"][0]
+    assert ring[0] == ring[-1] and len(ring) >= 4
+    assert shape(geom).is_valid
+
+
+def test_geojson_detection_rules(table_and_rgb):
+    t, rgb = table_and_rgb
+    fc = feature_collection(t, "detection")
+    assert fc["type"] == "FeatureCollection" and len(fc["features"]) == len(t)
+    ids = set()
+    colours = {c.name: list(c.color) for c in t.taxonomy.classes}
+    for f, i in zip(fc["features"], range(len(t))):
+        assert f["type"] == "Feature"
+        assert uuid.UUID(f["id"]).version == 4
+        ids.add(f["id"])
+        _check_polygon(f["geometry"])
+        p = f["properties"]
+        assert p["objectType"] == "detection" and "nucleusGeometry" not in f
+        cls = p["classification"]
+        assert cls["name"] == t.class_names[i] and cls["color"] == colours[cls["name"]]
+        assert all(isinstance(v, int) and 0 <= v <= 255 for v in cls["color"])
+        m = p["measurements"]
+        assert isinstance(m, dict) and all(isinstance(v, float) and np.isfinite(v) for v in m.values())
+        assert m["Nucleus: Area µm^2"] == pytest.approx(t.area_px[i] * t.mpp**2, rel=1e-4)
+        assert {"Nucleus: Perimeter µm", "Nucleus: Circularity", "Nucleus: Solidity", "Nucleus: Eccentricity",
+                "Nucleus: Hematoxylin OD mean", "Class probability"} <= set(m)
+        # coordinates are input (full-res) px: the polygon holds the centroid region
+        xy = np.array(f["geometry"]["coordinates"][0])
+        assert (xy >= -1e-6).all() and (xy[:, 0] <= rgb.shape[1] + 1e-6).all()
+    assert len(ids) == len(t)
+    # PanNuke colours required by the issue
+    assert colours["Neoplastic"][0] > 200 and colours["Inflammatory"][2] > 200 and colours["Connective"][1] > 150
+
+
+def test_geojson_cells_px_fallback_and_gzip(table_and_rgb, tmp_path):
+    t, _ = table_and_rgb
+    feats = nuclei_to_features(t, "cell")
+    from shapely.geometry import shape
+
+    for f in feats:
+        assert f["properties"]["objectType"] == "cell"
+        _check_polygon(f["nucleusGeometry"])
+        cell, nuc = shape(f["geometry"]), shape(f["nucleusGeometry"])
+        assert cell.buffer(0.01).contains(nuc) and cell.area > nuc.area  # coordinates rounded to 1e-3 px
+    cells = [shape(f["geometry"]) for f in feats]
+    overlaps = sum(cells[i].intersection(cells[j]).area > 1.0 for i in range(len(cells)) for j in range(i + 1, len(cells)))
+    assert overlaps == 0  # grown cells stop where they meet
+    t_px = t.subset(np.arange(len(t)))
+    t_px.mpp = None
+    m = nuclei_to_features(t_px, "detection")[0]["properties"]["measurements"]
+    assert "Nucleus: Area px^2" in m and not any("µm" in k for k in m)
+    fc = feature_collection(t, "detection", id_seed=1)
+    assert fc == feature_collection(t, "detection", id_seed=1)  # reproducible ids on request
+    p = write_geojson(tmp_path / "n.geojson", fc, gzip=True)
+    assert p.name == "n.geojson.gz"
+    assert json.loads(gzip.decompress(p.read_bytes())) == fc == read_geojson(p)
+    p2 = write_geojson(tmp_path / "m.geojson", fc)
+    raw = p2.read_text(encoding="utf-8")
+    assert "µm^2" in raw and "NaN" not in raw
+    with pytest.raises(ValueError):
+        nuclei_to_features(t, "annotation")
+
+
+def test_overlay_and_csv(table_and_rgb, tmp_path):
+    t, rgb = table_and_rgb
+    ov = render_overlay(rgb, t)
+    assert ov.shape == rgb.shape and ov.dtype == np.uint8
+    changed = (ov != rgb).any(-1)
+    assert changed.sum() > 0
+    # outline pixels carry a class colour of the taxonomy
+    cols = {tuple(c.color) for c in t.taxonomy.classes}
+    assert sum(tuple(v) in cols for v in ov[changed][:200]) > 0.8 * min(200, changed.sum())
+    small = render_overlay(rgb, t, max_size=96)
+    assert max(small.shape[:2]) == 96
+    write_overlay(tmp_path / "o.png", rgb, t)
+    assert np.asarray(PILImage.open(tmp_path / "o.png")).shape == rgb.shape
+    write_nuclei_csv(tmp_path / "n.csv", t)
+    rows = list(csv.DictReader((tmp_path / "n.csv").open(encoding="utf-8")))
+    assert len(rows) == len(t) and rows[0]["class"] in t.taxonomy.names
+    assert float(rows[0]["area_um2"]) == pytest.approx(t.area_px[0] * t.mpp**2, rel=1e-4)
