@@ -261,7 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--uni2-tiles", type=int, default=2, help="UNI2-UperHoVer tiles to time (0 = skip)")
     ap.add_argument("--out", default=str(REPO / "runs" / "bench"), help="folder for the saved table (git-ignored runs/)")
     ap.add_argument("--write-docs", action="store_true", help="also replace the table in docs/benchmarks.md")
+    ap.add_argument("--sweep", action="store_true",
+                    help="only time candidate backbones / head widths (random weights, forward s per working MP) and exit")
     args = ap.parse_args(argv)
+    if args.sweep:
+        return sweep(args.threads)
 
     from segtme.models import resolve_config
 
@@ -312,6 +316,55 @@ def main(argv: list[str] | None = None) -> int:
     print(f"saved {outdir / f'bench_{stamp}.md'}")
     if args.write_docs:
         update_docs(md, " ".join(["python scripts/bench_inference.py", *(argv if argv is not None else sys.argv[1:])]))
+    return 0
+
+
+#: candidates for the default model (timm name, features_only levels, UperNet head width)
+SWEEP = [
+    ("resnet18", [1, 2, 3, 4], 128),
+    ("resnet18", [1, 2, 3, 4], 32),
+    ("resnet10t", [1, 2, 3, 4], 32),
+    ("resnet10t", [0, 1, 2, 3], 32),
+    ("resnet10t", [0, 1, 2, 3], 16),
+    ("mobilenetv3_large_100", [1, 2, 3, 4], 32),
+    ("efficientnet_b0", [1, 2, 3, 4], 32),
+    ("regnetx_004", [1, 2, 3, 4], 32),
+]
+
+
+def sweep(threads: int, rounds: int = 3, batch: int = 4, tile: int = 256) -> int:
+    """Forward seconds per working megapixel of each candidate (UperHoVer, consep4, random
+    weights, channels_last, batch 4 x 256²), interleaved over ``rounds`` so machine load hits all
+    alike; s/mm² follows for 0.5 µm/px (4 MP/mm²) and 0.25 µm/px (16 MP/mm²)."""
+    import torch
+
+    from segtme.models import ModelConfig, create_model
+
+    torch.set_num_threads(threads)
+    x = torch.randn(batch, 3, tile, tile).contiguous(memory_format=torch.channels_last)
+    mpx = batch * tile * tile / 1e6
+    models = []
+    for bb, oi, hid in SWEEP:
+        cfg = ModelConfig(name="sweep", backbone=bb, out_indices=oi, head_hidden=hid, taxonomy="consep4", mpp=0.5)
+        models.append(create_model(cfg).eval().to(memory_format=torch.channels_last))
+    times: list[list[float]] = [[] for _ in SWEEP]
+    print(f"load average {_load()}")
+    with torch.inference_mode():
+        for m in models:
+            m(x)
+        for _ in range(rounds):
+            for i, m in enumerate(models):
+                t0 = time.perf_counter()
+                m(x)
+                times[i].append((time.perf_counter() - t0) / mpx)
+    print("| backbone | levels (strides) | head width | params M | fwd s/MP min | median | fwd s/mm² @0.5 µm/px | @0.25 µm/px |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for (bb, oi, hid), m, ts in zip(SWEEP, models, times):
+        n = sum(p.numel() for p in m.parameters()) / 1e6
+        strides = m.backbone.strides
+        print(f"| {bb} | {oi} ({strides}) | {hid} | {n:.2f} | {min(ts):.3f} | {statistics.median(ts):.3f} | "
+              f"{4 * min(ts):.2f} | {16 * min(ts):.2f} |")
+    print(f"load average {_load()}")
     return 0
 
 

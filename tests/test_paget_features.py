@@ -81,3 +81,20 @@ def test_paget_token_axes():
     assert full["generated_tokens"][-1:] == t["generated_tokens"]
     empty = paget_tokens({"undefined": {}})
     assert empty["interpretation"]["Immune location"] == "Indeterminate" and empty["generated_tokens"] == []
+
+
+def test_tme_report_of_a_paget13_table_carries_the_paget_axes_and_stays_grounded():
+    """The shared report (what analyze / the server use) appends the PAGET axes for paget13
+    tables only (registered token axes), and the template narrative has no unsupported claim."""
+    from segtme.taxonomy import PANNUKE6
+    from segtme.tme.report import build_tme_report
+
+    table, _ = scene()
+    rep = build_tme_report(table)
+    paget_axes = {"Immune composition", "Tissue architecture", "Smooth muscle", "Immune location"}
+    assert paget_axes <= set(rep["interpretation"])
+    assert rep["verifier"]["unsupported"] == []
+    inst = np.zeros((8, 8), np.int32)
+    inst[2:5, 2:5] = 1
+    other = build_tme_report(build_nuclei_table(inst, PANNUKE6, class_id=np.array([1])))
+    assert not paget_axes & set(other["interpretation"])

@@ -73,6 +73,17 @@ def test_tissue_annotations_are_qupath_annotations_in_input_px():
     assert by["Stroma"]["properties"]["measurements"]["Area px^2"] == pytest.approx((40 * 30 - 50) * 4)
 
 
+def test_tiles_merge_into_one_annotation_per_class():
+    from segtme.paget.product import merge_tissue_features
+
+    sem = np.full((20, 20), pt.EPITHELIUM, np.uint8)
+    left = tissue_annotations(sem, offset_xy=(0, 0), simplify_px=0.0)
+    right = tissue_annotations(sem, offset_xy=(20, 0), simplify_px=0.0)
+    merged = merge_tissue_features(left + right, clip={"type": "Polygon", "coordinates": [[[0, 0], [30, 0], [30, 20], [0, 20], [0, 0]]]}, mpp=0.5)
+    assert len(merged) == 1 and merged[0]["geometry"]["type"] == "Polygon"
+    assert merged[0]["properties"]["measurements"] == {"Area px^2": 600.0, "Area µm^2": 150.0}
+
+
 def test_nucleus_components_and_majority_vote():
     sem = np.full((30, 30), pt.STROMA, np.uint8)
     sem[2:6, 2:6] = pt.LYMPHOCYTE

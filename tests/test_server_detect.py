@@ -305,6 +305,21 @@ def test_cells_batched_at_end_and_raw_rgb_give_same_nuclei(stub, image, model_cf
     assert match_fraction(big, mine) >= 0.95 and match_fraction(mine, big) >= 0.95
 
 
+def test_jpeg_tiles(stub, image, model_cfg, detect_result) -> None:
+    """JPEG tiles (lossy, quality 95) give essentially the same nuclei as the PNG job."""
+    from shapely.geometry import box
+
+    rgb, mpp = image
+    tiles = make_tiles(rgb, mpp, model_cfg.mpp, model_cfg.tile_size, model_cfg.tile_overlap, (300, 300, 300, 260),
+                       pb.JPEG)
+    ring = [[300, 300], [600, 300], [600, 560], [300, 560], [300, 300]]
+    feats, _, report, _ = run_job(stub, pb.JobConfig(image_mpp=mpp, annotation_geojson=annotation_geojson(ring)), tiles,
+                                  timeout=60)
+    big = [p for p in polygons_of(detect_result[0]) if box(300, 300, 600, 560).contains(p.centroid)]
+    assert report.nuclei_total == len(feats) > 10
+    assert match_fraction(big, polygons_of(feats)) >= 0.8
+
+
 def test_analyze_image_and_narrate(stub, image) -> None:
     rgb, mpp = image
     crop = np.ascontiguousarray(rgb[100:500, 200:600])

@@ -159,32 +159,30 @@ def hematoxylin_od(rgb: np.ndarray) -> np.ndarray:
 
 def _drop_collinear(c: np.ndarray) -> np.ndarray:
     """Remove vertices lying on a straight line between their neighbours (closed ring)."""
-    if len(c) > 1 and np.allclose(c[0], c[-1]):
+    if len(c) > 1 and c[0, 0] == c[-1, 0] and c[0, 1] == c[-1, 1]:
         c = c[:-1]
-    if len(c) < 4:
+    n = len(c)
+    if n < 4:
         return c
-    prev = c - np.roll(c, 1, axis=0)
-    nxt = np.roll(c, -1, axis=0) - c
-    cross = prev[:, 0] * nxt[:, 1] - prev[:, 1] * nxt[:, 0]
-    keep = np.abs(cross) > 1e-9
+    idx = np.arange(n)
+    prev = c - c[idx - 1]
+    nxt = c[(idx + 1) % n] - c
+    keep = np.abs(prev[:, 0] * nxt[:, 1] - prev[:, 1] * nxt[:, 0]) > 1e-9
     return c[keep] if keep.sum() >= 3 else c
 
 
 def _outline(mask: np.ndarray, y0: int, x0: int) -> np.ndarray:
-    """Outer contour of a binary crop as (K, 2) float (x, y) in pixel-corner coordinates of the
-    full map (QuPath convention: pixel (r, c) covers [c, c+1) x [r, r+1))."""
+    """Outer contour of a binary crop that has a 1-px empty margin, as (K, 2) float (x, y) in
+    pixel-corner coordinates of the full map (QuPath convention: pixel (r, c) covers
+    [c, c+1) x [r, r+1)). ``(y0, x0)`` is the full-map position of the crop's first *inner* pixel."""
     from skimage.measure import find_contours
 
-    padded = np.pad(mask, 1)
-    contours = find_contours(padded.astype(np.float32), 0.5)
+    contours = find_contours(mask.astype(np.float32), 0.5)
     if not contours:
         return np.zeros((0, 2))
     c = _drop_collinear(max(contours, key=len))
-    # padded (row, col) centre coords -> corner coords of the full map
-    xy = np.stack([c[:, 1] - 1 + x0 + 0.5, c[:, 0] - 1 + y0 + 0.5], axis=1)
-    if len(xy) > 1 and np.allclose(xy[0], xy[-1]):
-        xy = xy[:-1]
-    return xy
+    # crop (row, col) centre coords -> corner coords of the full map
+    return np.stack([c[:, 1] - 1 + x0 + 0.5, c[:, 0] - 1 + y0 + 0.5], axis=1)
 
 
 def build_nuclei_table(
@@ -274,11 +272,14 @@ def build_nuclei_table(
     ecc = np.sqrt(np.clip(1 - np.divide(l2, l1, out=np.ones_like(l1), where=l1 > 0), 0, 1))
 
     polys: list[np.ndarray] = []
+    lab_p = np.pad(lab, 1)  # crops below get a 1-px empty margin without per-nucleus padding
     for i, sl in enumerate(ndi.find_objects(lab)):
         if sl is None:  # cannot happen after relabel_sequential, kept for safety
             polys.append(np.zeros((0, 2)))
             continue
-        polys.append(_outline(lab[sl] == i + 1, sl[0].start, sl[1].start))
+        ys, xs = sl
+        crop = lab_p[ys.start : ys.stop + 2, xs.start : xs.stop + 2] == i + 1
+        polys.append(_outline(crop, ys.start, xs.start))
     perim = np.array([float(np.linalg.norm(p - np.roll(p, 1, axis=0), axis=1).sum()) if len(p) > 2 else 0.0 for p in polys])
     rings = [p if len(p) >= 3 else np.zeros((3, 2)) for p in polys]
     geoms = shapely.polygons(

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..inference.nuclei import NucleiTable
 from ..tme.features import FeatureSet, TMEContext, analyze_tme_from_nuclei, register_feature_group
+from ..tme.tokens import register_token_axes
 from . import taxonomy as pt
 
 SUBTYPES: tuple[tuple[str, tuple[int, ...]], ...] = (
@@ -210,12 +211,12 @@ def paget_tokens(features: Mapping[str, Any], thresholds: Mapping[str, float] = 
 
 def translate_paget_tokens(features: Mapping[str, Any]) -> dict:
     """The shared Table-4 translation (``segtme.tme.tokens``) with the PAGET axes appended to
-    ``interpretation`` / ``generated_tokens`` (and their reasons to ``raw_data["indeterminate"]``)."""
+    ``interpretation`` / ``generated_tokens`` (and their reasons to ``raw_data["indeterminate"]``):
+    the PAGET axes are registered for the paget13 taxonomy below, so every report of a paget13
+    table (``tme.report``) carries them."""
     from ..tme.tokens import translate_tme_to_bio_tokens
 
-    base = translate_tme_to_bio_tokens(features)
-    extra = paget_tokens(features)
-    base["interpretation"].update(extra["interpretation"])
-    base["generated_tokens"] = list(base["generated_tokens"]) + extra["generated_tokens"]
-    base.setdefault("raw_data", {}).setdefault("indeterminate", {}).update(extra["indeterminate"])
-    return base
+    return translate_tme_to_bio_tokens(features, taxonomy=pt.TAXONOMY.name)
+
+
+register_token_axes("paget13", paget_tokens, taxonomies=[pt.TAXONOMY.name])

@@ -392,3 +392,34 @@ def analyze_paget(
     tissue = tissue_annotations(sem, scale=1.0 / s, offset_xy=(ox, oy), mpp_out=mpp, simplify_px=simplify_px,
                                 min_area_px=min_tissue_area_um2 / wm**2, tax=tax)
     return PagetResult(mode, sem, s, wm, mpp, (ox, oy), table, tissue, features, meta)
+
+
+def merge_tissue_features(features: Sequence[dict], clip: Any = None, mpp: float | None = None) -> list[dict]:
+    """Merge per-tile tissue annotations (e.g. streamed tiles of one QuPath annotation) into one
+    annotation per class: geometries of the same classification are unioned (shapely), optionally
+    clipped to ``clip`` (a shapely geometry or GeoJSON geometry dict, same px), and the area
+    measurements recomputed (``mpp``: µm per px of the coordinates)."""
+    import shapely
+    from shapely.geometry import mapping, shape
+
+    clip_g = shape(clip) if isinstance(clip, dict) else clip
+    groups: dict[str, list] = {}
+    props: dict[str, dict] = {}
+    for f in features:
+        name = f["properties"]["classification"]["name"]
+        groups.setdefault(name, []).append(shape(f["geometry"]))
+        props.setdefault(name, f["properties"])
+    out = []
+    for name, geoms in groups.items():
+        g = shapely.union_all(geoms)
+        if clip_g is not None:
+            g = g.intersection(clip_g)
+        if g.is_empty:
+            continue
+        p = dict(props[name])
+        meas = {"Area px^2": round(float(g.area), 2)}
+        if mpp:
+            meas["Area µm^2"] = round(float(g.area) * mpp * mpp, 3)
+        p["measurements"] = meas
+        out.append({"type": "Feature", "id": str(uuid.uuid4()), "geometry": mapping(g), "properties": p})
+    return out

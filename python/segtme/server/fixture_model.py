@@ -93,8 +93,7 @@ def register() -> None:
     """Register the fixture family in the model registry (idempotent)."""
     from ..models import registry
 
-    registry._ensure_builtin()
-    if ARCH not in registry._FAMILIES:
+    if ARCH not in registry.families():
         registry.register_family(ARCH)(HematoxylinFixtureNet)
 
 

@@ -43,7 +43,7 @@ def report_from_features(
 
     tax = get_taxonomy(taxonomy)
     subs = tax.substitutions()
-    bio = translate_tme_to_bio_tokens(features, thresholds)
+    bio = translate_tme_to_bio_tokens(features, thresholds, taxonomy=tax.name)
     backend = get_backend(narrative_backend, **backend_opts)
     text = backend.generate(bio, subs)
     result = verify_narrative(text, bio)

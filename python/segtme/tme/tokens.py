@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -130,8 +130,26 @@ class _Axes:
         self.indeterminate[axis] = reason
 
 
-def translate_tme_to_bio_tokens(features: Mapping[str, Any], thresholds: TMEThresholds = DEFAULT_THRESHOLDS) -> dict:
-    """Apply Table 4 (+ the immune-engagement axis) to a feature dict (see module docstring)."""
+#: extra token axes, registered by taxonomy-specific feature groups (e.g. PAGET's 13 classes):
+#: (name, fn(features) -> {"interpretation", "generated_tokens", "indeterminate"}, taxonomies or None)
+_EXTRA_AXES: list[tuple[str, Callable[[Mapping[str, Any]], dict], frozenset[str] | None]] = []
+
+
+def register_token_axes(name: str, fn: Callable[[Mapping[str, Any]], dict], taxonomies: Sequence[str] | None = None) -> None:
+    """Register extra phenotype axes appended after the core seven for tables of ``taxonomies``
+    (all when None). ``fn`` returns ``{"interpretation": {axis: label}, "generated_tokens": [...],
+    "indeterminate": {axis: reason}}``. Re-registering a name replaces it."""
+    _EXTRA_AXES[:] = [a for a in _EXTRA_AXES if a[0] != name]
+    _EXTRA_AXES.append((name, fn, frozenset(taxonomies) if taxonomies is not None else None))
+
+
+def translate_tme_to_bio_tokens(
+    features: Mapping[str, Any], thresholds: TMEThresholds = DEFAULT_THRESHOLDS, taxonomy: str | None = None
+) -> dict:
+    """Apply Table 4 (+ the immune-engagement axis) to a feature dict (see module docstring).
+
+    taxonomy: the table's taxonomy name; axes registered for it (:func:`register_token_axes`)
+    are appended after the core axes."""
     raw = to_native(dict(features))
     raw.setdefault("undefined", {})
     t = thresholds
@@ -201,6 +219,13 @@ def translate_tme_to_bio_tokens(features: Mapping[str, Any], thresholds: TMEThre
     else:
         ax.emit("Immune engagement", "Tumour-engaged" if f > t.engaged_high else "Bystander" if f < t.engaged_low else "Partially engaged")
 
-    raw["indeterminate"] = dict(ax.indeterminate)
     interpretation = {axis: ax.interpretation[axis] for axis in AXES}
-    return {"raw_data": raw, "interpretation": interpretation, "generated_tokens": list(ax.tokens)}
+    tokens = list(ax.tokens)
+    for _name, fn, taxes in _EXTRA_AXES:
+        if taxes is None or taxonomy in taxes:
+            extra = fn(raw)
+            interpretation.update(extra.get("interpretation", {}))
+            tokens.extend(extra.get("generated_tokens", []))
+            ax.indeterminate.update(extra.get("indeterminate", {}))
+    raw["indeterminate"] = dict(ax.indeterminate)
+    return {"raw_data": raw, "interpretation": interpretation, "generated_tokens": tokens}

@@ -527,7 +527,9 @@ class Trainer:
                 valid = t != IGNORE
                 pred = prob[i].argmax(0)
                 tb = ((t > 0) & valid).astype(np.int64)
-                pb = (pred > 0).astype(np.int64)
+                # nucleus vs background by the same rule as post-processing (fg mass > 0.5),
+                # not by arg-max (6-way arg-max can pick background while fg mass is > 0.5)
+                pb = (prob[i][0] < 0.5).astype(np.int64)
                 conf_bin += semantic_confusion(tb[valid][None], pb[valid][None], 2)
                 if bool(batch["has_cls"][i]):
                     known = valid & (t != FG_UNKNOWN)
