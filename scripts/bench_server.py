@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Server throughput (`scripts/bench_server.py`)",
         "",
-        f"Command: `.venv/bin/python scripts/bench_server.py {' '.join(argv if argv is not None else sys.argv[1:])}`".rstrip() + "",
+        "Command: `" + " ".join([".venv/bin/python scripts/bench_server.py", *(argv if argv is not None else sys.argv[1:])]) + "`",
         "",
         f"- model: `{cfg.name}` ({lm.source}), tile {cfg.tile_size} px at {cfg.mpp} µm/px, overlap {cfg.tile_overlap}; "
         f"device {lm.device}; torch threads {torch.get_num_threads()}",
@@ -228,7 +228,6 @@ def main(argv: list[str] | None = None) -> int:
         "downsample) + the TME report; server in-process on loopback",
         "- batching on: `--max-batch` " + str(args.max_batch) + f", wait {args.max_wait_ms} ms; off: max batch 1",
         "- MP/s sent = megapixels of the tiles as sent (working resolution); full-res = the full-resolution area they cover",
-        "",
         f"- each cell ran {max(1, args.repeats)}x (sequential and concurrent interleaved); shown: the fastest run, "
         "and all runs' seconds",
         "",

@@ -59,6 +59,10 @@ def test_chunk_grid_partitions_and_halo():
 
 def _check_plan_invariants(bounds, size, tiles, T, O, d):
     bx, by, bw, bh = bounds
+    # step 0 of the rule: the bounds are clipped to the image
+    x1, y1 = min(bx + bw, size[0]), min(by + bh, size[1])
+    bx, by = max(bx, 0), max(by, 0)
+    bw, bh = x1 - bx, y1 - by
     cov = {}
     nx = max(t.i for t in tiles) + 1
     ny = max(t.j for t in tiles) + 1
@@ -81,7 +85,7 @@ def test_shared_examples_match_python_plan():
     data = json.loads(EXAMPLES.read_text())
     assert len(data["cases"]) >= 5
     names = {c["name"] for c in data["cases"]}
-    assert {"d_below_1_upsampling", "noninteger_d_monuseg", "bounds_at_image_edges"} <= names
+    assert {"d_below_1_upsampling", "noninteger_d_monuseg", "bounds_at_image_edges", "bounds_past_image_edges"} <= names
     for case in data["cases"]:
         inp = case["input"]
         tiles = plan_stream_tiles(inp["bounds"], inp["image_size"], inp["image_mpp"], inp["model_mpp"], inp["tile"], inp["overlap"])
@@ -109,3 +113,14 @@ def test_plan_clips_to_image_and_rejects_bad_input():
         kw = dict(bounds=(0, 0, 10, 10), image_size=(100, 100), image_mpp=0.25, model_mpp=0.5, tile=224, overlap=56) | bad
         with pytest.raises(ValueError):
             plan_stream_tiles(**kw)
+
+
+def test_plan_clips_bounds_that_extend_past_the_image():
+    """Annotations may extend past the image: the cores cover only the image part, and every
+    region has a positive size (a reviewer found negative widths before the bounds were clipped)."""
+    tiles = plan_stream_tiles((-40, -25, 700, 650), (600, 500), 0.25, 0.5, 256, 64)
+    assert tiles[0].core[:2] == (0, 0)
+    assert max(t.core[2] for t in tiles) == 600 and max(t.core[3] for t in tiles) == 500
+    assert all(t.region[2] > 0 and t.region[3] > 0 for t in tiles)
+    with pytest.raises(ValueError, match="do not overlap"):
+        plan_stream_tiles((700, 0, 50, 50), (600, 500), 0.25, 0.5, 256, 64)

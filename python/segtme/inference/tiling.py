@@ -150,6 +150,12 @@ def plan_stream_tiles(
         raise ValueError(f"need tile > 0 and 0 <= overlap < tile, got tile={T}, overlap={O}")
     if bw <= 0 or bh <= 0 or W <= 0 or H <= 0:
         raise ValueError(f"bounds and image size must be positive, got bounds={bounds}, image_size={image_size}")
+    # 0. bounds are clipped to the image (annotations may extend past its edges)
+    x1, y1 = min(bx + bw, W), min(by + bh, H)
+    bx, by = max(bx, 0), max(by, 0)
+    bw, bh = x1 - bx, y1 - by
+    if bw <= 0 or bh <= 0:
+        raise ValueError(f"bounds {tuple(bounds)} do not overlap the image (0, 0, {W}, {H})")
     d = float(model_mpp) / float(image_mpp)
     C = (T - O) * d
     nx = max(1, math.ceil(bw / C))

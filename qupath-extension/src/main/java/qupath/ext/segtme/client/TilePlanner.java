@@ -71,6 +71,14 @@ public final class TilePlanner {
             throw new IllegalArgumentException("need tile > 0 and 0 <= overlap < tile, got tile=" + tile + ", overlap=" + overlap);
         if (bw <= 0 || bh <= 0 || imageWidth <= 0 || imageHeight <= 0)
             throw new IllegalArgumentException("bounds and image size must be positive");
+        // 0. bounds are clipped to the image (annotations may extend past its edges)
+        long x1 = Math.min(bx + bw, imageWidth), y1 = Math.min(by + bh, imageHeight);
+        bx = Math.max(bx, 0);
+        by = Math.max(by, 0);
+        bw = x1 - bx;
+        bh = y1 - by;
+        if (bw <= 0 || bh <= 0)
+            throw new IllegalArgumentException("bounds do not overlap the image");
         // 1. downsample; 2. core step and counts
         double d = modelMpp / imageMpp;
         double c = (tile - overlap) * d;
