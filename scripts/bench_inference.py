@@ -70,6 +70,10 @@ def make_mosaic(region: int, work_mpp: float, seed: int = 0) -> tuple[np.ndarray
         p = REPO / "python" / "segtme" / "samples" / "he_tcia_stardist.jpg"
         tiles.append(np.asarray(Image.open(p).convert("RGB")))
         src = f"bundled sample {p.name} (treated as {work_mpp} µm/px)"
+    # crop every tile to the smallest common size so the mosaic has no gaps
+    th = min(t.shape[0] for t in tiles)
+    tw = min(t.shape[1] for t in tiles)
+    tiles = [t[:th, :tw] for t in tiles]
     rng = np.random.default_rng(seed)
     out = np.zeros((region, region, 3), np.uint8)
     y = 0
@@ -159,8 +163,6 @@ def _child_default(png: str, work_mpp: float, threads: int, q: mp.Queue) -> None
     res = pipeline.analyze(png, mpp=work_mpp, model=model)
     with tempfile.TemporaryDirectory() as d, st.stage("export"):
         write_geojson(Path(d) / "nuclei.geojson", res.feature_collection())
-        img = imageio.read_image(png).rgb if False else None  # the overlay reuses the array below
-        del img
         write_nuclei_csv(Path(d) / "nuclei.csv", res.nuclei)
         from PIL import Image
 
@@ -261,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--uni2-tiles", type=int, default=2, help="UNI2-UperHoVer tiles to time (0 = skip)")
     ap.add_argument("--out", default=str(REPO / "runs" / "bench"), help="folder for the saved table (git-ignored runs/)")
     ap.add_argument("--write-docs", action="store_true", help="also replace the table in docs/benchmarks.md")
+    ap.add_argument("--skip-classical", action="store_true", help="do not run the classical baseline (e.g. for a memory-only run)")
     ap.add_argument("--sweep", action="store_true",
                     help="only time candidate backbones / head widths (random weights, forward s per working MP) and exit")
     args = ap.parse_args(argv)
@@ -291,8 +294,10 @@ def main(argv: list[str] | None = None) -> int:
             out = _run_child(_child_default, png, work_mpp, args.threads)
             runs.append(out)
             print(f"default model run {r + 1}: {out['total']:.1f} s, {out['n_nuclei']} nuclei, peak RSS {out['peak_rss_mib']:.0f} MiB", flush=True)
-        cl = _run_child(_child_classical, png, work_mpp)
-        print(f"classical: {cl['total']:.1f} s, {cl['n_nuclei']} nuclei", flush=True)
+        cl = None
+        if not args.skip_classical:
+            cl = _run_child(_child_classical, png, work_mpp)
+            print(f"classical: {cl['total']:.1f} s, {cl['n_nuclei']} nuclei", flush=True)
     results["default_runs"] = runs
     results["classical"] = cl
     fwd_default = tile_forward_seconds("default", 5, args.threads)
@@ -392,10 +397,11 @@ def render_table(res: dict, cfg) -> str:
             f"{r['export']:.1f} | {r['peak_rss_mib']:.0f} | {r['n_nuclei']} |"
         )
     c = res["classical"]
-    lines.append(
-        f"| classical baseline | {c['total']:.1f} | {mpx / c['total']:.2f} | {c['total'] / mm2:.2f} | {c['read']:.1f} | "
-        f"{c['detect']:.1f} (detection) | – | {c['features']:.1f} | – | {c['peak_rss_mib']:.0f} | {c['n_nuclei']} |"
-    )
+    if c is not None:
+        lines.append(
+            f"| classical baseline | {c['total']:.1f} | {mpx / c['total']:.2f} | {c['total'] / mm2:.2f} | {c['read']:.1f} | "
+            f"{c['detect']:.1f} (detection) | – | {c['features']:.1f} | – | {c['peak_rss_mib']:.0f} | {c['n_nuclei']} |"
+        )
     lines += [
         "",
         f"Default model, best of {len(runs)}: {mpx / best['total']:.2f} MP/s = {best['total'] / mm2:.2f} s/mm² "

@@ -142,3 +142,100 @@ def test_no_partial_outputs_when_writing_fails(tmp_path, tiny_model_files, he_pn
     # file is untouched and the staging directory is gone
     assert sorted(p.name for p in out.iterdir()) == ["nuclei.csv"]
     assert (out / "nuclei.csv").read_text() == "previous run"
+
+
+# --------------------------------------------------------------------------- PAGET models
+@pytest.fixture(scope="module")
+def paget_files(tmp_path_factory):
+    """Randomly initialised MiT-B0 PAGET-S / PAGET-H students as .json + .safetensors (no trained
+    PAGET weights exist); PAGET-H keeps its default instance source, the shipped ``default``."""
+    d = tmp_path_factory.mktemp("paget")
+    out = {}
+    for preset, name in (("paget_s_b0", "paget_s_cli"), ("paget_h_b0", "paget_h_cli")):
+        cfg = presets()[preset].replace(name=name, weights=f"{name}.safetensors")
+        torch.manual_seed(1)
+        module = create_model(cfg)
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(d / f"{name}.safetensors"))
+        cfg.to_json(d / f"{name}.json")
+        out[name] = d / f"{name}.json"
+    return out
+
+
+@pytest.fixture(scope="module")
+def he_paget_png(tmp_path_factory):
+    from conftest import load_monuseg
+
+    rgb, _, mpp = load_monuseg(1, crop=400)[0]
+    d = tmp_path_factory.mktemp("img_paget")
+    PILImage.fromarray(rgb).save(d / "he.png")
+    return d / "he.png", rgb, mpp
+
+
+@pytest.mark.parametrize("name", ["paget_s_cli", "paget_h_cli"])
+def test_analyze_paget_writes_tissue_annotations_nuclei_overlay_report(tmp_path, paget_files, he_paget_png, name,
+                                                                        capsys):
+    from shapely.geometry import Polygon, shape
+
+    from segtme.paget import taxonomy as pt
+    from segtme.paget.features import PAGET_AXES
+
+    png, rgb, mpp = he_paget_png
+    out = tmp_path / "out"
+    rc = main(["analyze", str(png), "--mpp", str(mpp), "--model", str(paget_files[name]), "--out", str(out),
+               "--no-progress"])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    assert _outputs(out) == {"nuclei.geojson", "overlay.png", "nuclei.csv", "tme.json"}
+    assert "tissue annotation(s) in nuclei.geojson" in printed.out
+    fc = json.loads((out / "nuclei.geojson").read_text(encoding="utf-8"))
+    tissue_names = {pt.TAXONOMY.classes[c].name for c in pt.tissue_classes()}
+    nucleus_names = {pt.TAXONOMY.classes[c].name for c in pt.nucleus_classes()}
+    tissue = [f for f in fc["features"] if f["properties"]["objectType"] == "annotation"
+              and "classification" in f["properties"]]
+    nuclei = [f for f in fc["features"] if f["properties"]["objectType"] == "detection"]
+    report_ann = [f for f in fc["features"] if f["properties"].get("name") == "SegTME TME report"]
+    assert len(tissue) + len(nuclei) + len(report_ann) == len(fc["features"]) and len(report_ann) == 1
+    assert tissue and nuclei
+    assert fc["features"][:len(tissue)] == tissue, "tissue annotations come first"
+    names = [f["properties"]["classification"]["name"] for f in tissue]
+    assert set(names) <= tissue_names and len(set(names)) == len(names)
+    assert {f["properties"]["classification"]["name"] for f in nuclei} <= nucleus_names
+    img = Polygon([(0, 0), (400, 0), (400, 400), (0, 400)])
+    geoms = [shape(f["geometry"]) for f in tissue]
+    assert all(g.is_valid and g.difference(img).area <= 1e-6 * g.area for g in geoms)
+    n_csv = len((out / "nuclei.csv").read_text(encoding="utf-8").strip().splitlines()) - 1
+    assert n_csv == len(nuclei)
+
+    rep = json.loads((out / "tme.json").read_text(encoding="utf-8"))
+    assert rep["taxonomy"] == "paget13" and set(PAGET_AXES) <= set(rep["interpretation"])
+    assert rep["tissue_annotations_total"] == len(tissue)
+    assert rep["raw_data"]["N_total"] == len(nuclei)
+    assert rep["raw_data"]["tissue_area_px"] == pytest.approx(sum(g.area for g in geoms), rel=1e-3)
+
+    # overlay: inside the largest tissue region (away from its edge and from nucleus outlines) each
+    # pixel is the image blended 35 % towards the region's class colour
+    from PIL import ImageDraw
+
+    from segtme.export.overlay import TISSUE_ALPHA
+
+    ov = np.asarray(PILImage.open(out / "overlay.png")).astype(np.float64)
+    k = int(np.argmax([g.area for g in geoms]))
+    mask_im = PILImage.new("L", (400, 400), 0)
+    g = geoms[k].buffer(-3)
+    for part in getattr(g, "geoms", [g]):
+        ImageDraw.Draw(mask_im).polygon(list(part.exterior.coords), fill=1)
+        for hole in part.interiors:
+            ImageDraw.Draw(mask_im).polygon(list(hole.coords), fill=0)
+    for f in nuclei:
+        ImageDraw.Draw(mask_im).polygon([tuple(p) for p in f["geometry"]["coordinates"][0]], fill=0, outline=0, width=3)
+    inside = np.asarray(mask_im, bool)
+    assert inside.sum() > 100
+    colour = np.array(tissue[k]["properties"]["classification"]["color"], np.float64)
+    expected = (1 - TISSUE_ALPHA) * rgb.astype(np.float64) + TISSUE_ALPHA * colour
+    assert np.mean(np.abs(ov[inside] - expected[inside]).max(axis=1) <= 2.0) >= 0.98
+
+
+def test_analyze_instance_source_only_for_paget_h(tmp_path, paget_files, he_paget_png, capsys):
+    png, _, mpp = he_paget_png
+    _fails(["analyze", str(png), "--mpp", str(mpp), "--model", str(paget_files["paget_s_cli"]), "--instance-source",
+            "classical", "--out", str(tmp_path / "o")], capsys, "PAGET-H models only")

@@ -59,3 +59,15 @@ def test_real_monuseg_crop(shared_data):
     r = instance_metrics(gt, inst)
     # a working detector on real H&E: most of the foreground found, many nuclei matched
     assert r.dice > 0.6 and r.pq > 0.2 and r.tp > 0.3 * r.n_true
+
+
+def test_black_padding_does_not_capture_the_threshold(shared_data):
+    """Black borders (huge optical density) must not become the Otsu foreground."""
+    from conftest import load_monuseg
+
+    (rgb, gt, mpp), = load_monuseg(1, crop=400)
+    padded = np.zeros((600, 600, 3), np.uint8)
+    padded[:400, :400] = rgb
+    a = classical_instances(rgb, mpp).max()
+    b = classical_instances(padded, mpp).max()
+    assert b >= 0.8 * a > 0

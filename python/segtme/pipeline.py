@@ -6,7 +6,9 @@
 * ``segment_image``: any-size RGB image -> nuclei table, processed in chunks with a halo so memory
   stays bounded (no full-size float maps are ever allocated); each nucleus is kept only by the
   chunk whose core holds its centroid, so it appears once.
-* ``analyze``: file or array + MPP + model -> ``AnalysisResult`` (nuclei + TME report).
+* ``analyze``: file or array + MPP + model -> ``AnalysisResult`` (nuclei + TME report). PAGET
+  models (``paget_s`` / ``paget_h``) go through ``analyze_paget_image``: classified nuclei in the
+  13-class taxonomy plus tissue regions as QuPath annotations (``AnalysisResult.tissue_features``).
 
 Units: *input px* = pixels of the given image (µm/px = its MPP); *working px* = pixels at the
 model's ``cfg.mpp``; ``s = mpp_in / cfg.mpp``.
@@ -96,11 +98,18 @@ def plan_chunks(rgb_shape: Sequence[int], mpp: float, cfg: ModelConfig, chunk_si
 
 def count_tiles(rgb_shape: Sequence[int], mpp: float, cfg: ModelConfig, chunk_size: int | None = None,
                 halo: int | None = None, tile: int | None = None, overlap: int | None = None) -> int:
-    """Number of model tiles ``segment_image`` will run (for a progress bar's total)."""
+    """Number of model tiles ``segment_image`` (or, for PAGET models, ``analyze_paget_image``)
+    will run (for a progress bar's total)."""
     from .inference.tiling import tile_grid
 
     t = int(tile or cfg.tile_size)
     o = int(cfg.tile_overlap if overlap is None else overlap)
+    if _is_paget(cfg):  # the whole image's working grid, one tiling
+        from .inference.engine import scale_factor, working_size
+
+        s = scale_factor(mpp, cfg)
+        hw, ww = working_size(int(rgb_shape[0]), int(rgb_shape[1]), 1.0 if abs(s - 1) < 1e-6 else s)
+        return len(tile_grid(hw, ww, t, o))
     n = 0
     for ch in plan_chunks(rgb_shape, mpp, cfg, chunk_size, halo):
         x0, y0, x1, y1 = ch.region
@@ -223,6 +232,10 @@ class AnalysisResult:
     model: the model used.
     mpp: µm/px of the input; image_size: (width, height) input px; notes: input conversions.
     output_type: "detection" or "cell" (for ``feature_collection``).
+    tissue_features: PAGET models only: tissue regions as QuPath annotation Features (input px;
+        ``objectType "annotation"``, classified Epithelium / Stroma / Smooth muscle / Red blood
+        cell); empty for nucleus models.
+    paget: PAGET models only: the full ``segtme.paget.product.PagetResult`` (14-class map etc.).
     """
 
     nuclei: NucleiTable
@@ -232,12 +245,16 @@ class AnalysisResult:
     image_size: tuple[int, int]
     notes: list[str] = field(default_factory=list)
     output_type: str = "detection"
+    tissue_features: list[dict] = field(default_factory=list)
+    paget: Any = None
 
     def feature_collection(self, output_type: str | None = None) -> dict:
-        """QuPath GeoJSON FeatureCollection of the nuclei (plus TME measurements if any)."""
+        """QuPath GeoJSON FeatureCollection: PAGET tissue annotations (if any), the nuclei, and
+        the TME measurements (if any)."""
         from .export.geojson import feature_collection
 
-        return feature_collection(self.nuclei, output_type=output_type or self.output_type, report=self.report)
+        return feature_collection(self.nuclei, output_type=output_type or self.output_type, report=self.report,
+                                  annotations=self.tissue_features)
 
 
 def build_report(table: NucleiTable, narrative_backend: str = "template") -> dict | None:
@@ -248,6 +265,44 @@ def build_report(table: NucleiTable, narrative_backend: str = "template") -> dic
         log.warning("TME report not available (%s); writing nuclei only", e)
         return None
     return build_tme_report(table, narrative_backend=narrative_backend)
+
+
+def _is_paget(cfg: ModelConfig) -> bool:
+    return cfg.arch == "paget_segformer"
+
+
+def analyze_paget_image(
+    rgb: np.ndarray,
+    mpp: float,
+    model: LoadedModel,
+    *,
+    narrative_backend: str = "template",
+    instance_source: Any = None,
+    device: str = "auto",
+    tile: int | None = None,
+    overlap: int | None = None,
+    batch_size: int = 8,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[Any, dict | None]:
+    """PAGET-S / PAGET-H on a whole image (``segtme.paget.product.analyze_paget``) and the TME
+    report over its nuclei in the paget13 taxonomy.
+
+    rgb: (H, W, 3) uint8 at ``mpp`` µm/px. instance_source (PAGET-H): a model spec /
+    LoadedModel / InstanceSource, default the config's (the shipped UperHoVer ``default``).
+    The nuclei table (input px) gets the tissue region under each nucleus and the tissue areas
+    of the result's annotations (``attach_tissue_context``), so the report's tissue fractions
+    and immune location use the same regions the user imports. Returns (PagetResult, report).
+    Memory: the student's 14-class map of the whole image (no chunking, unlike ``segment_image``)."""
+    from .paget.product import analyze_paget, attach_tissue_context
+
+    res = analyze_paget(rgb, mpp, model, instance_source=instance_source, device=device, batch_size=batch_size,
+                        compute_features=False, tile=tile, overlap=overlap, progress=progress)
+    attach_tissue_context(res.nuclei, res.nucleus_tissue, res.tissue_features)
+    res.nuclei.meta.update(scale=res.scale, image_size=[int(rgb.shape[1]), int(rgb.shape[0])])
+    report = build_report(res.nuclei, narrative_backend)
+    if report is not None:
+        report["tissue_annotations_total"] = len(res.tissue_features)
+    return res, report
 
 
 def _resolve_model(model: Any, device: str, weights: str | Path | None) -> LoadedModel:
@@ -274,12 +329,15 @@ def analyze(
     halo: int | None = None,
     max_pixels: int | None = None,
     progress: Callable[[int], None] | None = None,
+    instance_source: Any = None,
 ) -> AnalysisResult:
     """Analyse an H&E image: nuclei (segmented, classified, measured) and the TME report.
 
     image_or_path: a file path (PNG/JPEG/TIFF) or an (H, W[, C]) array.
     mpp: µm/px of the image; overrides the file's resolution tags; required when the file has
-    none. model: a model name / config path / ``LoadedModel``. output_type: "detection" | "cell".
+    none. model: a model name / config path / ``LoadedModel``; PAGET models (``paget_s``,
+    ``paget_h``, their variants) also return tissue annotations (``analyze_paget_image``;
+    ``instance_source`` for PAGET-H, chunk_size/halo unused). output_type: "detection" | "cell".
     Raises InputError / SegTMEError subclasses with a user-facing message.
     """
     from .inference.imageio import image_from_array, read_image, validate_mpp
@@ -300,6 +358,13 @@ def analyze(
     else:
         raise InputError(f"{img.source}: the image has no resolution information; pass its microns per pixel (--mpp)")
     lm = _resolve_model(model, device, weights)
+    if _is_paget(lm.config):
+        res, report = analyze_paget_image(img.rgb, use, lm, narrative_backend=narrative_backend,
+                                          instance_source=instance_source, device=device, tile=tile, overlap=overlap,
+                                          batch_size=batch_size, progress=progress)
+        res.nuclei.meta["source"] = img.source
+        return AnalysisResult(res.nuclei, report, lm, use, img.size, list(img.notes), output_type,
+                              tissue_features=res.tissue_features, paget=res)
     table = segment_image(
         img.rgb, use, lm, chunk_size=chunk_size, halo=halo, tile=tile, overlap=overlap,
         batch_size=batch_size, progress=progress,

@@ -1,5 +1,10 @@
 """`segtme analyze IMAGE`: nuclei (QuPath GeoJSON), overlay PNG, CSV table and TME report.
 
+PAGET models (``--model paget_s`` / ``paget_h`` / a PAGET .json): nuclei.geojson also holds the
+tissue regions as classified QuPath annotations (first in the FeatureCollection), so a single
+File > Import objects brings both into QuPath; overlay.png tints the tissue regions under the
+nucleus outlines; tme.json uses the 13-class (paget13) features and tokens.
+
 All outputs are written atomically, and only after the whole analysis succeeded: a failure
 leaves no new files behind (a pre-existing output file is left untouched).
 """
@@ -15,13 +20,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "analyze",
         help="segment and classify nuclei in an H&E image; write GeoJSON, overlay, CSV and TME report",
         description="Segment and classify nuclei in an H&E image (PNG/JPEG/TIFF). Writes nuclei.geojson "
-        "(QuPath: File > Import objects), overlay.png, nuclei.csv and tme.json into --out.",
+        "(QuPath: File > Import objects), overlay.png, nuclei.csv and tme.json into --out. With a PAGET model "
+        "(paget_s / paget_h) nuclei.geojson also contains the tissue regions as classified annotations.",
     )
     p.add_argument("image", help="PNG, JPEG or TIFF image")
     p.add_argument("--mpp", type=float, default=None,
                    help="microns per pixel of the image (required unless the TIFF has resolution tags)")
     p.add_argument("--model", default="default", help="model name (see `segtme models`) or path to a .json/.safetensors")
     p.add_argument("--weights", default=None, help="weights .safetensors for the model (overrides the config's)")
+    p.add_argument("--instance-source", default=None,
+                   help="PAGET-H only: model giving the nucleus instances (default: the config's, i.e. the shipped "
+                   "'default' UperHoVer); a model name or .json/.safetensors path, or 'classical'")
     p.add_argument("--out", default=None, help="output directory (default: <image stem>_segtme next to the image)")
     p.add_argument("--cells", action="store_true", help="write QuPath cell objects (nucleus + 5 µm expansion) instead of detections")
     p.add_argument("--gzip", action="store_true", help="write nuclei.geojson.gz")
@@ -67,6 +76,11 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(e, SegTMEError):
             raise
         raise InputError(str(e)) from None
+    if args.instance_source is not None:
+        from ..paget.model import is_paget, paget_mode
+
+        if not (is_paget(model.config) and paget_mode(model.config) == "panoptic"):
+            raise InputError(f"--instance-source applies to PAGET-H models only; {model.config.name!r} is not one")
 
     bar = None
     progress = None
@@ -81,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
             img.rgb, mpp, model, narrative_backend=args.narrative,
             output_type="cell" if args.cells else "detection",
             tile=args.tile, overlap=args.overlap, batch_size=args.batch, progress=progress,
+            instance_source=args.instance_source,
         )
     finally:
         if bar is not None:
@@ -93,10 +108,10 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".segtme-", dir=out))
     try:
-        fc = feature_collection(res.nuclei, res.output_type, report=res.report)
+        fc = feature_collection(res.nuclei, res.output_type, report=res.report, annotations=res.tissue_features)
         names = ["nuclei.geojson.gz" if args.gzip else "nuclei.geojson", "overlay.png", "nuclei.csv"]
         write_geojson(stage / "nuclei.geojson", fc, gzip=args.gzip)
-        write_overlay(stage / "overlay.png", img.rgb, res.nuclei)
+        write_overlay(stage / "overlay.png", img.rgb, res.nuclei, tissue_features=res.tissue_features)
         write_nuclei_csv(stage / "nuclei.csv", res.nuclei)
         if res.report is not None:
             atomic_write_text(stage / "tme.json", json.dumps(res.report, indent=2, ensure_ascii=False, default=_jsonable) + "\n")
@@ -111,6 +126,11 @@ def run(args: argparse.Namespace) -> int:
         counts[c] = counts.get(c, 0) + 1
     print(f"{len(res.nuclei)} nuclei ({', '.join(f'{k}: {v}' for k, v in sorted(counts.items())) or 'none'}) "
           f"at {mpp:g} µm/px with model {model.config.name} [{model.source}]")
+    if res.paget is not None:
+        area = {f["properties"]["classification"]["name"]: f["properties"]["measurements"].get("Area µm^2")
+                for f in res.tissue_features}
+        print(f"{len(res.tissue_features)} tissue annotation(s) in nuclei.geojson: "
+              + (", ".join(f"{k} {v:.0f} µm²" for k, v in area.items() if v is not None) or "none"))
     for n in names:
         print(f"wrote {out / n}")
     if res.report is None:

@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch", type=int, default=8, help="micro-batch size of the shared batcher (1 = off)")
     p.add_argument("--max-wait-ms", type=float, default=10.0, help="how long the batcher waits to fill a batch")
     p.add_argument("--queue-size", type=int, default=64, help="tiles queued for the model, all streams together")
+    p.add_argument("--instance-source", default=None, metavar="SPEC",
+                   help="nucleus instance model for PAGET-H models (default: the model config's, else `default`)")
     g = p.add_argument_group("security")
     g.add_argument("--token", help="bearer token required on every call (prefer --token-file)")
     g.add_argument("--token-file", help="file whose first line is the bearer token")
@@ -78,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, models=args.models or ["default"], device=args.device,
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size, limits=limits,
         token=token, tls_cert=args.tls_cert, tls_key=args.tls_key, grace_s=args.grace, warmup=not args.no_warmup,
+        instance_source=args.instance_source,
     )
     try:
         server = build_server(cfg)

@@ -297,6 +297,7 @@ def evaluate(
         summary.setdefault(label, {})["ALL"] = {
             "n_images": float(len(all_rows)),
             **{k: M.nanmean(r.get(k, math.nan) for r in all_rows) for k in INSTANCE_KEYS},
+            "seconds_per_image": M.nanmean(r.get("seconds", math.nan) for r in all_rows),
         }
     return EvalResult(rows, summary, class_names, list(models))
 

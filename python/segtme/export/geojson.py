@@ -21,7 +21,7 @@ import json
 import math
 import uuid
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -195,11 +195,15 @@ def feature_collection(
     report: dict | None = None,
     cell_expansion_um: float = 5.0,
     id_seed: int | None = None,
+    annotations: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """A QuPath-readable FeatureCollection of the nuclei. When a TME ``report`` is given and
     ``segtme.tme.report.report_measurements`` exists, one extra ``annotation`` Feature covering
-    the analysed image (``table.meta["image_size"]``) carries the report's measurements."""
-    feats = nuclei_to_features(table, output_type, cell_expansion_um=cell_expansion_um, id_seed=id_seed)
+    the analysed image (``table.meta["image_size"]``) carries the report's measurements.
+    ``annotations``: ready-made annotation Features placed first (PAGET tissue regions), so one
+    File > Import objects brings tissue regions and nuclei into QuPath together."""
+    feats = list(annotations) + nuclei_to_features(table, output_type, cell_expansion_um=cell_expansion_um,
+                                                   id_seed=id_seed)
     size = table.meta.get("image_size")
     if report is not None and size:
         try:

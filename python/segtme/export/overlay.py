@@ -1,23 +1,63 @@
-"""Overlay PNG: nucleus outlines coloured by class (the model taxonomy's colours) over the image."""
+"""Overlay PNG: nucleus outlines coloured by class (the model taxonomy's colours) over the image,
+and for PAGET models the tissue regions tinted in their class colours underneath."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..inference.nuclei import NucleiTable
 from .atomic import atomic_write
 
+#: opacity of the tissue-region tint
+TISSUE_ALPHA = 0.35
+
+
+def _rings(geometry: dict) -> list[tuple[list, list[list]]]:
+    """[(exterior, [holes])] of a GeoJSON Polygon / MultiPolygon (coordinates as given)."""
+    t, c = geometry.get("type"), geometry.get("coordinates") or []
+    polys = [c] if t == "Polygon" else c if t == "MultiPolygon" else []
+    return [(p[0], list(p[1:])) for p in polys if p]
+
+
+def tint_regions(im, features: Sequence[dict[str, Any]], f: float, alpha: float = TISSUE_ALPHA):
+    """Blend each annotation Feature's region (holes excluded) into the PIL RGB image ``im`` in
+    its classification colour with opacity ``alpha``; coordinates (input px) are scaled by ``f``.
+    Returns a new image."""
+    from PIL import Image, ImageDraw
+
+    out = im
+    for feat in features:
+        cls = (feat.get("properties") or {}).get("classification") or {}
+        color = cls.get("color")
+        if not color:
+            continue
+        mask = Image.new("L", im.size, 0)
+        draw = ImageDraw.Draw(mask)
+        for ext, holes in _rings(feat.get("geometry") or {}):
+            if len(ext) >= 3:
+                draw.polygon([(float(x) * f, float(y) * f) for x, y in ext], fill=int(round(255 * alpha)))
+            for h in holes:
+                if len(h) >= 3:
+                    draw.polygon([(float(x) * f, float(y) * f) for x, y in h], fill=0)
+        layer = Image.new("RGB", im.size, tuple(int(v) for v in color[:3]))
+        out = Image.composite(layer, out, mask)
+    return out
+
 
 def render_overlay(
-    rgb: np.ndarray, table: NucleiTable, *, max_size: int | None = 4096, line_width: int | None = None
+    rgb: np.ndarray, table: NucleiTable, *, max_size: int | None = 4096, line_width: int | None = None,
+    tissue_features: Sequence[dict[str, Any]] = (),
 ) -> np.ndarray:
     """(h, w, 3) uint8 image with class-coloured outlines.
 
     rgb: the input image (H, W, 3) uint8 the table's coordinates refer to (input px).
     max_size: the longest edge of the output in px (the image is downscaled if larger; None:
     full size). line_width: outline width in output px (default 1, 2 above 1500 px).
+    tissue_features: annotation Features (PAGET tissue regions, input px) tinted underneath the
+    outlines in their class colours (opacity ``TISSUE_ALPHA``).
     Coordinates are scaled by the same factor as the image (corner convention kept).
     """
     from PIL import Image, ImageDraw
@@ -29,6 +69,8 @@ def render_overlay(
     im = Image.fromarray(rgb)
     if f != 1.0:
         im = im.resize((max(1, round(W * f)), max(1, round(H * f))), Image.Resampling.BILINEAR)
+    if tissue_features:
+        im = tint_regions(im, tissue_features, f)
     lw = line_width or (2 if max(im.size) > 1500 else 1)
     draw = ImageDraw.Draw(im)
     colours = [tuple(int(v) for v in c.color) for c in table.taxonomy.classes]
@@ -41,11 +83,12 @@ def render_overlay(
     return np.asarray(im)
 
 
-def write_overlay(path: str | Path, rgb: np.ndarray, table: NucleiTable, *, max_size: int | None = 4096) -> Path:
-    """Render and write the overlay as PNG atomically."""
+def write_overlay(path: str | Path, rgb: np.ndarray, table: NucleiTable, *, max_size: int | None = 4096,
+                  tissue_features: Sequence[dict[str, Any]] = ()) -> Path:
+    """Render and write the overlay as PNG atomically (``tissue_features``: see ``render_overlay``)."""
     from PIL import Image
 
-    arr = render_overlay(rgb, table, max_size=max_size)
+    arr = render_overlay(rgb, table, max_size=max_size, tissue_features=tissue_features)
     with atomic_write(path, "wb") as f:
         Image.fromarray(arr).save(f, format="PNG")
     return Path(path)

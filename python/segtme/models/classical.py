@@ -102,13 +102,16 @@ def classical_instances(rgb: np.ndarray, mpp: float, work_mpp: float = 0.5, para
     px = 1.0 / work_mpp  # working px per µm
 
     od = haematoxylin_channel(img)
+    # black padding (slide borders, mosaics) has a huge optical density: keep it out of the threshold
+    valid = img.max(axis=2) > 20
+    od[~valid] = 0.0
     if p.background_radius_um > 0:
         r = max(1, round(p.background_radius_um * px))
         od = od - ndi.grey_opening(od, footprint=disk(r))
     if p.sigma_um > 0:
         od = ndi.gaussian_filter(od, p.sigma_um * px)
     try:
-        thr = float(threshold_otsu(od))
+        thr = float(threshold_otsu(od[valid] if valid.any() else od))
     except ValueError:  # constant image
         thr = np.inf
     thr = max(thr, p.min_threshold_od)

@@ -58,7 +58,6 @@ def instance_map_from_model(lm: LoadedModel, rgb: np.ndarray, mpp: float | None)
     tiled at their working MPP (``engine.predict_maps``), are post-processed with the HV
     watershed, and the instance map is brought back to the input grid (nearest neighbour)."""
     from ..inference.engine import predict_maps, to_working
-    from ..inference.postprocess import PostprocessParams, classify_instances, hv_watershed
 
     if mpp is None:
         raise InputError("the instance source needs the image MPP (µm/px)")
@@ -70,18 +69,7 @@ def instance_map_from_model(lm: LoadedModel, rgb: np.ndarray, mpp: float | None)
         return _sequential_with_classes(inst, cls) if n else (inst, np.zeros(0, np.int32))
     rgb_w, s = to_working(rgb, mpp, lm.config)
     maps = predict_maps(lm, rgb_w)
-    params = PostprocessParams.from_mapping(lm.config.postprocess)
-    if maps.hv is None:
-        from scipy import ndimage as ndi
-
-        inst_w, _ = ndi.label(maps.prob[0] < 1.0 - params.fg_threshold)
-        inst_w = inst_w.astype(np.int32)
-    else:
-        inst_w = hv_watershed(1.0 - maps.prob[0], maps.hv, params)
-    from ..inference.postprocess import relabel_sequential
-
-    inst_w = relabel_sequential(inst_w)
-    cls, _ = classify_instances(inst_w, maps.prob)
+    inst_w, cls = instances_from_maps(maps.prob, maps.hv, lm.config)
     if s == 1.0:
         return inst_w, cls
     inst = resize_labels(inst_w, rgb.shape[:2], 1.0 / s)
@@ -154,6 +142,36 @@ def fill_tissue_under_nuclei(sem: np.ndarray, tax: Taxonomy = pt.TAXONOMY) -> np
     return out
 
 
+def _tissue_coverage(filled: np.ndarray, class_ids: Sequence[int], simplify_px: float,
+                     min_area_px: float) -> list[tuple[int, Any]]:
+    """[(class id, shapely geometry)] of the classes present in ``filled``: exact pixel-edge
+    regions (a polygon coverage: no overlaps, shared edges identical), simplified jointly with
+    ``shapely.coverage_simplify`` (per-class simplification would let neighbouring regions
+    overlap). Its Visvalingam-Whyatt tolerance is ``2 * simplify_px``, which removes about as
+    many vertices and changes the area about as much as Douglas-Peucker at ``simplify_px`` (measured
+    on PAGET maps of MoNuSeg tiles). Parts smaller than ``min_area_px`` are dropped."""
+    import shapely
+    from shapely.geometry import MultiPolygon, Polygon
+
+    present = [(cid, mask_to_geometry(filled == cid, 0.0, 0.0)) for cid in class_ids]
+    present = [(cid, g) for cid, g in present if g is not None]
+    if not present:
+        return []
+    geoms = np.array([g for _, g in present], dtype=object)
+    if simplify_px > 0 and hasattr(shapely, "coverage_simplify"):
+        geoms = shapely.coverage_simplify(geoms, 2.0 * simplify_px, simplify_boundary=True)
+    elif simplify_px > 0:  # shapely < 2.1: per class (neighbouring classes may overlap by ~1 px)
+        geoms = shapely.simplify(geoms, simplify_px, preserve_topology=True)
+    out = []
+    for (cid, _), g in zip(present, geoms):
+        if not g.is_valid:
+            g = shapely.make_valid(g)
+        parts = [p for p in getattr(g, "geoms", [g]) if isinstance(p, Polygon) and p.area >= max(min_area_px, 1e-9)]
+        if parts:
+            out.append((cid, parts[0] if len(parts) == 1 else MultiPolygon(parts)))
+    return out
+
+
 def tissue_annotations(
     sem: np.ndarray,
     *,
@@ -169,13 +187,12 @@ def tissue_annotations(
     sem: (H, W) PAGET ids in working px. Output coordinates: ``x * scale + offset`` (input px).
     One Feature per tissue class present: ``objectType "annotation"``, ``classification {name,
     color}``, measurements ``Area px^2`` (output px) and ``Area µm^2`` when ``mpp_out`` is known.
-    Nucleus pixels count for the tissue around them (``fill_tissue_under_nuclei``)."""
+    Nucleus pixels count for the tissue around them (``fill_tissue_under_nuclei``).
+    The classes' regions are simplified together as a coverage (``shapely.coverage_simplify``,
+    shared boundaries simplified once), so neighbouring tissue annotations never overlap."""
     filled = fill_tissue_under_nuclei(sem, tax)
     feats = []
-    for cid in pt.tissue_classes(tax):
-        geom = mask_to_geometry(filled == cid, simplify_px, min_area_px)
-        if geom is None:
-            continue
+    for cid, geom in _tissue_coverage(filled, pt.tissue_classes(tax), simplify_px, min_area_px):
         c = tax.classes[cid]
         area_px = float(geom.area) * scale * scale
         meas: dict[str, float] = {"Area px^2": round(area_px, 2)}
@@ -264,6 +281,7 @@ class PagetResult:
     nuclei: NucleiTable in input px (+ offset), taxonomy paget13, ``mpp`` = input MPP.
     tissue_features: GeoJSON annotation Features of the tissue regions (input px + offset).
     features: TME features (core + PAGET 13-class extension), computed in working px.
+    nucleus_tissue: tissue region under each nucleus (see the field).
     """
 
     mode: str
@@ -276,6 +294,9 @@ class PagetResult:
     tissue_features: list[dict]
     features: dict | None = None
     meta: dict = field(default_factory=dict)
+    #: (N,) int32 PAGET id of the tissue region under each nucleus centroid (0 = background),
+    #: aligned with ``nuclei`` (for the immune-location features once tiles are merged)
+    nucleus_tissue: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
 
     def feature_collection(self, output_type: str = "detection") -> dict:
         """QuPath FeatureCollection: tissue annotations first, then the classified nuclei."""
@@ -285,12 +306,16 @@ class PagetResult:
                 "features": list(self.tissue_features) + nuclei_to_features(self.nuclei, output_type)}
 
 
-def predict_semantic(lm: LoadedModel, rgb: np.ndarray, mpp: float, *, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray, float]:
-    """PAGET-S: (prob (14, h, w) softmax, rgb_work, s) at the model's working MPP (tiled, blended)."""
+def predict_semantic(lm: LoadedModel, rgb: np.ndarray, mpp: float, *, batch_size: int = 8,
+                     tile: int | None = None, overlap: int | None = None,
+                     progress: Any = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """PAGET-S: (prob (14, h, w) softmax, rgb_work, s) at the model's working MPP (tiled, blended;
+    ``tile`` / ``overlap`` in working px, default the config's; ``progress`` called with the
+    number of tiles finished)."""
     from ..inference.engine import predict_maps, to_working
 
     rgb_w, s = to_working(rgb, mpp, lm.config)
-    maps = predict_maps(lm, rgb_w, batch_size=batch_size)
+    maps = predict_maps(lm, rgb_w, tile, overlap, batch_size=batch_size, progress=progress)
     return maps.prob, rgb_w, s
 
 
@@ -308,6 +333,137 @@ def _resolve_instance_source(src: Any, device: str, allow_random: bool) -> Any:
     return load_model(spec, device, allow_random=allow_random)
 
 
+def instances_from_maps(prob: np.ndarray, hv: np.ndarray | None, cfg: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Nucleus instances from an instance-source model's maps on its own working grid.
+
+    prob: (C, h, w) softmax; hv: (2, h, w) or None (then connected components of the
+    foreground). Post-processing parameters come from ``cfg.postprocess`` (as ``pipeline``).
+    Returns ``(inst (h, w) int32 1..N, class_id (N,) int32 in the model's taxonomy)``."""
+    from ..inference.postprocess import PostprocessParams, classify_instances, hv_watershed, relabel_sequential
+
+    params = PostprocessParams.from_mapping(cfg.postprocess)
+    if hv is None:
+        from scipy import ndimage as ndi
+
+        inst_w, _ = ndi.label(prob[0] < 1.0 - params.fg_threshold)
+        inst_w = inst_w.astype(np.int32)
+    else:
+        inst_w = hv_watershed(1.0 - prob[0], hv, params)
+    inst_w = relabel_sequential(inst_w)
+    cls, _ = classify_instances(inst_w, prob)
+    return inst_w, cls
+
+
+def instances_to_grid(inst: np.ndarray, out_shape: tuple[int, int], s: float) -> np.ndarray:
+    """Bring an instance map to another pixel grid (nearest neighbour, ``s`` = output px per
+    input px; the engine's pixel-centre convention) and renumber 1..N. Identity when the shapes
+    already match and ``s`` is 1."""
+    from .aggregate import relabel_sequential
+
+    if inst.shape == tuple(out_shape) and abs(s - 1.0) < 1e-9:
+        return relabel_sequential(np.asarray(inst, np.int32))
+    return relabel_sequential(resize_labels(np.asarray(inst, np.int32), out_shape, s))
+
+
+def nucleus_tissue_at(sem: np.ndarray, centroid_work: np.ndarray, tax: Taxonomy = pt.TAXONOMY) -> np.ndarray:
+    """Tissue region (PAGET id: epithelium, stroma, smooth muscle, red blood cell; 0 = background)
+    under each nucleus centroid, from the tissue map of ``fill_tissue_under_nuclei``.
+    centroid_work: (N, 2) (x, y) in the working px of ``sem``. Returns (N,) int32."""
+    xy = np.asarray(centroid_work, np.float64).reshape(-1, 2)
+    if len(xy) == 0:
+        return np.zeros(0, np.int32)
+    filled = fill_tissue_under_nuclei(sem, tax)
+    c = np.clip(np.floor(xy[:, 0]).astype(np.int64), 0, sem.shape[1] - 1)
+    r = np.clip(np.floor(xy[:, 1]).astype(np.int64), 0, sem.shape[0] - 1)
+    return filled[r, c].astype(np.int32)
+
+
+def paget_result_from_prob(
+    prob: np.ndarray,
+    rgb_w: np.ndarray,
+    cfg: Any,
+    *,
+    scale: float,
+    input_mpp: float,
+    mode: str,
+    inst: np.ndarray | None = None,
+    offset_xy: Sequence[float] = (0.0, 0.0),
+    simplify_px: float = 1.0,
+    min_tissue_area_um2: float = 25.0,
+    min_nucleus_area_um2: float = 3.0,
+    compute_features: bool = True,
+    meta: dict | None = None,
+) -> PagetResult:
+    """PAGET-S / PAGET-H outputs from the student's softmax of one working-resolution image.
+
+    This is the model-free half of :func:`analyze_paget`; the gRPC server calls it per streamed
+    tile with the student's output from the shared batcher.
+    prob: (14, h, w) softmax at ``cfg.mpp``; rgb_w: (h, w, 3) uint8 at the same resolution.
+    scale: s = working px per output px (input px of the image, or full-resolution slide px for
+    the server); input_mpp: µm per output px. mode: "semantic" | "panoptic"; inst: PAGET-H
+    instance map (h, w) on the same working grid (required for "panoptic").
+    Output coordinates: ``x_work / scale + offset_xy``."""
+    if mode not in ("semantic", "panoptic"):
+        raise InputError(f"PAGET mode must be 'semantic' or 'panoptic', got {mode!r}")
+    tax = cfg.tax
+    sem = prob.argmax(axis=0).astype(np.uint8)
+    wm = float(cfg.mpp)
+    s = float(scale)
+    meta = dict(meta or {})
+    meta.setdefault("mode", mode)
+    if mode == "semantic":
+        inst_s, cid = nucleus_components(sem, max(1, round(min_nucleus_area_um2 / wm**2)), tax)
+        _, share = majority_nucleus_class(inst_s, sem, prob, tax) if len(cid) else (None, np.zeros(0, np.float32))
+        meta.setdefault("instances", "connected components of nucleus-class pixels")
+        inst = inst_s
+    else:
+        if inst is None:
+            raise InputError("PAGET-H (panoptic) needs an instance map")
+        if inst.shape != sem.shape:
+            raise InputError(f"instance map has shape {inst.shape}, expected {sem.shape}")
+        from .aggregate import relabel_sequential
+
+        inst = relabel_sequential(np.asarray(inst, np.int32))
+        cid, share = majority_nucleus_class(inst, sem, prob, tax)
+        keep = cid > 0
+        meta["nuclei_without_class"] = int((~keep).sum())
+        if not keep.all():
+            lut = np.zeros(len(cid) + 1, np.int32)
+            lut[np.flatnonzero(keep) + 1] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+            inst = lut[inst]
+            cid, share = cid[keep], share[keep]
+
+    table_w = build_nuclei_table(inst, tax, class_id=cid, class_prob=share, rgb=rgb_w, mpp=wm)
+    nucleus_tissue = nucleus_tissue_at(sem, table_w.centroid, tax)
+    features = None
+    if compute_features:
+        from .features import analyze_paget_features
+
+        features = analyze_paget_features(table_w, sem)
+    ox, oy = float(offset_xy[0]), float(offset_xy[1])
+    table = table_w.translated(ox, oy, scale=1.0 / s, mpp=input_mpp)
+    table.mpp = input_mpp
+    table.meta.update(meta, model=cfg.name, model_mpp=wm, input_mpp=input_mpp, scale=s)
+    tissue = tissue_annotations(sem, scale=1.0 / s, offset_xy=(ox, oy), mpp_out=input_mpp, simplify_px=simplify_px,
+                                min_area_px=min_tissue_area_um2 / wm**2, tax=tax)
+    return PagetResult(mode, sem, s, wm, float(input_mpp), (ox, oy), table, tissue, features, meta, nucleus_tissue)
+
+
+def source_instances(src: Any, rgb_w: np.ndarray, wm: float) -> tuple[np.ndarray, str]:
+    """PAGET-H instances of a working-resolution image from an ``InstanceSource`` (``instances``)
+    or a SegTME ``LoadedModel`` (run with its own tiling, see ``instance_map_from_model``), on the
+    grid of ``rgb_w``. Returns (inst, description)."""
+    if hasattr(src, "instances"):
+        from .teachers import TeacherInput
+
+        inst_w = np.asarray(src.instances(TeacherInput(rgb_w, wm)).inst, np.int32)
+        if inst_w.shape != rgb_w.shape[:2]:
+            raise InputError(f"instance source returned {inst_w.shape}, expected {rgb_w.shape[:2]}")
+        return inst_w, getattr(src, "name", type(src).__name__)
+    inst, _ = instance_map_from_model(src, rgb_w, wm)
+    return inst, f"{src.config.name} ({src.source})"
+
+
 def analyze_paget(
     rgb: np.ndarray,
     mpp: float,
@@ -323,6 +479,9 @@ def analyze_paget(
     min_tissue_area_um2: float = 25.0,
     min_nucleus_area_um2: float = 3.0,
     compute_features: bool = True,
+    tile: int | None = None,
+    overlap: int | None = None,
+    progress: Any = None,
 ) -> PagetResult:
     """Run PAGET-S or PAGET-H on one RGB image / tile.
 
@@ -331,7 +490,10 @@ def analyze_paget(
     ``extra["mode"]``). instance_source (PAGET-H): a model spec (default: the config's
     ``extra["instance_source"]``, i.e. the shipped UperHoVer ``default``; the classical baseline
     if no default model is shipped), a LoadedModel, or an ``InstanceSource``.
-    offset_xy: added to all output coordinates (server: tile origin in full-res px)."""
+    offset_xy: added to all output coordinates (server: tile origin in full-res px).
+    tile / overlap: the student's tiling in working px (default the config's); progress: called
+    with the number of student tiles finished. The whole image's 14-class map is held in memory
+    (about 60 bytes per working px)."""
     from ..inference.imageio import validate_mpp
     from ..models.registry import load_model
     from .model import is_paget, paget_mode
@@ -343,62 +505,76 @@ def analyze_paget(
     mode = mode or paget_mode(lm.config)
     if mode not in ("semantic", "panoptic"):
         raise InputError(f"PAGET mode must be 'semantic' or 'panoptic', got {mode!r}")
-    tax = lm.config.tax
-    prob, rgb_w, s = predict_semantic(lm, rgb, mpp, batch_size=batch_size)
-    sem = prob.argmax(axis=0).astype(np.uint8)
+    prob, rgb_w, s = predict_semantic(lm, rgb, mpp, batch_size=batch_size, tile=tile, overlap=overlap,
+                                      progress=progress)
     wm = float(lm.config.mpp)
     meta: dict[str, Any] = {"model": lm.config.name, "weights": lm.source, "mode": mode}
-
-    if mode == "semantic":
-        inst, cid = nucleus_components(sem, max(1, round(min_nucleus_area_um2 / wm**2)), tax)
-        _, share = majority_nucleus_class(inst, sem, prob, tax) if len(cid) else (None, np.zeros(0, np.float32))
-        meta["instances"] = "connected components of nucleus-class pixels"
-    else:
+    inst = None
+    if mode == "panoptic":
         src = _resolve_instance_source(instance_source or lm.config.extra.get("instance_source", "default"),
                                        device, allow_random)
-        if hasattr(src, "instances"):
-            from .teachers import TeacherInput
+        inst, meta["instances"] = source_instances(src, rgb_w, wm)
+    res = paget_result_from_prob(prob, rgb_w, lm.config, scale=s, input_mpp=mpp, mode=mode, inst=inst,
+                                 offset_xy=offset_xy, simplify_px=simplify_px,
+                                 min_tissue_area_um2=min_tissue_area_um2, min_nucleus_area_um2=min_nucleus_area_um2,
+                                 compute_features=compute_features, meta=meta)
+    res.nuclei.meta["image_size"] = [int(rgb.shape[1]), int(rgb.shape[0])]
+    return res
 
-            inst_w = np.asarray(src.instances(TeacherInput(rgb_w, wm)).inst, np.int32)
-            if inst_w.shape != sem.shape:
-                raise InputError(f"instance source returned {inst_w.shape}, expected {sem.shape}")
-            from .aggregate import relabel_sequential
 
-            inst = relabel_sequential(inst_w)
-            meta["instances"] = getattr(src, "name", type(src).__name__)
-        else:
-            inst, _ = instance_map_from_model(src, rgb_w, wm)
-            meta["instances"] = f"{src.config.name} ({src.source})"
-        cid, share = majority_nucleus_class(inst, sem, prob, tax)
-        keep = cid > 0
-        meta["nuclei_without_class"] = int((~keep).sum())
-        if not keep.all():
-            lut = np.zeros(len(cid) + 1, np.int32)
-            lut[np.flatnonzero(keep) + 1] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-            inst = lut[inst]
-            cid, share = cid[keep], share[keep]
+def tissue_area_by_class(features: Sequence[dict]) -> dict[str, float]:
+    """{class name: area in the features' px²} summed over tissue annotation Features (from the
+    ``Area px^2`` measurement, or the geometry's area when missing)."""
+    from shapely.geometry import shape
 
-    table_w = build_nuclei_table(inst, tax, class_id=cid, class_prob=share, rgb=rgb_w, mpp=wm)
-    features = None
-    if compute_features:
-        from .features import analyze_paget_features
+    out: dict[str, float] = {}
+    for f in features:
+        p = f.get("properties", {})
+        name = (p.get("classification") or {}).get("name")
+        if not name:
+            continue
+        a = (p.get("measurements") or {}).get("Area px^2")
+        out[name] = out.get(name, 0.0) + float(a if a is not None else shape(f["geometry"]).area)
+    return out
 
-        features = analyze_paget_features(table_w, sem)
-    ox, oy = float(offset_xy[0]), float(offset_xy[1])
-    table = table_w.translated(ox, oy, scale=1.0 / s, mpp=mpp)
-    table.mpp = mpp
-    table.meta.update(meta, model_mpp=wm, input_mpp=mpp, scale=s,
-                      image_size=[int(rgb.shape[1]), int(rgb.shape[0])])
-    tissue = tissue_annotations(sem, scale=1.0 / s, offset_xy=(ox, oy), mpp_out=mpp, simplify_px=simplify_px,
-                                min_area_px=min_tissue_area_um2 / wm**2, tax=tax)
-    return PagetResult(mode, sem, s, wm, mpp, (ox, oy), table, tissue, features, meta)
+
+def attach_tissue_context(table: NucleiTable, nucleus_tissue: np.ndarray, tissue_features: Sequence[dict]) -> NucleiTable:
+    """Store what the 13-class TME features need when no semantic map is at hand (a whole
+    annotation assembled from tiles, or an image analysed in input px): ``table.meta
+    ["paget_tissue_context"]`` = the tissue region under each nucleus (PAGET ids, aligned with
+    the table's rows) and ``["paget_tissue_area_px"]`` = tissue area per class in the table's
+    px² (from ``tissue_features``, e.g. merged and clipped to the annotation). In place; returns
+    the table. Call it on the final table (``subset`` / ``concat`` do not realign meta)."""
+    ctx = np.asarray(nucleus_tissue, np.int64).reshape(-1)
+    if len(ctx) != len(table):
+        raise ValueError(f"nucleus_tissue has {len(ctx)} entries for {len(table)} nuclei")
+    table.meta["paget_tissue_context"] = ctx.tolist()
+    table.meta["paget_tissue_area_px"] = tissue_area_by_class(tissue_features)
+    return table
+
+
+def _areal(g):
+    """The (Multi)Polygon part of a geometry (an intersection may add lines / points where the
+    shapes only touch); None when nothing areal is left."""
+    import shapely
+    from shapely.geometry import MultiPolygon, Polygon
+
+    if g.geom_type in ("Polygon", "MultiPolygon"):
+        return g
+    parts = []
+    for q in shapely.get_parts(g):
+        parts += [p for p in getattr(q, "geoms", [q]) if isinstance(p, Polygon) and p.area > 0]
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else MultiPolygon(parts)
 
 
 def merge_tissue_features(features: Sequence[dict], clip: Any = None, mpp: float | None = None) -> list[dict]:
     """Merge per-tile tissue annotations (e.g. streamed tiles of one QuPath annotation) into one
     annotation per class: geometries of the same classification are unioned (shapely), optionally
-    clipped to ``clip`` (a shapely geometry or GeoJSON geometry dict, same px), and the area
-    measurements recomputed (``mpp``: µm per px of the coordinates)."""
+    clipped to ``clip`` (a shapely geometry or GeoJSON geometry dict, same px; only the areal part
+    of the intersection is kept), and the area measurements recomputed (``mpp``: µm per px of the
+    coordinates)."""
     import shapely
     from shapely.geometry import mapping, shape
 
@@ -413,8 +589,8 @@ def merge_tissue_features(features: Sequence[dict], clip: Any = None, mpp: float
     for name, geoms in groups.items():
         g = shapely.union_all(geoms)
         if clip_g is not None:
-            g = g.intersection(clip_g)
-        if g.is_empty:
+            g = _areal(g.intersection(clip_g))
+        if g is None or g.is_empty:
             continue
         p = dict(props[name])
         meas = {"Area px^2": round(float(g.area), 2)}

@@ -15,6 +15,16 @@ Responses: ``Progress`` after every tile, ``NucleiBatch`` (after each tile when
 ``per_tile_results``, else in chunks at the end), a final ``Progress`` with fraction 1.0, then the
 ``TMEReport`` computed over all nuclei of the annotation.
 
+PAGET models (``paget_s`` / ``paget_h``, arch ``paget_segformer``): the student's forward pass
+goes through the same shared batcher (its output has only ``"sem"``); per tile
+``paget.product.paget_result_from_prob`` gives the classified nuclei (same ownership rule), the
+tissue region under each nucleus and the tile's tissue annotations, clipped to the tile's core.
+PAGET-H also queues the tile on its instance source's batcher (a second model, e.g. the shipped
+UperHoVer ``default``; see ``attach_instance_sources``). At the end the tissue pieces are merged
+per class and clipped to the annotation, sent as ``NucleiBatch`` messages whose Features have
+``objectType "annotation"`` (after the nuclei, before the report), and the report (taxonomy
+paget13) includes the tissue area fractions and immune location.
+
 Reading, decoding and submitting tiles happens on a per-stream reader thread, so a single
 stream keeps several tiles in flight (bounded by ``max_inflight_tiles_per_stream``) and the
 batcher can fill micro-batches from one client as well as from many.
@@ -53,7 +63,9 @@ from .tiles import (
     decode_tile,
     invalid,
     parse_job_config,
+    paget_instances,
     tile_nuclei,
+    tile_paget,
     to_work_tile,
 )
 
@@ -92,18 +104,42 @@ class ServerConfig:
     grace_s: float = 10.0
     warmup: bool = True
     allow_random: bool = False
+    #: PAGET-H instance source (model spec) for every PAGET-H model; None = each config's
+    #: ``extra["instance_source"]`` (default: the shipped ``default`` UperHoVer)
+    instance_source: str | None = None
 
 
 @dataclass
 class ModelRunner:
-    """One loaded model and its shared batcher."""
+    """One loaded model and its shared batcher.
+
+    PAGET-H (panoptic PAGET) also needs a nucleus instance source: ``instance_runner`` is a
+    second model (e.g. the shipped UperHoVer ``default``) with its own shared batcher — the same
+    runner object when that model is also served — and ``instance_direct`` an instance source
+    without a batched forward pass (the classical baseline), run in the job's thread."""
 
     model: LoadedModel
     batcher: MicroBatcher
+    instance_runner: "ModelRunner | None" = None
+    instance_direct: Any = None
 
     @property
     def cfg(self):
         return self.model.config
+
+    @property
+    def paget_mode(self) -> str | None:
+        """"semantic" (PAGET-S) / "panoptic" (PAGET-H) for PAGET models, else None."""
+        from ..paget.model import is_paget, paget_mode
+
+        return paget_mode(self.cfg) if is_paget(self.cfg) else None
+
+    def batchers(self) -> list[MicroBatcher]:
+        """This runner's batcher and its instance source's (no duplicates)."""
+        out = [self.batcher]
+        if self.instance_runner is not None and self.instance_runner.batcher is not self.batcher:
+            out.append(self.instance_runner.batcher)
+        return out
 
 
 def make_runner(model: LoadedModel, max_batch: int, max_wait_ms: float, queue_size: int) -> ModelRunner:
@@ -118,8 +154,20 @@ def make_runner(model: LoadedModel, max_batch: int, max_wait_ms: float, queue_si
 
 
 # --------------------------------------------------------------------------- job
+@dataclass
+class _Submitted:
+    """One tile queued for the model(s): the student's work tile + future, and for PAGET-H with a
+    batched instance source that model's own work tile + future."""
+
+    wt: WorkTile
+    fut: Future
+    iwt: WorkTile | None = None
+    ifut: Future | None = None
+
+
 class _TileJob:
-    """Per-job state shared by DetectTME and AnalyzeImage: tiles in flight, nuclei kept."""
+    """Per-job state shared by DetectTME and AnalyzeImage: tiles in flight, nuclei kept, and for
+    PAGET models the tissue context of each nucleus and the tiles' tissue annotations."""
 
     def __init__(self, runner: ModelRunner, spec: JobSpec, token: JobToken, limits: ServerLimits):
         self.runner = runner
@@ -127,54 +175,99 @@ class _TileJob:
         self.token = token
         self.limits = limits
         self.tables: list[NucleiTable] = []
+        self.paget_mode = runner.paget_mode
+        self.nucleus_tissue: list[np.ndarray] = []
+        self.tissue_pieces: list[dict] = []
         self.tiles_done = 0
         self.nuclei = 0
         self.inflight = threading.BoundedSemaphore(limits.max_inflight_tiles_per_stream)
         #: set by the reader thread when the client sent something invalid (the job stops at once)
         self.error: RequestError | None = None
 
-    def submit(self, tile: DecodedTile, field_name: str) -> tuple[WorkTile, Future]:
+    def submit(self, tile: DecodedTile, field_name: str) -> _Submitted:
         """Rescale + pad a decoded tile and queue it for the model (blocks while this job has too
-        many tiles in flight or the model queue is full; raises Cancelled when the job ends)."""
+        many tiles in flight or the model queue is full; raises Cancelled when the job ends).
+        PAGET-H with a batched instance source: the tile is also rescaled to that model's MPP and
+        queued on its (shared) batcher."""
         wt = to_work_tile(tile, self.spec.image_mpp, self.runner.cfg, field_name)
+        ir = self.runner.instance_runner if self.paget_mode == "panoptic" else None
+        iwt = to_work_tile(tile, self.spec.image_mpp, ir.cfg, field_name) if ir is not None else None
         while not self.inflight.acquire(timeout=_POLL_S):
             if self.token.cancelled:
                 raise Cancelled(self.token.name)
+        fut = None
         try:
             fut = self.runner.batcher.submit(wt.padded, self.token)
+            ifut = ir.batcher.submit(iwt.padded, self.token) if ir is not None else None
         except BaseException:
+            if fut is not None:
+                fut.cancel()
             self.inflight.release()
             raise
-        return wt, fut
+        return _Submitted(wt, fut, iwt, ifut)
 
-    def collect(self, wt: WorkTile, fut: Future, field_name: str) -> NucleiTable:
-        """Wait for a tile's model output, post-process it, apply the ownership rule."""
+    def _await(self, fut: Future, field_name: str) -> dict[str, np.ndarray]:
+        while True:
+            if self.token.cancelled:
+                fut.cancel()
+                raise Cancelled(self.token.name)
+            try:
+                return fut.result(timeout=_POLL_S)
+            except futures.TimeoutError:
+                continue
+            except futures.CancelledError:
+                raise Cancelled(self.token.name) from None
+            except Cancelled:
+                raise
+            except InputError as e:
+                raise invalid(f"{field_name}: {e}") from None
+            except Exception as e:
+                log.exception("model failed on %s", field_name)
+                raise RequestError(grpc.StatusCode.INTERNAL, f"{field_name}: model failed: {type(e).__name__}: {e}") from None
+
+    def collect(self, sub: _Submitted, field_name: str) -> NucleiTable:
+        """Wait for a tile's model output(s), post-process, apply the ownership rule; returns the
+        tile's owned nuclei (PAGET: also keeps their tissue context and the tile's tissue pieces)."""
         try:
-            while True:
-                if self.token.cancelled:
-                    fut.cancel()
-                    raise Cancelled(self.token.name)
-                try:
-                    out = fut.result(timeout=_POLL_S)
-                    break
-                except futures.TimeoutError:
-                    continue
-                except futures.CancelledError:
-                    raise Cancelled(self.token.name) from None
-                except Cancelled:
-                    raise
-                except InputError as e:
-                    raise invalid(f"{field_name}: {e}") from None
-                except Exception as e:
-                    log.exception("model failed on %s", field_name)
-                    raise RequestError(grpc.StatusCode.INTERNAL, f"{field_name}: model failed: {type(e).__name__}: {e}") from None
+            out = self._await(sub.fut, field_name)
+            iout = self._await(sub.ifut, field_name) if sub.ifut is not None else None
         finally:
+            if sub.ifut is not None and not sub.ifut.done():
+                sub.ifut.cancel()
             self.inflight.release()
-        t = tile_nuclei(wt, out, self.runner.cfg, self.spec.image_mpp, self.spec.geometry)
+        wt = sub.wt
+        if self.paget_mode is None:
+            t = tile_nuclei(wt, out, self.runner.cfg, self.spec.image_mpp, self.spec.geometry)
+        else:
+            inst = None
+            if self.paget_mode == "panoptic":
+                inst = self._instances(sub, iout, field_name)
+            pt_ = tile_paget(wt, out, self.runner.cfg, self.spec.image_mpp, self.spec.geometry,
+                             mode=self.paget_mode, inst=inst)
+            t = pt_.table
+            self.nucleus_tissue.append(pt_.nucleus_tissue)
+            self.tissue_pieces.extend(pt_.tissue_features)
         self.tables.append(t)
         self.tiles_done += 1
         self.nuclei += len(t)
         return t
+
+    def _instances(self, sub: _Submitted, iout: dict | None, field_name: str) -> np.ndarray:
+        """PAGET-H instance map of a tile on the student's valid working grid."""
+        h, w = sub.wt.valid
+        r = self.runner
+        if r.instance_runner is not None and iout is not None and sub.iwt is not None:
+            return paget_instances(sub.iwt, iout, r.instance_runner.cfg, (h, w), sub.wt.s)
+        if r.instance_direct is not None:
+            from ..paget.product import source_instances
+
+            try:
+                inst, _ = source_instances(r.instance_direct, np.ascontiguousarray(sub.wt.padded[:h, :w]), r.cfg.mpp)
+            except InputError as e:
+                raise invalid(f"{field_name}: {e}") from None
+            return inst
+        raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                           f"model {r.cfg.name!r} is PAGET-H but the server has no instance source for it")
 
     def table(self) -> NucleiTable:
         cfg = self.runner.cfg
@@ -184,6 +277,27 @@ class _TileJob:
                       annotation_id=self.spec.annotation_id)
         return t
 
+    def tissue(self, table: NucleiTable) -> list[dict]:
+        """PAGET: the tiles' tissue pieces merged into one annotation per class (in taxonomy
+        order), clipped to the annotation geometry, with the areas recomputed (full-res px); the
+        tissue context and areas are attached to ``table`` for the 13-class TME features.
+        Other models: []."""
+        if self.paget_mode is None:
+            return []
+        from ..paget.product import attach_tissue_context, merge_tissue_features
+
+        merged = merge_tissue_features(self.tissue_pieces, clip=self.spec.geometry, mpp=self.spec.image_mpp)
+        order = {c.name: c.id for c in self.runner.cfg.tax.classes}
+        merged.sort(key=lambda f: order.get(f["properties"]["classification"]["name"], 1 << 30))
+        ctx = np.concatenate(self.nucleus_tissue) if self.nucleus_tissue else np.zeros(0, np.int32)
+        attach_tissue_context(table, ctx, merged)
+        return merged
+
+    def drop(self) -> None:
+        """Drop this job's queued tiles from every batcher it uses."""
+        for b in self.runner.batchers():
+            b.drop(self.token)
+
 
 def _features_messages(table: NucleiTable, output_type: str, tile_index: int) -> Iterator[pb.NucleiBatch]:
     """NucleiBatch messages (GeoJSON FeatureCollections, each at most ~NUCLEI_BATCH_BYTES)."""
@@ -191,9 +305,15 @@ def _features_messages(table: NucleiTable, output_type: str, tile_index: int) ->
 
     if len(table) == 0:
         return
+    yield from _feature_batches(nuclei_to_features(table, output_type), tile_index)
+
+
+def _feature_batches(features, tile_index: int) -> Iterator[pb.NucleiBatch]:
+    """Any GeoJSON Features (nuclei, or PAGET tissue annotations) as NucleiBatch messages of at
+    most ~NUCLEI_BATCH_BYTES each (a single larger feature gets a message of its own)."""
     chunk: list[str] = []
     size = 0
-    for f in nuclei_to_features(table, output_type):
+    for f in features:
         s = json.dumps(f, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
         if chunk and size + len(s) > NUCLEI_BATCH_BYTES:
             yield _batch(chunk, tile_index)
@@ -239,9 +359,10 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def build_report(table: NucleiTable, backend: str) -> dict:
+def build_report(table: NucleiTable, backend: str, tissue: list[dict] | None = None) -> dict:
     """TME report over all nuclei of the job (``tme.report.build_tme_report``).
 
+    tissue: PAGET tissue annotations sent with the job (their number goes into the report).
     backend "none": the report without a narrative (computed with the template backend, whose
     text, verifier result and backend names are then removed). A backend the server cannot run
     (e.g. ``transformers`` without ``SEGTME_NARRATOR_MODEL``) -> FAILED_PRECONDITION."""
@@ -254,6 +375,9 @@ def build_report(table: NucleiTable, backend: str) -> dict:
         raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, f"narrative_backend {backend!r}: {e}") from None
     if backend == "none":
         report.update(narrative="", narrative_backend="none", narrative_backend_used="none", verifier=None)
+    if tissue is not None:
+        # PAGET: how many tissue annotations were sent (lets a client check it received them all)
+        report["tissue_annotations_total"] = len(tissue)
     return _sanitise(report)
 
 
@@ -333,8 +457,14 @@ class SegTMEServicer(pb_grpc.SegTMEServicer):
         for name, r in self.runners.items():
             cfg = r.cfg
             tax = cfg.tax
+            desc = f"{cfg.arch} / {cfg.backbone} ({r.model.source})"
+            if r.paget_mode is not None:
+                desc += f"; PAGET-{'H' if r.paget_mode == 'panoptic' else 'S'}: tissue annotations + nuclei"
+                src = r.instance_runner.model if r.instance_runner is not None else r.instance_direct
+                if src is not None:
+                    desc += f"; instances from {src.config.name}"
             mi = out.models.add(name=name, mpp=cfg.mpp, tile_size=cfg.tile_size, tile_overlap=cfg.tile_overlap,
-                                description=f"{cfg.arch} / {cfg.backbone} ({r.model.source})")
+                                description=desc)
             for c in tax.classes:
                 mi.classes.add(id=c.id, name=c.name, color=list(c.color), role=c.role, level=c.level)
             mi.substitutions.extend(tax.substitutions())
@@ -414,21 +544,23 @@ class SegTMEServicer(pb_grpc.SegTMEServicer):
             cfg = runner.cfg
             plan = plan_stream_tiles((0, 0, w, h), (w, h), spec.image_mpp, cfg.mpp, cfg.tile_size, cfg.tile_overlap)
             job = _TileJob(runner, spec, token, self.limits)
-            pending: list[tuple[WorkTile, Future, str]] = []
+            pending: list[tuple[_Submitted, str]] = []
             for k, st in enumerate(plan):
                 rx, ry, rw, rh = st.region
                 dt = DecodedTile(k, rx, ry, 1.0, st.core, np.ascontiguousarray(rgb[ry:ry + rh, rx:rx + rw]))
                 if len(pending) >= self.limits.max_inflight_tiles_per_stream:
                     job.collect(*pending.pop(0))
-                pending.append((*job.submit(dt, f"image tile {k}"), f"image tile {k}"))
+                pending.append((job.submit(dt, f"image tile {k}"), f"image tile {k}"))
             for p in pending:
                 job.collect(*p)
             table = job.table()
             table.meta["image_size"] = [w, h]
-            report = build_report(table, spec.narrative_backend)
+            tissue = job.tissue(table)
+            report = build_report(table, spec.narrative_backend, tissue if job.paget_mode else None)
             from ..export.geojson import dumps, nuclei_to_features
 
-            fc = {"type": "FeatureCollection", "features": nuclei_to_features(table, spec.output_type)}
+            # PAGET: tissue annotations (objectType "annotation") first, then the nuclei
+            fc = {"type": "FeatureCollection", "features": tissue + nuclei_to_features(table, spec.output_type)}
             return pb.AnalyzeImageResponse(
                 features_geojson=dumps(fc),
                 report=_report_message(report, table, "", time.perf_counter() - t0))
@@ -450,7 +582,7 @@ class SegTMEServicer(pb_grpc.SegTMEServicer):
         finally:
             token.cancel()
             if job is not None:
-                job.runner.batcher.drop(token)
+                job.drop()
             self.slots.release()
             self._log_job("AnalyzeImage", spec, job, status, t0, context)
 
@@ -488,7 +620,7 @@ class SegTMEServicer(pb_grpc.SegTMEServicer):
             token.cancel()
             job = state["job"]
             if job is not None:
-                job.runner.batcher.drop(token)
+                job.drop()
             self.slots.release()
             if abort is not None:
                 status, message = abort[0].name, abort[1]
@@ -522,15 +654,16 @@ class SegTMEServicer(pb_grpc.SegTMEServicer):
                 break
             if item[0] == "error":
                 raise item[1]
-            _, wt, fut, fname = item
-            t = job.collect(wt, fut, fname)
+            _, sub, fname = item
+            t = job.collect(sub, fname)
             if spec.per_tile_results and len(t):
-                yield from (pb.DetectResponse(nuclei=m) for m in _features_messages(t, spec.output_type, wt.tile.index))
+                yield from (pb.DetectResponse(nuclei=m) for m in _features_messages(t, spec.output_type, sub.wt.tile.index))
             frac = min(job.tiles_done / expected, 0.99) if expected > 0 else 0.0
             yield pb.DetectResponse(progress=pb.Progress(
                 tiles_done=job.tiles_done, tiles_expected=expected, nuclei_so_far=job.nuclei,
                 fraction=frac, stage="segmenting"))
         table = job.table()
+        tissue = job.tissue(table)
         yield pb.DetectResponse(progress=pb.Progress(
             tiles_done=job.tiles_done, tiles_expected=expected, nuclei_so_far=len(table),
             fraction=min(job.tiles_done / expected, 0.99) if expected > 0 else 0.0, stage="features"))
@@ -539,7 +672,12 @@ class SegTMEServicer(pb_grpc.SegTMEServicer):
                 if token.cancelled:
                     raise Cancelled(token.name)
                 yield pb.DetectResponse(nuclei=m)
-        report = build_report(table, spec.narrative_backend)
+        # PAGET: the annotation's tissue regions (objectType "annotation"), after all nuclei
+        for m in _feature_batches(tissue, -1):
+            if token.cancelled:
+                raise Cancelled(token.name)
+            yield pb.DetectResponse(nuclei=m)
+        report = build_report(table, spec.narrative_backend, tissue if job.paget_mode else None)
         if token.cancelled:
             raise Cancelled(token.name)
         yield pb.DetectResponse(progress=pb.Progress(
@@ -575,8 +713,7 @@ class SegTMEServicer(pb_grpc.SegTMEServicer):
                                        "tiles in one stream")
                 fname = f"tile[{n}]"
                 dt = decode_tile(msg.tile, self.limits, n)
-                wt, fut = job.submit(dt, fname)
-                inbox.put(("tile", wt, fut, fname))
+                inbox.put(("tile", job.submit(dt, fname), fname))
                 n += 1
             inbox.put(("end",))
         except RequestError as e:
@@ -635,17 +772,67 @@ class SegTMEServer:
         ev = self.server.stop(self.config.grace_s if grace is None else grace)
         ev.wait()
         if self.owns_runners:
+            seen: set[int] = set()
             for r in self.servicer.runners.values():
-                r.batcher.close()
+                for b in r.batchers():
+                    if id(b) not in seen:
+                        seen.add(id(b))
+                        b.close()
         log.info("server stopped")
 
     def wait(self) -> None:
         self.server.wait_for_termination()
 
 
+def _warmup(lm: LoadedModel) -> None:
+    from ..inference.engine import forward_tiles
+
+    T = lm.config.tile_size
+    forward_tiles(lm, [np.full((T, T, 3), 200, np.uint8)])
+
+
+def attach_instance_sources(runners: dict[str, ModelRunner], aliases: dict[str, str], config: ServerConfig) -> None:
+    """Give every PAGET-H runner its nucleus instance source (``cfg.extra["instance_source"]``,
+    default ``"default"`` = the shipped UperHoVer; ``config.instance_source`` overrides).
+
+    A source that is also served (by config name or by the spec given on the command line) shares
+    that model's runner and batcher; another model spec is loaded once (shared by all PAGET-H
+    runners naming it) with its own batcher; a model without a batched forward pass (the
+    classical baseline, which also stands in for ``default`` when no default model is shipped)
+    runs in each job's thread."""
+    from ..paget.product import _resolve_instance_source
+
+    extra: dict[str, ModelRunner] = {}
+    for r in runners.values():
+        if r.paget_mode != "panoptic" or r.instance_runner is not None or r.instance_direct is not None:
+            continue
+        spec = str(config.instance_source or r.cfg.extra.get("instance_source", "default"))
+        name = aliases.get(spec, spec)
+        if name in runners:
+            src_runner = runners[name]
+        elif spec in extra:
+            src_runner = extra[spec]
+        else:
+            lm = _resolve_instance_source(spec, config.device, config.allow_random)
+            if hasattr(lm.module, "predict_instances") or lm.config.arch == "classical":
+                r.instance_direct = lm
+                log.info("PAGET-H %s: instances from %s (%s), run per tile in the job thread", r.cfg.name,
+                         lm.config.name, lm.source)
+                continue
+            src_runner = make_runner(lm, config.max_batch, config.max_wait_ms, config.queue_size)
+            if config.warmup:
+                _warmup(lm)
+            extra[spec] = src_runner
+        if src_runner.paget_mode is not None:
+            raise SegTMEError(f"PAGET-H model {r.cfg.name!r}: the instance source {spec!r} is itself a PAGET model")
+        r.instance_runner = src_runner
+        log.info("PAGET-H %s: instances from %s (%s) through its shared batcher", r.cfg.name, src_runner.cfg.name,
+                 src_runner.model.source)
+
+
 def load_runners(config: ServerConfig) -> tuple[dict[str, ModelRunner], dict[str, str]]:
-    """Load each model once (by spec) and start its batcher. Returns (runners by config name,
-    aliases spec -> name)."""
+    """Load each model once (by spec) and start its batcher; PAGET-H models get their instance
+    source (``attach_instance_sources``). Returns (runners by config name, aliases spec -> name)."""
     from ..models.registry import load_model
 
     runners: dict[str, ModelRunner] = {}
@@ -659,11 +846,9 @@ def load_runners(config: ServerConfig) -> tuple[dict[str, ModelRunner], dict[str
         if str(spec) != name:
             aliases[str(spec)] = name
         if config.warmup:
-            from ..inference.engine import forward_tiles
-
-            T = lm.config.tile_size
-            forward_tiles(lm, [np.full((T, T, 3), 200, np.uint8)])
+            _warmup(lm)
         log.info("model %s loaded on %s (%s)", name, lm.device, lm.source)
+    attach_instance_sources(runners, aliases, config)
     return runners, aliases
 
 

@@ -260,8 +260,6 @@ def tile_nuclei(wt: WorkTile, out: dict[str, np.ndarray], cfg: ModelConfig, imag
                 geometry=None) -> NucleiTable:
     """Nuclei of one tile in full-resolution px, kept only if their centroid lies in the tile's
     core (half-open) and inside ``geometry`` (if given): the ownership rule of docs/INTERFACES.md."""
-    import shapely
-
     from ..pipeline import nuclei_from_maps
 
     h, w = wt.valid
@@ -269,11 +267,68 @@ def tile_nuclei(wt: WorkTile, out: dict[str, np.ndarray], cfg: ModelConfig, imag
     hv = out["hv"][:, :h, :w] if "hv" in out else None
     rgb_work = wt.padded[:h, :w]
     table = nuclei_from_maps(prob, hv, rgb_work, cfg, wt.full_scale, (wt.tile.x, wt.tile.y), image_mpp)
+    keep = owned(table, wt.tile.core, geometry)
+    return table.subset(keep)
+
+
+def owned(table: NucleiTable, core: tuple[int, int, int, int], geometry=None) -> np.ndarray:
+    """Boolean mask of the nuclei a tile reports: centroid in the tile's core (half-open,
+    full-res px) and inside ``geometry`` when given (the ownership rule)."""
+    import shapely
+
     if len(table) == 0:
-        return table
+        return np.zeros(0, bool)
     x, y = table.centroid[:, 0], table.centroid[:, 1]
-    x0, y0, x1, y1 = wt.tile.core
+    x0, y0, x1, y1 = core
     keep = (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
     if geometry is not None and keep.any():
         keep &= shapely.intersects_xy(geometry, x, y)
-    return table.subset(keep)
+    return keep
+
+
+@dataclass
+class PagetTile:
+    """What one streamed tile contributes to a PAGET job (all in full-resolution px).
+
+    table: the owned nuclei (ownership rule); nucleus_tissue: (N,) PAGET id of the tissue region
+    under each owned nucleus; tissue_features: the tile's tissue annotations clipped to its core
+    (cores partition the annotation bounds, so merging the tiles' pieces per class gives seamless
+    regions without overlaps between classes)."""
+
+    table: NucleiTable
+    nucleus_tissue: np.ndarray
+    tissue_features: list[dict]
+
+
+def paget_instances(iwt: WorkTile, iout: dict[str, np.ndarray], icfg: ModelConfig, out_shape: tuple[int, int],
+                    s_out: float) -> np.ndarray:
+    """PAGET-H: the instance-source model's output for one tile (its own working tile ``iwt``)
+    -> instance map on the PAGET working grid (``out_shape``; ``s_out`` = PAGET working px per
+    tile px, so PAGET px per instance px = ``s_out / iwt.s``)."""
+    from ..paget.product import instances_from_maps, instances_to_grid
+
+    h, w = iwt.valid
+    prob = iout["prob"][:, :h, :w]
+    hv = iout["hv"][:, :h, :w] if "hv" in iout else None
+    inst, _ = instances_from_maps(prob, hv, icfg)
+    return instances_to_grid(inst, out_shape, s_out / iwt.s)
+
+
+def tile_paget(wt: WorkTile, out: dict[str, np.ndarray], cfg: ModelConfig, image_mpp: float, geometry=None, *,
+               mode: str = "semantic", inst: np.ndarray | None = None) -> PagetTile:
+    """PAGET-S / PAGET-H for one tile from the student's output (``out["prob"]``, padded tile):
+    nuclei in full-resolution px kept by the ownership rule, their tissue context, and the tile's
+    tissue annotations clipped to its core. ``inst``: PAGET-H instance map on the valid working
+    grid of ``wt``."""
+    import shapely
+
+    from ..paget.product import merge_tissue_features, paget_result_from_prob
+
+    h, w = wt.valid
+    res = paget_result_from_prob(
+        out["prob"][:, :h, :w], wt.padded[:h, :w], cfg, scale=wt.full_scale, input_mpp=image_mpp, mode=mode,
+        inst=inst, offset_xy=(wt.tile.x, wt.tile.y), compute_features=False)
+    keep = owned(res.nuclei, wt.tile.core, geometry)
+    x0, y0, x1, y1 = wt.tile.core
+    tissue = merge_tissue_features(res.tissue_features, clip=shapely.box(x0, y0, x1, y1), mpp=image_mpp)
+    return PagetTile(res.nuclei.subset(keep), res.nucleus_tissue[keep], tissue)

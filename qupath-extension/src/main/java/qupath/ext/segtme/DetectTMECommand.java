@@ -71,7 +71,9 @@ final class DetectTMECommand {
         task.setOnSucceeded(e -> {
             window.close();
             int n = task.getValue().stream().mapToInt(SegTME.Result::nuclei).sum();
-            Dialogs.showInfoNotification(TITLE, "Detected " + n + " nuclei in " + task.getValue().size() + " annotation(s).");
+            int t = task.getValue().stream().mapToInt(SegTME.Result::tissueAnnotations).sum();
+            Dialogs.showInfoNotification(TITLE, "Detected " + n + " nuclei" + (t > 0 ? " and " + t + " tissue regions" : "")
+                    + " in " + task.getValue().size() + " annotation(s).");
         });
         task.setOnFailed(e -> {
             window.close();
@@ -108,7 +110,7 @@ final class DetectTMECommand {
         grid.addRow(3, new Label("Overlap (px at model MPP, -1 = model's)"), overlap);
         grid.addRow(4, new Label("Output"), output);
         grid.add(narrative, 0, 5, 2, 1);
-        grid.add(new Label(nAnnotations + " annotation(s) selected; existing SegTME nuclei in them will be replaced."), 0, 6, 2, 1);
+        grid.add(new Label(nAnnotations + " annotation(s) selected; existing SegTME nuclei (and PAGET tissue regions) in them will be replaced."), 0, 6, 2, 1);
         if (!Dialogs.showConfirmDialog("Detect TME", grid))
             return false;
         SegTMEPrefs.SERVER.set(server.getText().strip());

@@ -31,6 +31,8 @@ import java.util.concurrent.CancellationException;
  * </pre>
  * Missing keys take the defaults shown; the bearer token is read from key {@code token} or, better (it is
  * not recorded in the workflow), from the environment variable {@code SEGTME_TOKEN}.
+ * With a PAGET model ({@code model: 'paget_s'} or {@code 'paget_h'}) each annotation also receives the tissue regions
+ * (Epithelium, Stroma, Smooth muscle, Red blood cell) as classified child annotations next to the classified nuclei.
  * Each annotation is one DetectTME job and is imported atomically (see {@link ObjectImporter}); a call that
  * fails or is cancelled leaves that annotation exactly as it was (annotations finished before stay done).
  * Every successful call is recorded in the image's workflow history as a script step.
@@ -79,9 +81,13 @@ public final class SegTME {
         }
     }
 
-    /** What one annotation got. */
-    public record Result(PathObject annotation, int nuclei, Map<String, Double> measurements, List<String> tokens,
-                         String narrative) {}
+    /**
+     * What one annotation got.
+     *
+     * @param tissueAnnotations number of tissue-region annotations added below it (PAGET models; 0 otherwise)
+     */
+    public record Result(PathObject annotation, int nuclei, int tissueAnnotations, Map<String, Double> measurements,
+                         List<String> tokens, String narrative) {}
 
     /** Script entry point: options as a Groovy map. */
     public static List<Result> detectTME(ImageData<BufferedImage> imageData, Collection<? extends PathObject> annotations,
@@ -134,9 +140,10 @@ public final class SegTME {
                     throw new CancellationException("cancelled");
                 String runId = UUID.randomUUID().toString();
                 var nuclei = ObjectImporter.parse(result, options.cells(), runId);
-                ObjectImporter.apply(imageData.getHierarchy(), annotation, nuclei, result, runId);
-                results.add(new Result(annotation, nuclei.size(), result.report().measurements(), result.report().tokens(),
-                        result.report().narrative()));
+                var tissue = ObjectImporter.parseTissue(result, runId); // PAGET models: tissue regions, else empty
+                ObjectImporter.apply(imageData.getHierarchy(), annotation, tissue, nuclei, result, runId);
+                results.add(new Result(annotation, nuclei.size(), tissue.size(), result.report().measurements(),
+                        result.report().tokens(), result.report().narrative()));
             }
         }
         boolean all = imageData.getHierarchy().getAnnotationObjects().stream().filter(SegTME::isAreaAnnotation)

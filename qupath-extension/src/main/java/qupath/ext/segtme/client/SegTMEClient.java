@@ -59,6 +59,9 @@ import java.util.logging.Logger;
  * stream (JobConfig, then one Tile per plan entry read from a {@link TileSource}, then End), honours gRPC flow
  * control so at most about one tile is buffered, reports progress, and returns only once the server's
  * TMEReport has arrived and every nucleus batch has been collected and checked (atomic: otherwise it throws).
+ * Features with {@code objectType "annotation"} (PAGET tissue regions, sent after the nuclei) are collected
+ * separately as {@link TissueFeature}s; their number is checked against the report's
+ * {@code tissue_annotations_total} when present.
  * Cancelling the {@link CancelSignal} cancels the gRPC call, which the server sees as a cancelled stream.
  * If the stream fails with UNAVAILABLE before the server sent anything, the whole job is retried with backoff.</li>
  * </ul>
@@ -267,6 +270,7 @@ public final class SegTMEClient implements AutoCloseable {
         private final CountDownLatch done = new CountDownLatch(1);
         private ClientCallStreamObserver<DetectRequest> requests;
         private final List<NucleusFeature> nuclei = new ArrayList<>();
+        private final List<TissueFeature> tissue = new ArrayList<>();
         private final Set<String> ids = new HashSet<>();
         private final List<JobProgress> progress = Collections.synchronizedList(new ArrayList<>());
         private volatile TmeReport report;
@@ -395,10 +399,15 @@ public final class SegTMEClient implements AutoCloseable {
             if (r.nucleiTotal() != nuclei.size())
                 throw new SegTMEException("PROTOCOL", "the report counts " + r.nucleiTotal() + " nuclei but "
                         + nuclei.size() + " were received", null);
+            // PAGET models: the report states how many tissue annotations were sent
+            var total = r.reportJson().get("tissue_annotations_total");
+            if (total != null && !total.isJsonNull() && total.getAsLong() != tissue.size())
+                throw new SegTMEException("PROTOCOL", "the report counts " + total.getAsLong() + " tissue annotations but "
+                        + tissue.size() + " were received", null);
             JobProgress last = progress.isEmpty() ? null : progress.get(progress.size() - 1);
             if (last == null || last.fraction() < 1.0)
                 emit(new JobProgress(tilesSent, plan.tiles().size(), plan.tiles().size(), nuclei.size(), 1.0, "done"));
-            return new DetectionResult(List.copyOf(nuclei), r, plan, modelName, List.copyOf(progress));
+            return new DetectionResult(List.copyOf(nuclei), List.copyOf(tissue), r, plan, modelName, List.copyOf(progress));
         }
 
         private void emit(JobProgress p) {
@@ -456,14 +465,23 @@ public final class SegTMEClient implements AutoCloseable {
                     : root.getAsJsonObject().getAsJsonArray("features");
             int n = 0;
             for (JsonElement e : features) {
-                NucleusFeature f = NucleusFeature.parse(e.getAsJsonObject());
-                if (f.id() != null && !ids.add(f.id()))
-                    throw new IllegalStateException("nucleus id " + f.id() + " sent twice");
-                nuclei.add(f);
+                JsonObject o = e.getAsJsonObject();
+                if (TissueFeature.isAnnotation(o)) {
+                    // PAGET tissue region (objectType "annotation"): kept apart from the nuclei
+                    TissueFeature t = TissueFeature.parse(o);
+                    if (t.id() != null && !ids.add(t.id()))
+                        throw new IllegalStateException("feature id " + t.id() + " sent twice");
+                    tissue.add(t);
+                } else {
+                    NucleusFeature f = NucleusFeature.parse(o);
+                    if (f.id() != null && !ids.add(f.id()))
+                        throw new IllegalStateException("nucleus id " + f.id() + " sent twice");
+                    nuclei.add(f);
+                }
                 n++;
             }
             if (batch.getCount() != 0 && batch.getCount() != n)
-                throw new IllegalStateException("batch says " + batch.getCount() + " nuclei but holds " + n);
+                throw new IllegalStateException("batch says " + batch.getCount() + " features but holds " + n);
         }
 
         @Override

@@ -60,6 +60,8 @@ final class FakeSegTMEServer extends SegTMEGrpc.SegTMEImplBase implements AutoCl
     volatile long delayPerTileMs = 0;          // slow "inference"
     volatile long getInfoDelayMs = 0;          // slow GetInfo (deadline test)
     volatile String requiredToken = null;      // bearer token required on every call
+    volatile List<JsonObject> tissue = List.of(); // PAGET-like tissue annotations sent after the nuclei
+    volatile int tissueTotalInReport = -1;     // report_json "tissue_annotations_total" (-1: tissue.size(); omitted if no tissue)
 
     // observations
     final List<Tile> tilesReceived = Collections.synchronizedList(new ArrayList<>());
@@ -187,13 +189,26 @@ final class FakeSegTMEServer extends SegTMEGrpc.SegTMEImplBase implements AutoCl
                 if (closed)
                     return;
                 closed = true;
+                List<JsonObject> t = tissue;
+                if (!t.isEmpty()) {
+                    // as the real server: one batch of annotation features, tile_index -1, after the nuclei
+                    JsonArray features = new JsonArray();
+                    t.forEach(features::add);
+                    JsonObject fc = new JsonObject();
+                    fc.addProperty("type", "FeatureCollection");
+                    fc.add("features", features);
+                    out.onNext(DetectResponse.newBuilder().setNuclei(NucleiBatch.newBuilder().setTileIndex(-1)
+                            .setCount(t.size()).setFeaturesGeojson(fc.toString())).build());
+                }
+                String tissueTotal = t.isEmpty() ? ""
+                        : ",\"tissue_annotations_total\":" + (tissueTotalInReport >= 0 ? tissueTotalInReport : t.size());
                 out.onNext(DetectResponse.newBuilder().setProgress(Progress.newBuilder().setTilesDone(tiles)
                         .setTilesExpected(config.getExpectedTiles()).setNucleiSoFar(nuclei).setFraction(1.0).setStage("done")).build());
                 if (!omitReport)
                     out.onNext(DetectResponse.newBuilder().setReport(TMEReport.newBuilder()
                             .setNarrative("fake narrative").addTokens("[FAKE_TOKEN]")
                             .putMeasurements("SegTME: Nuclei count", nuclei)
-                            .setReportJson("{\"raw_data\":{\"n\":" + nuclei + "}}")
+                            .setReportJson("{\"raw_data\":{\"n\":" + nuclei + "}" + tissueTotal + "}")
                             .setNucleiTotal(nuclei).setAnnotationId(config.getAnnotationId())).build());
                 out.onCompleted();
                 jobEnded.countDown();
@@ -251,6 +266,31 @@ final class FakeSegTMEServer extends SegTMEGrpc.SegTMEImplBase implements AutoCl
         f.addProperty("type", "Feature");
         f.addProperty("id", UUID.randomUUID().toString());
         f.add("geometry", Geometries.rectangle(cx - 3, cy - 3, 6, 6));
+        f.add("properties", props);
+        return f;
+    }
+
+    /** A PAGET-like tissue annotation Feature (objectType "annotation", classification name + colour, areas). */
+    static JsonObject tissueFeature(String className, int[] rgb, JsonObject geometry, double areaPx, double mpp) {
+        JsonObject props = new JsonObject();
+        props.addProperty("objectType", "annotation");
+        props.addProperty("name", "PAGET " + className);
+        JsonObject cls = new JsonObject();
+        cls.addProperty("name", className);
+        JsonArray color = new JsonArray();
+        for (int v : rgb)
+            color.add(v);
+        cls.add("color", color);
+        props.add("classification", cls);
+        props.addProperty("isLocked", false);
+        JsonObject m = new JsonObject();
+        m.addProperty("Area px^2", areaPx);
+        m.addProperty("Area µm^2", areaPx * mpp * mpp);
+        props.add("measurements", m);
+        JsonObject f = new JsonObject();
+        f.addProperty("type", "Feature");
+        f.addProperty("id", UUID.randomUUID().toString());
+        f.add("geometry", geometry);
         f.add("properties", props);
         return f;
     }

@@ -272,6 +272,72 @@ class SegTMEClientTest {
         assertThrows(IllegalArgumentException.class, () -> new AnnotationRegion(0, 0, 10, 10, null, null, Double.NaN));
     }
 
+    /** PAGET models: tissue annotations (objectType "annotation") come back apart from the nuclei. */
+    @Test
+    void parsesTissueAnnotationsSeparatelyFromNuclei() throws Exception {
+        String name = "fake-" + UUID.randomUUID();
+        FakeSegTMEServer server = fake(0.5, 64, 16, grid(300, 200), name);
+        // Epithelium: a MultiPolygon of a 100x80 square with a 20x10 hole plus a 10x10 square; Stroma: a rectangle
+        var epiA = Geometries.rectangle(10, 10, 100, 80);
+        epiA.getAsJsonArray("coordinates").add(Geometries.rectangle(30, 30, 20, 10).getAsJsonArray("coordinates").get(0));
+        var epi = new com.google.gson.JsonObject();
+        epi.addProperty("type", "MultiPolygon");
+        var polys = new com.google.gson.JsonArray();
+        polys.add(epiA.getAsJsonArray("coordinates"));
+        polys.add(Geometries.rectangle(200, 150, 10, 10).getAsJsonArray("coordinates"));
+        epi.add("coordinates", polys);
+        server.tissue = List.of(
+                FakeSegTMEServer.tissueFeature("Epithelium", new int[] {255, 102, 102}, epi, 8000 - 200 + 100, 0.25),
+                FakeSegTMEServer.tissueFeature("Stroma", new int[] {80, 160, 80}, Geometries.rectangle(120, 10, 150, 100), 15000, 0.25));
+        SegTMEClient client = client(name, cfg());
+        DetectionResult r = client.detectTME(new BufferedImageTileSource(codedImage(300, 200)),
+                new AnnotationRegion(0, 0, 300, 200, null, "ann-t", 0.25), DetectOptions.builder().build(), null, null);
+
+        assertEquals(r.report().nucleiTotal(), r.nuclei().size());
+        assertFalse(r.nuclei().isEmpty());
+        for (NucleusFeature n : r.nuclei())
+            assertEquals("detection", n.objectType());
+        assertEquals(2, r.tissue().size());
+        TissueFeature e = r.tissue().get(0), s = r.tissue().get(1);
+        assertEquals("Epithelium", e.className());
+        assertEquals("PAGET Epithelium", e.name());
+        assertArrayEquals(new int[] {255, 102, 102}, e.color());
+        assertEquals("MultiPolygon", e.geometry().get("type").getAsString());
+        assertEquals(8000 - 200 + 100, e.areaPx(), 1e-9);
+        assertEquals(e.areaPx(), e.measurements().get("Area px^2"), 1e-9);
+        assertEquals(e.areaPx() * 0.25 * 0.25, e.measurements().get("Area µm^2"), 1e-9);
+        assertEquals("Stroma", s.className());
+        assertEquals(15000, s.areaPx(), 1e-9);
+        assertEquals(2, r.report().reportJson().get("tissue_annotations_total").getAsInt());
+        // the raw features are kept for QuPath's own GeoJSON reader
+        assertEquals("annotation", e.feature().getAsJsonObject("properties").get("objectType").getAsString());
+
+        // nucleus models send no tissue: empty list, not null
+        server.tissue = List.of();
+        DetectionResult plain = client.detectTME(new BufferedImageTileSource(codedImage(300, 200)),
+                new AnnotationRegion(0, 0, 300, 200, null, "ann-n", 0.25), DetectOptions.builder().build(), null, null);
+        assertTrue(plain.tissue().isEmpty());
+        assertEquals(r.nuclei().size(), plain.nuclei().size());
+    }
+
+    @Test
+    void missingTissueAnnotationsAreAProtocolError() throws Exception {
+        String name = "fake-" + UUID.randomUUID();
+        FakeSegTMEServer server = fake(0.5, 64, 16, grid(200, 200), name);
+        server.tissue = List.of(FakeSegTMEServer.tissueFeature("Stroma", new int[] {80, 160, 80},
+                Geometries.rectangle(0, 0, 50, 50), 2500, 0.25));
+        server.tissueTotalInReport = 2; // the report announces one more than was sent
+        SegTMEClient client = client(name, cfg());
+        var e = assertThrows(SegTMEException.class, () -> client.detectTME(new BufferedImageTileSource(codedImage(200, 200)),
+                new AnnotationRegion(0, 0, 200, 200, null, null, 0.25), DetectOptions.builder().build(), null, null));
+        assertEquals("PROTOCOL", e.code());
+        assertTrue(e.getMessage().contains("tissue annotations"), e.getMessage());
+        // an unclassified annotation is not a tissue region
+        var f = FakeSegTMEServer.tissueFeature("X", new int[] {1, 2, 3}, Geometries.rectangle(0, 0, 5, 5), 25, 0.25);
+        f.getAsJsonObject("properties").remove("classification");
+        assertThrows(IllegalArgumentException.class, () -> TissueFeature.parse(f));
+    }
+
     @Test
     void centroidOfPolygonsWithHoles() {
         var square = Geometries.rectangle(0, 0, 10, 10);
