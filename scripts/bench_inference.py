@@ -138,13 +138,13 @@ def _peak_rss_mib() -> float:
 
 def _child_default(png: str, work_mpp: float, threads: int, q: mp.Queue) -> None:
     """One end-to-end run of the product path in a fresh process (clean peak memory)."""
+    import segtme  # noqa: F401  (first, as the CLI does: sets OMP_WAIT_POLICY before torch loads)
     import torch
 
     torch.set_num_threads(threads)
     import segtme.inference.engine as engine
     import segtme.inference.postprocess as post
     import segtme.pipeline as pipeline
-    from segtme.export.geojson import write_geojson
     from segtme.export.overlay import write_overlay
     from segtme.export.tables import write_nuclei_csv
     from segtme.inference import imageio
@@ -162,7 +162,7 @@ def _child_default(png: str, work_mpp: float, threads: int, q: mp.Queue) -> None
     t0 = time.perf_counter()
     res = pipeline.analyze(png, mpp=work_mpp, model=model)
     with tempfile.TemporaryDirectory() as d, st.stage("export"):
-        write_geojson(Path(d) / "nuclei.geojson", res.feature_collection())
+        res.write_geojson(Path(d) / "nuclei.geojson")  # streamed: never the whole collection in memory
         write_nuclei_csv(Path(d) / "nuclei.csv", res.nuclei)
         from PIL import Image
 

@@ -69,6 +69,18 @@ def test_analyze_writes_outputs(tmp_path, tiny_model_files, he_png, capsys):
     assert "nuclei" in capsys.readouterr().out
 
 
+def test_analyze_with_the_classical_baseline(tmp_path, he_png, capsys):
+    """``--model classical`` (no tensor forward) runs through its ``predict_instances``."""
+    png, _, mpp = he_png
+    out = tmp_path / "out"
+    rc = main(["analyze", str(png), "--mpp", str(mpp), "--model", "classical", "--out", str(out), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    fc = json.loads((out / "nuclei.geojson").read_text(encoding="utf-8"))
+    nuclei = [f for f in fc["features"] if f["properties"]["objectType"] == "detection"]
+    assert nuclei and all(f["properties"]["classification"]["name"] for f in nuclei)
+    assert len((out / "nuclei.csv").read_text(encoding="utf-8").splitlines()) == len(nuclei) + 1
+
+
 def test_tiff_mpp_from_tags_cells_and_gzip(tmp_path, tiny_model_files, he_png):
     _, tif, _ = he_png
     out = tmp_path / "o"

@@ -132,3 +132,71 @@ def test_blended_stitching_removes_last_writer_seams(monuseg_small):
     assert np.abs(blend.prob - whole["prob"]).mean() < 5e-3
     assert (blend.prob.argmax(0) == whole["prob"].argmax(0)).mean() > 0.99
     assert np.corrcoef(blend.hv.ravel(), whole["hv"].ravel())[0, 1] > 0.9
+
+
+def _bn_model():
+    """A small UperHoVer (resnet10t levels 0-3, heads of width 8) with non-trivial BatchNorm
+    statistics, so folding actually changes the convolutions."""
+    import torch
+
+    from segtme.models import create_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(name="bn", backbone="resnet10t", out_indices=[0, 1, 2, 3], head_hidden=8,
+                      taxonomy="consep4", mpp=0.5, tile_size=64, tile_overlap=16)
+    m = create_model(cfg).eval()
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.2, 0.2)
+    return cfg, m
+
+
+def test_fold_batchnorm_is_exact_and_leaves_the_model_alone():
+    import torch
+
+    from segtme.models.registry import fold_batchnorm
+
+    _, m = _bn_model()
+    n_bn = sum(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())
+    keys = sorted(m.state_dict())
+    folded, n = fold_batchnorm(m)
+    assert n == n_bn > 0  # every BN of the backbone and both heads folded
+    assert not any(isinstance(x, torch.nn.BatchNorm2d) for x in folded.modules())
+    assert sum(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules()) == n_bn and sorted(m.state_dict()) == keys
+    x = torch.rand(2, 3, 96, 96)
+    with torch.inference_mode():
+        a, b = m(x), folded(x)
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5 * (1 + float(a[k].abs().max()))), k
+
+
+def test_forward_tiles_uses_folded_module_and_sees_weight_updates():
+    """The engine runs the folded copy (same outputs as the module itself) and rebuilds it when
+    the module's weights change in place (e.g. a model evaluated during training)."""
+    import torch
+
+    from segtme.models import LoadedModel
+
+    cfg, m = _bn_model()
+    lm = LoadedModel(cfg, m, torch.device("cpu"), "test")
+    rng = np.random.default_rng(0)
+    tile = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+
+    def direct():
+        x = torch.from_numpy(tile).permute(2, 0, 1)[None].float() / 255.0
+        x = (x - torch.tensor(cfg.mean).view(1, 3, 1, 1)) / torch.tensor(cfg.std).view(1, 3, 1, 1)
+        with torch.inference_mode():
+            return torch.softmax(m(x)["sem"], 1)[0].numpy()
+
+    out = forward_tiles(lm, [tile])[0]["prob"]
+    assert np.allclose(out, direct(), atol=1e-5)
+    assert getattr(m, "_segtme_infer", None) is not None
+    with torch.no_grad():  # an optimiser-like in-place update of one BN
+        bn = next(x for x in m.modules() if isinstance(x, torch.nn.BatchNorm2d))
+        bn.weight.mul_(3.0)
+    out2 = forward_tiles(lm, [tile])[0]["prob"]
+    assert not np.allclose(out2, out, atol=1e-4)
+    assert np.allclose(out2, direct(), atol=1e-5)

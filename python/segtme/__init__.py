@@ -9,7 +9,19 @@ Small public API (heavy modules load lazily):
 
 from __future__ import annotations
 
+import os as _os
+import sys as _sys
+
 __version__ = "0.1.0"
+
+# CPU threads: with OpenMP's default *active* waiting, torch's 2 worker threads spin at every
+# barrier, and when another process holds one of the cores (a shared or busy machine) each
+# parallel region waits for a time slice: forward passes measured 10-30x slower than with one
+# thread. Passive waiting (threads sleep at barriers) costs little on an idle machine and removes
+# that cliff. It only takes effect if set before torch (libgomp) is loaded; an explicit
+# OMP_WAIT_POLICY in the environment wins. See docs/benchmarks.md.
+if "torch" not in _sys.modules:
+    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __all__ = ["__version__", "load_model", "analyze"]
 

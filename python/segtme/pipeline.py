@@ -31,8 +31,9 @@ from .models.registry import LoadedModel
 
 log = logging.getLogger(__name__)
 
-#: default chunk edge and halo in working px
-DEFAULT_CHUNK_WORK = 1536
+#: default chunk edge and halo in working px (2048: 14 % fewer model tiles than 1536 on large
+#: images for ~0.2 GB more per-chunk memory; docs/benchmarks.md)
+DEFAULT_CHUNK_WORK = 2048
 DEFAULT_HALO_WORK = 96
 
 
@@ -162,7 +163,7 @@ def segment_image(
     """Nuclei of an (H, W, 3) uint8 image at ``mpp`` µm/px, in input px.
 
     The image's working-resolution grid (``s = mpp / cfg.mpp``, size ``round(size * s)``) is cut
-    into chunks of ``chunk_size`` working px (default 1536) with a ``halo`` of working px (default
+    into chunks of ``chunk_size`` working px (default 2048) with a ``halo`` of working px (default
     96) on each side. Each chunk region is resampled from just the input window it needs (exactly
     the pixels the whole image would give), predicted with blended tiles (``tile``/``overlap``
     working px, default the config's), post-processed and measured. A nucleus is kept by the chunk
@@ -184,6 +185,8 @@ def segment_image(
     s = scale_factor(mpp, cfg)
     if abs(s - 1.0) < 1e-6:
         s = 1.0
+    if hasattr(model.module, "predict_instances"):
+        return _segment_with_predict_instances(rgb, mpp, model, s)
     chunks = plan_chunks(rgb.shape, mpp, cfg, chunk_size, halo)
     tol = 2.0  # working px around a core in which nuclei are kept for de-duplication
     parts: list[NucleiTable] = []
@@ -215,6 +218,26 @@ def segment_image(
     table.meta.update(
         model=cfg.name, model_mpp=cfg.mpp, input_mpp=mpp, scale=s,
         image_size=[int(rgb.shape[1]), int(rgb.shape[0])], n_chunks=len(chunks),
+    )
+    return table
+
+
+def _segment_with_predict_instances(rgb: np.ndarray, mpp: float, model: LoadedModel, s: float) -> NucleiTable:
+    """Models without a tensor forward (the classical baseline) that expose
+    ``module.predict_instances(rgb, mpp) -> (inst, class_id, class_prob)`` at the input
+    resolution (as ``eval.evaluate.predict_instances`` calls them): the whole image in one call
+    (their own resampling and global thresholds), measured in input px."""
+    cfg = model.config
+    inst, cls, cprob = model.module.predict_instances(rgb, mpp)
+    inst = np.asarray(inst)
+    if inst.shape != rgb.shape[:2]:
+        raise ValueError(f"{cfg.name}: predict_instances returned labels of shape {inst.shape}, image is {rgb.shape[:2]}")
+    table = build_nuclei_table(inst.astype(np.int32, copy=False), cfg.tax, class_id=np.asarray(cls),
+                               class_prob=np.asarray(cprob, np.float32), rgb=rgb, mpp=mpp)
+    table.mpp = mpp
+    table.meta.update(
+        model=cfg.name, model_mpp=cfg.mpp, input_mpp=mpp, scale=s,
+        image_size=[int(rgb.shape[1]), int(rgb.shape[0])], n_chunks=1,
     )
     return table
 
@@ -255,6 +278,15 @@ class AnalysisResult:
 
         return feature_collection(self.nuclei, output_type=output_type or self.output_type, report=self.report,
                                   annotations=self.tissue_features)
+
+    def write_geojson(self, path: str | Path, output_type: str | None = None, gzip: bool = False) -> Path:
+        """Write ``feature_collection()`` to ``path`` (atomically) without building it in memory:
+        Features are generated and written in batches (``export.geojson.write_nuclei_geojson``).
+        Returns the path written (``.gz`` appended when ``gzip``)."""
+        from .export.geojson import write_nuclei_geojson
+
+        return write_nuclei_geojson(path, self.nuclei, output_type or self.output_type, report=self.report,
+                                    annotations=self.tissue_features, gzip=gzip)
 
 
 def build_report(table: NucleiTable, narrative_backend: str = "template") -> dict | None:

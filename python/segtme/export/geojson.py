@@ -21,7 +21,7 @@ import json
 import math
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -47,30 +47,49 @@ def measurement_names(mpp: float | None) -> dict[str, str]:
     }
 
 
-def nucleus_measurements(table: NucleiTable, i: int) -> dict[str, float]:
-    """QuPath measurements of nucleus ``i`` (lengths in µm when ``table.mpp`` is known, else px)."""
+def _measurement_columns(table: NucleiTable) -> list[tuple[str, list[float]]]:
+    """(QuPath name, per-nucleus values as Python floats) for every measurement column
+    (lengths in µm when ``table.mpp`` is known, else px); NaN where undefined."""
     names = measurement_names(table.mpp)
     m = float(table.mpp) if table.mpp else 1.0
-    area = float(table.area_px[i])
-    perim = float(table.perimeter_px[i])
-    circ = min(1.0, 4.0 * math.pi * area / perim**2) if perim > 0 else float("nan")
-    vals = {
+    area = np.asarray(table.area_px, np.float64)
+    perim = np.asarray(table.perimeter_px, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        circ = np.where(perim > 0, np.minimum(1.0, 4.0 * math.pi * area / np.where(perim > 0, perim, 1.0) ** 2), np.nan)
+    cols = {
         "area": area * m * m,
         "perimeter": perim * m,
         "circularity": circ,
-        "major_axis": float(table.major_axis_px[i]) * m,
-        "minor_axis": float(table.minor_axis_px[i]) * m,
-        "eccentricity": float(table.eccentricity[i]),
-        "solidity": float(table.solidity[i]),
-        "hematoxylin_od": float(table.hematoxylin_od[i]),
-        "class_prob": float(table.class_prob[i]),
+        "major_axis": np.asarray(table.major_axis_px, np.float64) * m,
+        "minor_axis": np.asarray(table.minor_axis_px, np.float64) * m,
+        "eccentricity": np.asarray(table.eccentricity, np.float64),
+        "solidity": np.asarray(table.solidity, np.float64),
+        "hematoxylin_od": np.asarray(table.hematoxylin_od, np.float64),
+        "class_prob": np.asarray(table.class_prob, np.float64),
     }
-    return {names[k]: round(v, 6) for k, v in vals.items() if math.isfinite(v)}
+    return [(names[k], v.tolist()) for k, v in cols.items()]
+
+
+def _measurements_at(cols: list[tuple[str, list[float]]], i: int) -> dict[str, float]:
+    out = {}
+    for name, vals in cols:
+        v = vals[i]
+        if math.isfinite(v):
+            out[name] = round(v, 6)
+    return out
+
+
+def nucleus_measurements(table: NucleiTable, i: int) -> dict[str, float]:
+    """QuPath measurements of nucleus ``i`` (lengths in µm when ``table.mpp`` is known, else px)."""
+    return _measurements_at(_measurement_columns(table.subset(np.array([i]))), 0)
 
 
 def _ring(poly: np.ndarray, ndigits: int = 3) -> list[list[float]]:
-    """Closed ring (first vertex repeated at the end) as a list of [x, y]."""
-    pts = [[round(float(x), ndigits), round(float(y), ndigits)] for x, y in np.asarray(poly).reshape(-1, 2)]
+    """Closed ring (first vertex repeated at the end) as a list of [x, y], rounded to
+    ``ndigits`` decimals (numpy rounding: a value exactly half-way at the last digit may round
+    differently from Python's ``round`` in the final digit)."""
+    p = np.round(np.asarray(poly, dtype=np.float64).reshape(-1, 2), ndigits)
+    pts = p.tolist()
     if pts and pts[0] != pts[-1]:
         pts.append(list(pts[0]))
     return pts
@@ -95,6 +114,27 @@ def _valid_polygon(poly: np.ndarray):
     if g.is_empty or g.area <= 0:
         return None
     return orient(g, sign=1.0)
+
+
+def _valid_polygons(polys: Sequence[np.ndarray]) -> list:
+    """``[_valid_polygon(p) for p in polys]``, with the common case (a valid simple polygon)
+    built and checked in one vectorised shapely call; only invalid ones take the repair path."""
+    import shapely
+    from shapely.geometry.polygon import orient
+
+    n = len(polys)
+    out: list = [None] * n
+    arrs = [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in polys]
+    ok = [k for k, a in enumerate(arrs) if len(a) >= 3]
+    if not ok:
+        return out
+    coords = np.concatenate([np.vstack([arrs[k], arrs[k][:1]]) for k in ok])
+    idx = np.repeat(np.arange(len(ok)), [len(arrs[k]) + 1 for k in ok])
+    geoms = shapely.polygons(shapely.linearrings(coords, indices=idx))
+    valid = shapely.is_valid(geoms) & (shapely.area(geoms) > 0)
+    for j, k in enumerate(ok):
+        out[k] = orient(geoms[j], sign=1.0) if valid[j] else _valid_polygon(arrs[k])
+    return out
 
 
 def _geometry(g) -> dict[str, Any]:
@@ -157,35 +197,58 @@ def nuclei_to_features(
     ``nucleusGeometry`` = nucleus). Nuclei with degenerate polygons (< 3 vertices / zero area)
     are skipped. ``id_seed``: make the UUIDs reproducible (tests); default random uuid4.
     """
+    return list(iter_features(table, output_type, cell_expansion_um=cell_expansion_um, id_seed=id_seed))
+
+
+def iter_features(
+    table: NucleiTable,
+    output_type: str = "detection",
+    *,
+    cell_expansion_um: float = 5.0,
+    id_seed: int | None = None,
+    batch: int = 4096,
+) -> Iterator[dict[str, Any]]:
+    """``nuclei_to_features`` as a generator (same Features, same order, same ids for the same
+    ``id_seed``). Detections are built ``batch`` nuclei at a time, so a writer that consumes the
+    generator holds only one batch of Python Features in memory; cells need the Voronoi partition
+    of all centroids, so their polygons are computed up front."""
     if output_type not in ("detection", "cell"):
         raise ValueError(f"output_type must be 'detection' or 'cell', got {output_type!r}")
     tax = table.taxonomy
-    nuclei = [_valid_polygon(p) for p in table.polygons]
-    cells = None
-    if output_type == "cell":
-        exp_px = cell_expansion_um / table.mpp if table.mpp else 10.0
-        cells = cell_polygons(table, exp_px, nuclei)
     rng = np.random.default_rng(id_seed) if id_seed is not None else None
-    feats = []
-    for i, g in enumerate(nuclei):
-        if g is None:
-            continue
-        info = tax.classes[int(table.class_id[i])]
-        fid = str(uuid.UUID(bytes=rng.bytes(16), version=4)) if rng is not None else str(uuid.uuid4())
-        f: dict[str, Any] = {"type": "Feature", "id": fid}
-        if cells is not None:
-            f["geometry"] = _geometry(cells[i] if cells[i] is not None else g)
-            f["nucleusGeometry"] = _geometry(g)
-        else:
-            f["geometry"] = _geometry(g)
-        f["properties"] = {
-            "objectType": output_type,
-            "classification": {"name": info.name, "color": [int(c) for c in info.color]},
-            "isLocked": False,
-            "measurements": nucleus_measurements(table, i),
-        }
-        feats.append(f)
-    return feats
+    classif = [(c.name, [int(v) for v in c.color]) for c in tax.classes]
+    n = len(table)
+    nuclei_all = cells = None
+    if output_type == "cell":
+        nuclei_all = _valid_polygons(table.polygons)
+        exp_px = cell_expansion_um / table.mpp if table.mpp else 10.0
+        cells = cell_polygons(table, exp_px, nuclei_all)
+        batch = max(n, 1)
+    for b0 in range(0, n, max(1, int(batch))):
+        b1 = min(n, b0 + max(1, int(batch)))
+        sub = table.subset(np.arange(b0, b1))
+        nuclei = nuclei_all[b0:b1] if nuclei_all is not None else _valid_polygons(sub.polygons)
+        cols = _measurement_columns(sub)
+        class_ids = np.asarray(sub.class_id).tolist()
+        for j, g in enumerate(nuclei):
+            if g is None:
+                continue
+            i = b0 + j
+            name, color = classif[int(class_ids[j])]
+            fid = str(uuid.UUID(bytes=rng.bytes(16), version=4)) if rng is not None else str(uuid.uuid4())
+            f: dict[str, Any] = {"type": "Feature", "id": fid}
+            if cells is not None:
+                f["geometry"] = _geometry(cells[i] if cells[i] is not None else g)
+                f["nucleusGeometry"] = _geometry(g)
+            else:
+                f["geometry"] = _geometry(g)
+            f["properties"] = {
+                "objectType": output_type,
+                "classification": {"name": name, "color": list(color)},
+                "isLocked": False,
+                "measurements": _measurements_at(cols, j),
+            }
+            yield f
 
 
 def feature_collection(
@@ -204,23 +267,58 @@ def feature_collection(
     File > Import objects brings tissue regions and nuclei into QuPath together."""
     feats = list(annotations) + nuclei_to_features(table, output_type, cell_expansion_um=cell_expansion_um,
                                                    id_seed=id_seed)
-    size = table.meta.get("image_size")
-    if report is not None and size:
-        try:
-            from ..tme.report import report_measurements  # type: ignore[import-not-found]
-        except ImportError:
-            report_measurements = None
-        if report_measurements is not None:
-            meas = {k: float(v) for k, v in report_measurements(report).items() if _finite(v)}
-            w, h = size
-            feats.append({
-                "type": "Feature",
-                "id": str(uuid.uuid4()),
-                "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [w, 0], [w, h], [0, h], [0, 0]]]},
-                "properties": {"objectType": "annotation", "name": "SegTME TME report", "isLocked": False,
-                               "measurements": meas},
-            })
+    rep = _report_feature(table, report)
+    if rep is not None:
+        feats.append(rep)
     return {"type": "FeatureCollection", "features": feats}
+
+
+def _report_feature(table: NucleiTable, report: dict | None) -> dict[str, Any] | None:
+    """The annotation Feature carrying the TME report's measurements (see ``feature_collection``),
+    or None."""
+    size = table.meta.get("image_size")
+    if report is None or not size:
+        return None
+    try:
+        from ..tme.report import report_measurements  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    meas = {k: float(v) for k, v in report_measurements(report).items() if _finite(v)}
+    w, h = size
+    return {
+        "type": "Feature",
+        "id": str(uuid.uuid4()),
+        "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [w, 0], [w, h], [0, h], [0, 0]]]},
+        "properties": {"objectType": "annotation", "name": "SegTME TME report", "isLocked": False,
+                       "measurements": meas},
+    }
+
+
+def write_nuclei_geojson(
+    path: str | Path,
+    table: NucleiTable,
+    output_type: str = "detection",
+    *,
+    report: dict | None = None,
+    annotations: Sequence[dict[str, Any]] = (),
+    cell_expansion_um: float = 5.0,
+    id_seed: int | None = None,
+    gzip: bool = False,
+) -> Path:
+    """``write_geojson(path, feature_collection(table, ...))`` without ever building the whole
+    collection: Features are generated (``iter_features``) and written in batches through the
+    atomic temporary file, so memory stays at one batch of Features for any number of nuclei.
+    The file has the same content as the two-step path (byte-identical for the same ``id_seed``
+    apart from the report Feature's random id)."""
+
+    def features() -> Iterator[dict[str, Any]]:
+        yield from annotations
+        yield from iter_features(table, output_type, cell_expansion_um=cell_expansion_um, id_seed=id_seed)
+        rep = _report_feature(table, report)
+        if rep is not None:
+            yield rep
+
+    return _write_pieces(path, _iter_feature_pieces(features()), gzip)
 
 
 def _finite(v: Any) -> bool:
@@ -235,21 +333,58 @@ def dumps(fc: dict[str, Any]) -> str:
     return json.dumps(fc, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
-def write_geojson(path: str | Path, fc: dict[str, Any], gzip: bool = False) -> Path:
-    """Write a FeatureCollection atomically; gzip-compressed when asked (``.gz`` appended to the
-    name if missing). Returns the path written."""
-    gz = gzip
+_ENC = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _iter_feature_pieces(features: Iterable[dict[str, Any]], head: dict[str, Any] | None = None,
+                         batch: int = 2000) -> Iterator[str]:
+    """JSON text of ``{**head, "features": [...]}`` (head default: a FeatureCollection) in pieces
+    of ``batch`` Features; joined, equal to ``dumps`` of that dict."""
+    head = {"type": "FeatureCollection"} if head is None else head
+    h = _ENC.encode(head)
+    yield h[:-1] + ("," if head else "") + '"features":['
+    buf: list[str] = []
+    first = True
+    for f in features:
+        buf.append(_ENC.encode(f))
+        if len(buf) >= batch:
+            yield ("" if first else ",") + ",".join(buf)
+            first, buf = False, []
+    if buf:
+        yield ("" if first else ",") + ",".join(buf)
+    yield "]}"
+
+
+def iter_dumps(fc: dict[str, Any], batch: int = 2000) -> Iterator[str]:
+    """``dumps(fc)`` in pieces (the same text when joined), Features serialised one by one, so no
+    single string of the whole file is ever built."""
+    if "features" not in fc or list(fc)[-1] != "features":  # keep dumps' key order exactly
+        yield dumps(fc)
+        return
+    head = {k: v for k, v in fc.items() if k != "features"}
+    yield from _iter_feature_pieces(fc["features"], head, batch)
+
+
+def _write_pieces(path: str | Path, pieces: Iterable[str], gzip: bool) -> Path:
     path = Path(path)
-    if gz and path.suffix != ".gz":
+    if gzip and path.suffix != ".gz":
         path = path.with_name(path.name + ".gz")
-    data = dumps(fc).encode("utf-8")
     with atomic_write(path, "wb") as f:
-        if gz:
+        if gzip:
             with _gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as z:
-                z.write(data)
+                for piece in pieces:
+                    z.write(piece.encode("utf-8"))
         else:
-            f.write(data)
+            for piece in pieces:
+                f.write(piece.encode("utf-8"))
     return path
+
+
+def write_geojson(path: str | Path, fc: dict[str, Any], gzip: bool = False) -> Path:
+    """Write a FeatureCollection atomically (streamed Feature by Feature through the temporary
+    file; byte-identical to ``dumps(fc)``); gzip-compressed when asked (``.gz`` appended to the
+    name if missing). Returns the path written."""
+    return _write_pieces(path, iter_dumps(fc), gzip)
 
 
 def read_geojson(path: str | Path) -> dict[str, Any]:

@@ -78,8 +78,8 @@ def render_overlay(
         p = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
         if len(p) < 2:
             continue
-        pts = [(float(x) * f, float(y) * f) for x, y in p]
-        draw.line(pts + [pts[0]], fill=colours[int(cid)], width=lw)
+        pts = (np.vstack([p, p[:1]]) * f).ravel().tolist()  # closed outline, flat x0, y0, x1, y1, ...
+        draw.line(pts, fill=colours[int(cid)], width=lw)
     return np.asarray(im)
 
 

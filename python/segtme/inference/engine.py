@@ -165,13 +165,33 @@ def input_to_work(xy: np.ndarray, s: float, offset_xy: Sequence[float] = (0.0, 0
 # --------------------------------------------------------------------------- forward
 
 
-def _prepare(model: LoadedModel) -> None:
-    """Put the module in eval mode and channels_last memory format (once)."""
+def _prepare(model: LoadedModel) -> torch.nn.Module:
+    """The module to run for inference: an eval-mode, channels_last copy of ``model.module`` with
+    BatchNorm folded into the preceding convolutions (``registry.fold_batchnorm``: exact maths,
+    checked numerically; the copy shares the unfolded weights' tensors, so it costs no memory).
+
+    Cached on the module and rebuilt when any parameter or buffer was modified since (tensor
+    version counters), so a model still being trained is never run with stale folded weights.
+    ``model.module`` is put in eval mode and channels_last (as before) but otherwise unchanged.
+    """
+    from ..models.registry import fold_batchnorm
+
     m = model.module
-    if not getattr(m, "_segtme_prepared", False):
-        m.eval()
-        m.to(memory_format=torch.channels_last)
-        m._segtme_prepared = True  # type: ignore[attr-defined]
+    m.eval()
+    tensors = list(m.parameters()) + list(m.buffers())
+    key = (len(tensors), sum(int(t._version) for t in tensors), tuple(id(t) for t in tensors[:4]))
+    cached = getattr(m, "_segtme_infer", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    m.__dict__.pop("_segtme_infer", None)  # never copy a stale cache into the new one
+    m.to(memory_format=torch.channels_last)
+    tensors = list(m.parameters()) + list(m.buffers())
+    key = (len(tensors), sum(int(t._version) for t in tensors), tuple(id(t) for t in tensors[:4]))
+    folded, n = fold_batchnorm(m)
+    folded = folded.to(memory_format=torch.channels_last)
+    log.debug("inference module: %d conv+BN pairs folded", n)
+    object.__setattr__(m, "_segtme_infer", (key, folded))  # plain attribute, not a submodule
+    return folded
 
 
 def _autocast(device: torch.device):
@@ -206,7 +226,7 @@ def forward_tiles(
     """
     cfg = model.config
     dev = model.device
-    _prepare(model)
+    module = _prepare(model)
     mean = torch.tensor(cfg.mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
     std = torch.tensor(cfg.std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
     out: list[dict[str, np.ndarray] | None] = [None] * len(tiles)
@@ -224,7 +244,7 @@ def forward_tiles(
                 t = torch.from_numpy(x).to(dev).permute(0, 3, 1, 2).float().div_(255.0)
                 t = ((t - mean) / std).contiguous(memory_format=torch.channels_last)
                 with _autocast(dev):
-                    y = model.module(t)
+                    y = module(t)
                 prob = torch.softmax(y["sem"].float()[:, :, :h, :w], dim=1).cpu().numpy()
                 hv = y["hv"].float()[:, :, :h, :w].cpu().numpy() if "hv" in y else None
             for k, i in enumerate(batch):

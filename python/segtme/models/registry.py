@@ -267,3 +267,91 @@ def _ensure_builtin() -> None:
         return
     _BUILTIN_DONE = True
     from . import zoo  # noqa: F401  (registers built-in families and presets)
+
+
+# --------------------------------------------------------------------------- inference-time folding
+#: (conv attribute, batch-norm attribute) pairs where the module's forward applies the BN directly
+#: to the conv's output: timm ResNet blocks / stems (``conv1``/``bn1`` …), transformers'
+#: ``UperNetConvModule`` (``conv``/``batch_norm``). Any fold is verified numerically afterwards.
+_CONV_BN_ATTRS = (("conv", "batch_norm"), ("conv", "bn"), ("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
+
+
+def _last_conv(m: nn.Module) -> tuple[nn.Module, str] | None:
+    """(parent, name) of ``m``'s last Conv2d when ``m`` is a Sequential ending in one."""
+    if isinstance(m, nn.Sequential) and len(m) and isinstance(m[-1], nn.Conv2d):
+        return m, str(len(m) - 1)
+    return None
+
+
+def _fold_pairs(root: nn.Module) -> int:
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    n = 0
+    for mod in list(root.modules()):
+        pairs: list[tuple[nn.Module, str, nn.Module, str]] = []
+        if isinstance(mod, nn.Sequential):
+            names = list(mod._modules)
+            for a, b in zip(names, names[1:]):
+                if isinstance(mod._modules[a], nn.Conv2d) and isinstance(mod._modules[b], nn.BatchNorm2d):
+                    pairs.append((mod, a, mod, b))
+        for ca, ba in _CONV_BN_ATTRS:
+            c, b = mod._modules.get(ca), mod._modules.get(ba)
+            if not isinstance(b, nn.BatchNorm2d):
+                continue
+            if isinstance(c, nn.Conv2d):
+                pairs.append((mod, ca, mod, ba))
+            elif c is not None and (lc := _last_conv(c)) is not None:
+                pairs.append((lc[0], lc[1], mod, ba))
+        for cp, cn, bp, bn in pairs:
+            conv, bnm = cp._modules[cn], bp._modules[bn]
+            if not isinstance(bnm, nn.BatchNorm2d) or not bnm.track_running_stats or bnm.running_mean is None:
+                continue
+            cp._modules[cn] = fuse_conv_bn_eval(conv, bnm)
+            bp._modules[bn] = nn.Identity()
+            n += 1
+    return n
+
+
+def fold_batchnorm(module: nn.Module, check_size: int = 64, tol: float = 1e-4) -> tuple[nn.Module, int]:
+    """An inference copy of ``module`` with every BatchNorm2d that directly follows a Conv2d folded
+    into that convolution (eval-mode maths: ``w' = w * g / sqrt(var + eps)``,
+    ``b' = (b - mean) * g / sqrt(var + eps) + beta``), and the number of folds.
+
+    ``module`` itself is not changed (its state-dict layout stays the training one). The fold is
+    exact up to float rounding; it is checked on a random (1, 3, check_size, check_size) input
+    and, if any output differs by more than ``tol`` x (1 + max |output|), the unfolded eval copy
+    is returned with 0 folds (so an unknown layer order can never change results).
+    """
+    ref = _shell_copy(module).eval()
+    folded = _shell_copy(module).eval()
+    with torch.no_grad():
+        n = _fold_pairs(folded)
+        if n == 0:
+            return folded, 0
+        dev = next((p.device for p in ref.parameters()), torch.device("cpu"))
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(1, 3, check_size, check_size, generator=g).to(dev)
+        try:
+            a, b = ref(x), folded(x)
+        except Exception:  # a module that cannot run on the probe input: keep it unfolded
+            return ref, 0
+        a = a if isinstance(a, dict) else {"out": a}
+        b = b if isinstance(b, dict) else {"out": b}
+        for k in a:
+            if not torch.is_tensor(a[k]):
+                continue
+            scale = 1.0 + float(a[k].abs().max())
+            if float((a[k] - b[k]).abs().max()) > tol * scale:
+                return ref, 0
+    return folded, n
+
+
+def _shell_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of the module tree that *shares* every parameter and buffer tensor with
+    ``module`` (no weight memory is duplicated; folding replaces modules, never edits tensors)."""
+    import copy
+
+    memo: dict[int, object] = {}
+    for t in list(module.parameters()) + list(module.buffers()):
+        memo[id(t)] = t
+    return copy.deepcopy(module, memo)
