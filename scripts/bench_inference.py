@@ -130,10 +130,28 @@ class StageTimer:
 
 
 def _peak_rss_mib() -> float:
+    """Peak RSS of this process in MiB: Linux ``VmHWM`` (the process's own high-water mark, which
+    ``_reset_peak_rss`` can reset), else ``getrusage`` (which on Linux also counts the parent's
+    RSS at fork time, inflating a spawned child's figure)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     import resource
 
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / 1024.0 if sys.platform != "darwin" else r / 2**20
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the process's peak RSS (Linux ``clear_refs`` 5); False if not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
 
 
 def _child_default(png: str, work_mpp: float, threads: int, q: mp.Queue) -> None:
@@ -153,6 +171,7 @@ def _child_default(png: str, work_mpp: float, threads: int, q: mp.Queue) -> None
     model = load_model("default", "cpu")
     base_rss = _peak_rss_mib()
     st = StageTimer()
+    read_for_overlay = imageio.read_image  # unwrapped: the overlay's re-read counts as export only
     st.wrap(imageio, "read_image", "read")
     st.wrap(engine, "predict_maps", "model")
     st.wrap(post, "hv_watershed", "postprocess")
@@ -161,17 +180,19 @@ def _child_default(png: str, work_mpp: float, threads: int, q: mp.Queue) -> None
     st.wrap(pipeline, "build_report", "features")
     t0 = time.perf_counter()
     res = pipeline.analyze(png, mpp=work_mpp, model=model)
+    peak_analyze = _peak_rss_mib()
+    can_reset = _reset_peak_rss()
     with tempfile.TemporaryDirectory() as d, st.stage("export"):
         res.write_geojson(Path(d) / "nuclei.geojson")  # streamed: never the whole collection in memory
         write_nuclei_csv(Path(d) / "nuclei.csv", res.nuclei)
-        from PIL import Image
-
-        with Image.open(png) as im:
-            rgb = np.asarray(im.convert("RGB"))
+        rgb = read_for_overlay(png).rgb  # the product reader, as `segtme analyze` uses
         write_overlay(Path(d) / "overlay.png", rgb, res.nuclei)
     total = time.perf_counter() - t0
     st.restore()
-    q.put({"total": total, **st.t, "n_nuclei": len(res.nuclei), "peak_rss_mib": _peak_rss_mib(), "base_rss_mib": base_rss})
+    peak_export = _peak_rss_mib()
+    q.put({"total": total, **st.t, "n_nuclei": len(res.nuclei), "peak_rss_mib": max(peak_analyze, peak_export),
+           "peak_analyze_mib": peak_analyze, "peak_export_mib": peak_export if can_reset else None,
+           "base_rss_mib": base_rss})
 
 
 def _child_classical(png: str, work_mpp: float, q: mp.Queue) -> None:
@@ -244,6 +265,7 @@ def machine() -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
     }
 
 
@@ -282,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     mm2 = mp_work * (work_mpp**2)  # µm² per px x px / 1e6 = mm²
     print(f"mosaic: {args.region}x{args.region} px at {work_mpp} µm/px = {mp_work:.1f} MP = {mm2:.2f} mm² ({src})", flush=True)
 
-    results: dict = {"machine": info, "mosaic": {"px": args.region, "mpp": work_mpp, "megapixels": mp_work, "mm2": mm2, "source": src}}
+    results: dict = {"machine": info, "threads": args.threads, "mosaic": {"px": args.region, "mpp": work_mpp, "megapixels": mp_work, "mm2": mm2, "source": src}}
     with tempfile.TemporaryDirectory() as d:
         png = str(Path(d) / "mosaic.png")
         from PIL import Image
@@ -373,6 +395,12 @@ def sweep(threads: int, rounds: int = 3, batch: int = 4, tile: int = 256) -> int
     return 0
 
 
+def _chunk_defaults() -> str:
+    from segtme.pipeline import DEFAULT_CHUNK_WORK, DEFAULT_HALO_WORK
+
+    return f"{DEFAULT_CHUNK_WORK} + 2 x {DEFAULT_HALO_WORK} halo"
+
+
 def render_table(res: dict, cfg) -> str:
     m = res["machine"]
     mz = res["mosaic"]
@@ -385,7 +413,9 @@ def render_table(res: dict, cfg) -> str:
         f"load average before / after: {res['load_before']} / {res['load_after']} (shared machine: other jobs ran).",
         f"Image: {mz['px']}x{mz['px']} px mosaic of real H&E at {mz['mpp']} µm/px = {mpx:.1f} MP = {mm2:.2f} mm² ({mz['source']}).",
         f"Default model: `{cfg.name}` = UperHoVer, timm `{cfg.backbone}` levels {cfg.out_indices}, UperNet heads width "
-        f"{cfg.head_hidden}, {cfg.tax.name}, working MPP {cfg.mpp}, tiles {cfg.tile_size}/{cfg.tile_overlap}.",
+        f"{cfg.head_hidden}, {cfg.tax.name}, working MPP {cfg.mpp}, tiles {cfg.tile_size}/{cfg.tile_overlap}, chunks "
+        f"{_chunk_defaults()}, BatchNorm folded into the convolutions at inference; torch threads {res.get('threads', 2)}, "
+        f"OMP_WAIT_POLICY={m.get('omp_wait_policy', '?')}.",
         "",
         "| path | total s | MP/s | s/mm² | read s | model s | post-proc s (% of total) | features s | export s | peak RSS MiB | nuclei |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -406,7 +436,9 @@ def render_table(res: dict, cfg) -> str:
         "",
         f"Default model, best of {len(runs)}: {mpx / best['total']:.2f} MP/s = {best['total'] / mm2:.2f} s/mm² "
         f"(median {med_total / mm2:.2f} s/mm²); post-processing {100 * best['postprocess'] / best['total']:.0f} % of the total; "
-        f"peak RSS {best['peak_rss_mib']:.0f} MiB (model loaded: {best['base_rss_mib']:.0f} MiB).",
+        f"peak RSS {best['peak_rss_mib']:.0f} MiB (model loaded: {best['base_rss_mib']:.0f} MiB; peak during "
+        f"`analyze` {best.get('peak_analyze_mib', float('nan')):.0f} MiB, during export "
+        f"{best.get('peak_export_mib') or float('nan'):.0f} MiB).",
         "",
         "| forward pass, one 224x224 tile, batch 1 | min s | median s |",
         "|---|---:|---:|",

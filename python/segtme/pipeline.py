@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 #: images for ~0.2 GB more per-chunk memory; docs/benchmarks.md)
 DEFAULT_CHUNK_WORK = 2048
 DEFAULT_HALO_WORK = 96
+#: working pixels per forward batch when no batch size is given (8 x 256^2)
+BATCH_PIXELS = 8 * 256 * 256
 
 
 def nuclei_from_maps(
@@ -157,10 +159,13 @@ def segment_image(
     halo: int | None = None,
     tile: int | None = None,
     overlap: int | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> NucleiTable:
     """Nuclei of an (H, W, 3) uint8 image at ``mpp`` µm/px, in input px.
+
+    batch_size: tiles per forward pass; default: as many as fit ``BATCH_PIXELS`` working pixels
+    (8 tiles of 256 px, 2 of 512), which bounds activation memory whatever the tile size.
 
     The image's working-resolution grid (``s = mpp / cfg.mpp``, size ``round(size * s)``) is cut
     into chunks of ``chunk_size`` working px (default 2048) with a ``halo`` of working px (default
@@ -188,6 +193,9 @@ def segment_image(
     if hasattr(model.module, "predict_instances"):
         return _segment_with_predict_instances(rgb, mpp, model, s)
     chunks = plan_chunks(rgb.shape, mpp, cfg, chunk_size, halo)
+    if batch_size is None:
+        t_edge = int(tile or cfg.tile_size)
+        batch_size = max(1, BATCH_PIXELS // (t_edge * t_edge))
     tol = 2.0  # working px around a core in which nuclei are kept for de-duplication
     parts: list[NucleiTable] = []
     chunk_of: list[np.ndarray] = []
@@ -356,7 +364,7 @@ def analyze(
     weights: str | Path | None = None,
     tile: int | None = None,
     overlap: int | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     chunk_size: int | None = None,
     halo: int | None = None,
     max_pixels: int | None = None,
@@ -393,7 +401,7 @@ def analyze(
     if _is_paget(lm.config):
         res, report = analyze_paget_image(img.rgb, use, lm, narrative_backend=narrative_backend,
                                           instance_source=instance_source, device=device, tile=tile, overlap=overlap,
-                                          batch_size=batch_size, progress=progress)
+                                          batch_size=batch_size or 8, progress=progress)
         res.nuclei.meta["source"] = img.source
         return AnalysisResult(res.nuclei, report, lm, use, img.size, list(img.notes), output_type,
                               tissue_features=res.tissue_features, paget=res)

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--tile", type=int, default=None, help="tile size in working px (default: the model's)")
     p.add_argument("--overlap", type=int, default=None, help="tile overlap in working px (default: the model's)")
-    p.add_argument("--batch", type=int, default=8, help="tiles per forward pass (default 8)")
+    p.add_argument("--batch", type=int, default=None, help="tiles per forward pass (default: 8 x 256² working px per batch)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -51,7 +51,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import InputError, SegTMEError
     from ..export.atomic import atomic_write_text
-    from ..export.geojson import feature_collection, write_geojson
     from ..export.overlay import write_overlay
     from ..export.tables import write_nuclei_csv
     from ..inference.imageio import read_image, validate_mpp
@@ -61,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     log = logging.getLogger("segtme.analyze")
     image_path = Path(args.image)
     out = Path(args.out) if args.out else image_path.with_name(image_path.stem + "_segtme")
-    if args.batch <= 0:
+    if args.batch is not None and args.batch <= 0:
         raise InputError(f"--batch must be positive, got {args.batch}")
     if args.mpp is not None:
         validate_mpp(args.mpp, "--mpp")
@@ -108,9 +107,8 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".segtme-", dir=out))
     try:
-        fc = feature_collection(res.nuclei, res.output_type, report=res.report, annotations=res.tissue_features)
         names = ["nuclei.geojson.gz" if args.gzip else "nuclei.geojson", "overlay.png", "nuclei.csv"]
-        write_geojson(stage / "nuclei.geojson", fc, gzip=args.gzip)
+        res.write_geojson(stage / "nuclei.geojson", gzip=args.gzip)  # streamed, never one big string
         write_overlay(stage / "overlay.png", img.rgb, res.nuclei, tissue_features=res.tissue_features)
         write_nuclei_csv(stage / "nuclei.csv", res.nuclei)
         if res.report is not None:

@@ -19,8 +19,6 @@ the ground truth's (``consep4`` for CoNSeP); otherwise only class-agnostic metri
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import time
@@ -399,28 +397,15 @@ def markdown_table(result: EvalResult) -> str:
     return "\n".join(lines)
 
 
-def rows_csv(rows: list[dict[str, Any]]) -> str:
-    keys: list[str] = []
-    for r in rows:
-        for k in r:
-            if k not in keys:
-                keys.append(k)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: (("" if math.isnan(v) else f"{v:.6g}") if isinstance(v, float) else v) for k, v in r.items()})
-    return buf.getvalue()
-
-
 def write_outputs(result: EvalResult, out_dir: str | Path, meta: dict[str, Any] | None = None) -> dict[str, Path]:
     """Write ``per_image.csv``, ``summary.md``, ``summary.json`` (atomically) into ``out_dir``."""
     from ..export.atomic import atomic_write_text
+    from ..export.tables import rows_to_csv
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "per_image.csv", "md": out / "summary.md", "json": out / "summary.json"}
-    atomic_write_text(paths["csv"], rows_csv(result.rows))
+    atomic_write_text(paths["csv"], rows_to_csv(result.rows))
     header = ""
     if meta:
         header = "\n".join(f"- {k}: {v}" for k, v in meta.items()) + "\n\n"

@@ -47,6 +47,30 @@ def tint_regions(im, features: Sequence[dict[str, Any]], f: float, alpha: float 
     return out
 
 
+def _downscale(rgb: np.ndarray, size: tuple[int, int], rows: int = 1024):
+    """PIL bilinear resize of an (H, W, 3) array to ``size`` (w, h), converted to PIL in strips of
+    ``rows`` output rows (each with a margin of source rows beyond the filter's support), so no
+    full-size PIL copy of a large image is made; the same filter and source box per output row
+    as one ``Image.resize`` of the whole image."""
+    from PIL import Image
+
+    H, W = rgb.shape[:2]
+    ow, oh = size
+    sy = H / oh
+    if oh <= rows:
+        return Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR)
+    out = Image.new("RGB", size)
+    margin = int(np.ceil(2 * max(sy, 1.0))) + 2  # bilinear support is sy source rows each side
+    for j0 in range(0, oh, rows):
+        j1 = min(oh, j0 + rows)
+        y0, y1 = j0 * sy, j1 * sy  # source box of these output rows
+        a, b = max(0, int(np.floor(y0)) - margin), min(H, int(np.ceil(y1)) + margin)
+        strip = Image.fromarray(rgb[a:b])
+        part = strip.resize((ow, j1 - j0), Image.Resampling.BILINEAR, box=(0, y0 - a, W, y1 - a))
+        out.paste(part, (0, j0))
+    return out
+
+
 def render_overlay(
     rgb: np.ndarray, table: NucleiTable, *, max_size: int | None = 4096, line_width: int | None = None,
     tissue_features: Sequence[dict[str, Any]] = (),
@@ -66,9 +90,10 @@ def render_overlay(
     f = 1.0
     if max_size and max(H, W) > max_size:
         f = max_size / max(H, W)
-    im = Image.fromarray(rgb)
     if f != 1.0:
-        im = im.resize((max(1, round(W * f)), max(1, round(H * f))), Image.Resampling.BILINEAR)
+        im = _downscale(rgb, (max(1, round(W * f)), max(1, round(H * f))))
+    else:
+        im = Image.fromarray(rgb)
     if tissue_features:
         im = tint_regions(im, tissue_features, f)
     lw = line_width or (2 if max(im.size) > 1500 else 1)

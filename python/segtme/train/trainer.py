@@ -31,17 +31,14 @@ Gradients are averaged over ranks (each rank's loss is the mean over its own sha
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
 import os
 import random
-import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, replace as dc_replace
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator
@@ -557,17 +554,9 @@ class Trainer:
     # ------------------------------------------------------------------ files
     def _log_row(self, row: dict[str, Any]) -> None:
         self.rows = [r for r in self.rows if int(r["step"]) != int(row["step"])] + [row]
-        keys: list[str] = []
-        for r in self.rows:
-            for k in r:
-                if k not in keys:
-                    keys.append(k)
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
-        w.writeheader()
-        for r in self.rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-        atomic_write_text(self.out / "metrics.csv", buf.getvalue())
+        from ..export.tables import rows_to_csv
+
+        atomic_write_text(self.out / "metrics.csv", rows_to_csv(self.rows))
         if not self.cfg.run.progress:
             log.info("step %s: %s", row["step"], {k: v for k, v in row.items() if k != "step"})
 
