@@ -25,7 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", action="append", dest="models", metavar="NAME",
                    help="model name, preset or .json/.safetensors path; repeat to serve several (first = default)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
-    p.add_argument("--max-batch", type=int, default=8, help="micro-batch size of the shared batcher (1 = off)")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="micro-batch size of the shared batcher (1 = off; default: 8 on CUDA, 1 on CPU, where "
+                        "docs/bench_server.md measured batching to cost throughput)")
     p.add_argument("--max-wait-ms", type=float, default=10.0, help="how long the batcher waits to fill a batch")
     p.add_argument("--queue-size", type=int, default=64, help="tiles queued for the model, all streams together")
     p.add_argument("--instance-source", default=None, metavar="SPEC",
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     log = logging.getLogger("segtme.server")
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port must be 0-65535, got {args.port}")
-    if args.max_batch < 1:
+    if args.max_batch is not None and args.max_batch < 1:
         raise InputError(f"--max-batch must be >= 1, got {args.max_batch}")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise InputError("TLS needs both --tls-cert and --tls-key")
@@ -76,9 +78,18 @@ def run(args: argparse.Namespace) -> int:
         log.warning("binding %s without --token: anyone who can reach this port can use the server", args.host)
     from ..server.service import ServerConfig, build_server  # heavy (torch): after argument checks
 
+    max_batch = args.max_batch
+    if max_batch is None:
+        from ..models.registry import select_device
+
+        try:
+            max_batch = 8 if select_device(args.device).type == "cuda" else 1
+        except ValueError as e:
+            raise InputError(str(e)) from None
+
     cfg = ServerConfig(
         host=args.host, port=args.port, models=args.models or ["default"], device=args.device,
-        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size, limits=limits,
+        max_batch=max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size, limits=limits,
         token=token, tls_cert=args.tls_cert, tls_key=args.tls_key, grace_s=args.grace, warmup=not args.no_warmup,
         instance_source=args.instance_source,
     )

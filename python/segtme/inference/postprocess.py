@@ -18,13 +18,15 @@ and a class probability (mean softmax of that class over the instance).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.morphology import disk
 from skimage.segmentation import watershed
+
+from ..params import params_from_mapping
 
 
 @dataclass(frozen=True)
@@ -48,13 +50,7 @@ class PostprocessParams:
 
     @classmethod
     def from_mapping(cls, d: Mapping[str, Any] | None) -> "PostprocessParams":
-        if not d:
-            return cls()
-        known = {f.name for f in fields(cls)}
-        bad = set(d) - known
-        if bad:
-            raise ValueError(f"unknown post-processing parameter(s) {sorted(bad)}; known: {sorted(known)}")
-        return replace(cls(), **dict(d))
+        return params_from_mapping(cls, d, "post-processing")
 
 
 def _remove_small(lab: np.ndarray, min_px: int) -> np.ndarray:

@@ -18,7 +18,7 @@ the same images as every learned model through the same ``predict_instances`` in
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 import numpy as np
@@ -26,6 +26,7 @@ import torch
 from scipy import ndimage as ndi
 from torch import nn
 
+from ..params import params_from_mapping
 from .config import ModelConfig
 from .registry import register_family, register_preset
 
@@ -53,13 +54,7 @@ class ClassicalParams:
 
     @classmethod
     def from_mapping(cls, d: Mapping[str, Any] | None) -> "ClassicalParams":
-        if not d:
-            return cls()
-        known = {f.name for f in fields(cls)}
-        bad = set(d) - known
-        if bad:
-            raise ValueError(f"unknown classical parameter(s) {sorted(bad)}; known: {sorted(known)}")
-        return replace(cls(), **{k: float(v) for k, v in d.items()})
+        return params_from_mapping(cls, d, "classical", cast=float)
 
 
 def haematoxylin_channel(rgb: np.ndarray) -> np.ndarray:
