@@ -66,12 +66,9 @@ def nuclei_from_maps(
     if hv is not None:
         inst = hv_watershed(fg_prob, hv, params)
     else:
-        from scipy import ndimage as ndi
+        from .inference.postprocess import foreground_components, relabel_sequential
 
-        from .inference.postprocess import _remove_small, relabel_sequential
-
-        lab, _ = ndi.label(fg_prob > params.fg_threshold)
-        inst = relabel_sequential(_remove_small(lab.astype(np.int32), params.min_object_px))
+        inst = relabel_sequential(foreground_components(fg_prob, params))
     cls, cprob = classify_instances(inst, prob)
     table = build_nuclei_table(inst, cfg.tax, class_id=cls, class_prob=cprob, rgb=rgb_work, mpp=cfg.mpp)
     out = table.translated(float(offset_xy[0]), float(offset_xy[1]), scale=1.0 / float(scale), mpp=input_mpp)

@@ -101,10 +101,7 @@ def hv_watershed(fg_prob: np.ndarray, hv: np.ndarray, params: PostprocessParams 
     p = params if isinstance(params, PostprocessParams) else PostprocessParams.from_mapping(params)
     if fg_prob.ndim != 2 or hv.ndim != 3 or hv.shape[0] != 2 or hv.shape[1:] != fg_prob.shape:
         raise ValueError(f"hv_watershed: need fg (H,W) and hv (2,H,W); got {fg_prob.shape} and {hv.shape}")
-    fg = fg_prob > p.fg_threshold
-    lab, _ = ndi.label(fg)
-    lab = _remove_small(lab, p.min_object_px)
-    fg = lab > 0
+    fg = foreground_components(fg_prob, p) > 0
     if not fg.any():
         return np.zeros(fg.shape, np.int32)
 
@@ -129,14 +126,24 @@ def hv_watershed(fg_prob: np.ndarray, hv: np.ndarray, params: PostprocessParams 
 
 
 def relabel_sequential(inst: np.ndarray) -> np.ndarray:
-    """Renumber labels to 1..N in order of first appearance of the sorted unique labels."""
-    ids = np.unique(inst)
-    ids = ids[ids != 0]
-    if len(ids) == 0:
+    """Instance labels -> 1..N (int32) in sorted order of the original ids; ids <= 0 are background."""
+    inst = np.asarray(inst)
+    if inst.ndim != 2:
+        raise ValueError(f"instance map must be 2-D, got shape {inst.shape}")
+    ids = np.unique(inst[inst > 0])
+    if ids.size == 0:
         return np.zeros(inst.shape, np.int32)
     lut = np.zeros(int(ids.max()) + 1, np.int32)
-    lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
-    return lut[inst]
+    lut[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
+    return lut[np.where(inst > 0, inst, 0)]
+
+
+def foreground_components(fg_prob: np.ndarray, params: PostprocessParams) -> np.ndarray:
+    """Connected components of ``fg_prob > fg_threshold`` without those smaller than
+    ``min_object_px`` (labels not renumbered): the instances of a model without HV maps, and the
+    foreground ``hv_watershed`` separates."""
+    lab, _ = ndi.label(fg_prob > params.fg_threshold)
+    return _remove_small(lab, params.min_object_px)
 
 
 def classify_instances(inst: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -113,10 +113,9 @@ class ModelConfig:
 
     def to_json(self, path: str | Path) -> None:
         """Write atomically (temporary name, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False))
-        tmp.replace(path)
+        from ..export.atomic import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":

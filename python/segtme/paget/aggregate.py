@@ -34,6 +34,7 @@ from typing import Mapping
 
 import numpy as np
 
+from ..inference.postprocess import relabel_sequential  # also used as ag.relabel_sequential
 from . import taxonomy as pt
 
 LogitMaps = Mapping[str, np.ndarray]
@@ -115,19 +116,6 @@ def _argmax_positive(logits: LogitMaps, names: tuple[str, ...], shape: tuple[int
     mx = np.take_along_axis(stack, k[None], axis=0)[0]
     ids = np.asarray(pt.agg_ids(present), np.int64)
     return ids[k], mx > 0
-
-
-def relabel_sequential(inst: np.ndarray) -> np.ndarray:
-    """Instance labels -> 1..N in sorted order of the original ids (int32)."""
-    inst = np.asarray(inst)
-    if inst.ndim != 2:
-        raise ValueError(f"instance map must be 2-D, got shape {inst.shape}")
-    ids = np.unique(inst[inst > 0])
-    if ids.size == 0:
-        return np.zeros(inst.shape, np.int32)
-    lut = np.zeros(int(ids.max()) + 1, np.int32)
-    lut[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
-    return lut[np.where(inst > 0, inst, 0)]
 
 
 def _per_nucleus_counts(inst: np.ndarray, values: np.ndarray, mask: np.ndarray, n: int, k: int) -> np.ndarray:
