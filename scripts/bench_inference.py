@@ -4,13 +4,16 @@ baseline on the same image, and the full UNI2-UperHoVer architecture's forward t
 
 One run on this machine measures, in this order (so the ratios share the same machine load):
 
-1. **Default model, end to end** (``segtme.pipeline.analyze`` + GeoJSON / overlay / CSV export),
-   on a real-H&E mosaic of ``--region`` x ``--region`` px at the model's working MPP, split into
-   read (``imageio.read_image`` of a PNG), model (``engine.predict_maps`` incl. resampling and
-   tile blending), post-processing (``postprocess.hv_watershed`` + ``classify_instances``),
-   features (``build_nuclei_table`` measurements + TME report) and export. Reported as megapixels
+1. **Default model, end to end** (``segtme.pipeline.analyze`` + ``export.bundle.write_outputs``,
+   what ``segtme analyze`` runs), on a real-H&E mosaic of ``--region`` x ``--region`` px at the
+   model's working MPP, split into read (``imageio.read_image`` of a PNG), model
+   (``engine.GridPredictor.predict`` incl. resampling and tile blending), post-processing
+   (``postprocess.hv_watershed`` + ``classify_instances``), features (``build_nuclei_table``
+   measurements + TME report) and export. Post-processing and features run in a worker thread
+   during the model stage (product default), so stage times overlap. Reported as megapixels
    per second (working px), seconds per mm² of tissue, and peak RSS of a fresh child process
-   (one child per repeat, so the peak belongs to that run alone).
+   (one child per repeat, so the peak belongs to that run alone). Then the **engine baseline**:
+   the same with fp32 and sequential post-processing, for a ratio measured in the same run.
 2. **Classical baseline** (``models.classical``) on the same mosaic: detection + the same
    nuclei-table measurements.
 3. **UNI2-UperHoVer** (the paper's ViT-G/14 + two UperNet heads of width 768) forward time per
@@ -154,8 +157,11 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _child_default(png: str, work_mpp: float, threads: int, q: mp.Queue) -> None:
-    """One end-to-end run of the product path in a fresh process (clean peak memory)."""
+def _child_default(png: str, work_mpp: float, threads: int, precision: str = "auto", pipelined: bool = True,
+                   chunk: int | None = None, halo: int | None = None, *, q: mp.Queue) -> None:
+    """One end-to-end run of the product path in a fresh process (clean peak memory).
+    precision / pipelined: the engine settings (``LoadedModel.precision``, ``segment_image``'s
+    worker-thread post-processing); the product defaults are "auto" / True."""
     import segtme  # noqa: F401  (first, as the CLI does: sets OMP_WAIT_POLICY before torch loads)
     import torch
 
@@ -163,39 +169,42 @@ def _child_default(png: str, work_mpp: float, threads: int, q: mp.Queue) -> None
     import segtme.inference.engine as engine
     import segtme.inference.postprocess as post
     import segtme.pipeline as pipeline
-    from segtme.export.overlay import write_overlay
-    from segtme.export.tables import write_nuclei_csv
+    from segtme.export.bundle import write_outputs
     from segtme.inference import imageio
     from segtme.models import load_model
 
-    model = load_model("default", "cpu")
+    model = load_model("default", "cpu", precision=precision)
+    if not pipelined:
+        import functools
+
+        pipeline.segment_image = functools.partial(pipeline.segment_image, pipelined=False)
     base_rss = _peak_rss_mib()
     st = StageTimer()
     read_for_overlay = imageio.read_image  # unwrapped: the overlay's re-read counts as export only
     st.wrap(imageio, "read_image", "read")
-    st.wrap(engine, "predict_maps", "model")
+    st.wrap(engine.GridPredictor, "predict", "model")
     st.wrap(post, "hv_watershed", "postprocess")
     st.wrap(post, "classify_instances", "postprocess")
     st.wrap(pipeline, "build_nuclei_table", "features")
     st.wrap(pipeline, "build_report", "features")
     t0 = time.perf_counter()
-    res = pipeline.analyze(png, mpp=work_mpp, model=model)
+    res = pipeline.analyze(png, mpp=work_mpp, model=model, chunk_size=chunk, halo=halo)
     peak_analyze = _peak_rss_mib()
     can_reset = _reset_peak_rss()
     with tempfile.TemporaryDirectory() as d, st.stage("export"):
-        res.write_geojson(Path(d) / "nuclei.geojson")  # streamed: never the whole collection in memory
-        write_nuclei_csv(Path(d) / "nuclei.csv", res.nuclei)
-        rgb = read_for_overlay(png).rgb  # the product reader, as `segtme analyze` uses
-        write_overlay(Path(d) / "overlay.png", rgb, res.nuclei)
+        rgb = read_for_overlay(png).rgb  # `segtme analyze` keeps the image it read; a re-read here
+        write_outputs(res, d, rgb)  # exactly what `segtme analyze` writes (GeoJSON, overlay, CSV, TME JSON)
     total = time.perf_counter() - t0
     st.restore()
     peak_export = _peak_rss_mib()
-    q.put({"total": total, **st.t, "n_nuclei": len(res.nuclei), "peak_rss_mib": max(peak_analyze, peak_export),
+    from segtme.models.registry import resolve_precision
+
+    q.put({"total": total, **st.t, "precision": resolve_precision(precision, model.device), "pipelined": pipelined, "n_nuclei": len(res.nuclei), "peak_rss_mib": max(peak_analyze, peak_export),
            "peak_analyze_mib": peak_analyze, "peak_export_mib": peak_export if can_reset else None,
            "base_rss_mib": base_rss})
 
 
-def _child_classical(png: str, work_mpp: float, q: mp.Queue) -> None:
+def _child_classical(png: str, work_mpp: float, *, q: mp.Queue) -> None:
     from segtme.inference import imageio
     from segtme.inference.nuclei import build_nuclei_table
     from segtme.models import load_model
@@ -216,7 +225,7 @@ def _child_classical(png: str, work_mpp: float, q: mp.Queue) -> None:
 def _run_child(target, *args) -> dict:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=target, args=(*args, q))
+    p = ctx.Process(target=target, args=args, kwargs={"q": q})
     p.start()
     out = q.get()
     p.join()
@@ -286,6 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(REPO / "runs" / "bench"), help="folder for the saved table (git-ignored runs/)")
     ap.add_argument("--write-docs", action="store_true", help="also replace the table in docs/benchmarks.md")
     ap.add_argument("--skip-classical", action="store_true", help="do not run the classical baseline (e.g. for a memory-only run)")
+    ap.add_argument("--chunk", type=int, default=None, help="chunk edge in working px (default: the product's)")
+    ap.add_argument("--halo", type=int, default=None, help="chunk halo in working px (default: the product's)")
+    ap.add_argument("--skip-baseline", action="store_true",
+                    help="do not run the engine baseline (fp32, post-processing not pipelined) beside the default settings")
     ap.add_argument("--sweep", action="store_true",
                     help="only time candidate backbones / head widths (random weights, forward s per working MP) and exit")
     args = ap.parse_args(argv)
@@ -304,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     mm2 = mp_work * (work_mpp**2)  # µm² per px x px / 1e6 = mm²
     print(f"mosaic: {args.region}x{args.region} px at {work_mpp} µm/px = {mp_work:.1f} MP = {mm2:.2f} mm² ({src})", flush=True)
 
-    results: dict = {"machine": info, "threads": args.threads, "mosaic": {"px": args.region, "mpp": work_mpp, "megapixels": mp_work, "mm2": mm2, "source": src}}
+    results: dict = {"machine": info, "threads": args.threads, "chunk": args.chunk, "halo": args.halo, "mosaic": {"px": args.region, "mpp": work_mpp, "megapixels": mp_work, "mm2": mm2, "source": src}}
     with tempfile.TemporaryDirectory() as d:
         png = str(Path(d) / "mosaic.png")
         from PIL import Image
@@ -313,14 +326,19 @@ def main(argv: list[str] | None = None) -> int:
         del rgb
         runs = []
         for r in range(args.repeats):
-            out = _run_child(_child_default, png, work_mpp, args.threads)
+            out = _run_child(_child_default, png, work_mpp, args.threads, "auto", True, args.chunk, args.halo)
             runs.append(out)
             print(f"default model run {r + 1}: {out['total']:.1f} s, {out['n_nuclei']} nuclei, peak RSS {out['peak_rss_mib']:.0f} MiB", flush=True)
+        base = None
+        if not args.skip_baseline:
+            base = _run_child(_child_default, png, work_mpp, args.threads, "fp32", False, args.chunk, args.halo)
+            print(f"engine baseline (fp32, sequential): {base['total']:.1f} s, {base['n_nuclei']} nuclei", flush=True)
         cl = None
         if not args.skip_classical:
             cl = _run_child(_child_classical, png, work_mpp)
             print(f"classical: {cl['total']:.1f} s, {cl['n_nuclei']} nuclei", flush=True)
     results["default_runs"] = runs
+    results["engine_baseline"] = base
     results["classical"] = cl
     fwd_default = tile_forward_seconds("default", 5, args.threads)
     results["tile_224_default_s"] = fwd_default
@@ -395,10 +413,10 @@ def sweep(threads: int, rounds: int = 3, batch: int = 4, tile: int = 256) -> int
     return 0
 
 
-def _chunk_defaults() -> str:
+def _chunk_defaults(chunk: int | None = None, halo: int | None = None) -> str:
     from segtme.pipeline import DEFAULT_CHUNK_WORK, DEFAULT_HALO_WORK
 
-    return f"{DEFAULT_CHUNK_WORK} + 2 x {DEFAULT_HALO_WORK} halo"
+    return f"{chunk or DEFAULT_CHUNK_WORK} + 2 x {DEFAULT_HALO_WORK if halo is None else halo} halo"
 
 
 def render_table(res: dict, cfg) -> str:
@@ -414,15 +432,18 @@ def render_table(res: dict, cfg) -> str:
         f"Image: {mz['px']}x{mz['px']} px mosaic of real H&E at {mz['mpp']} µm/px = {mpx:.1f} MP = {mm2:.2f} mm² ({mz['source']}).",
         f"Default model: `{cfg.name}` = UperHoVer, timm `{cfg.backbone}` levels {cfg.out_indices}, UperNet heads width "
         f"{cfg.head_hidden}, {cfg.tax.name}, working MPP {cfg.mpp}, tiles {cfg.tile_size}/{cfg.tile_overlap}, chunks "
-        f"{_chunk_defaults()}, BatchNorm folded into the convolutions at inference; torch threads {res.get('threads', 2)}, "
+        f"{_chunk_defaults(res.get('chunk'), res.get('halo'))}, BatchNorm folded into the convolutions at inference; torch threads {res.get('threads', 2)}, "
         f"OMP_WAIT_POLICY={m.get('omp_wait_policy', '?')}.",
         "",
         "| path | total s | MP/s | s/mm² | read s | model s | post-proc s (% of total) | features s | export s | peak RSS MiB | nuclei |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for i, r in enumerate(runs):
+    rows = [(f"default ({r.get('precision', '?')}, pipelined), run {i + 1}", r) for i, r in enumerate(runs)]
+    if res.get("engine_baseline"):
+        rows.append(("default, engine baseline (fp32, sequential)", res["engine_baseline"]))
+    for label, r in rows:
         lines.append(
-            f"| default, run {i + 1} | {r['total']:.1f} | {mpx / r['total']:.2f} | {r['total'] / mm2:.2f} | {r['read']:.1f} | "
+            f"| {label} | {r['total']:.1f} | {mpx / r['total']:.2f} | {r['total'] / mm2:.2f} | {r['read']:.1f} | "
             f"{r['model']:.1f} | {r['postprocess']:.1f} ({100 * r['postprocess'] / r['total']:.0f} %) | {r['features']:.1f} | "
             f"{r['export']:.1f} | {r['peak_rss_mib']:.0f} | {r['n_nuclei']} |"
         )
@@ -432,6 +453,16 @@ def render_table(res: dict, cfg) -> str:
             f"| classical baseline | {c['total']:.1f} | {mpx / c['total']:.2f} | {c['total'] / mm2:.2f} | {c['read']:.1f} | "
             f"{c['detect']:.1f} (detection) | – | {c['features']:.1f} | – | {c['peak_rss_mib']:.0f} | {c['n_nuclei']} |"
         )
+    b = res.get("engine_baseline")
+    lines += [
+        "",
+        "Stage seconds are wall time spent in each stage's functions; with pipelining the post-processing "
+        "and features of chunk k run in a worker thread during the model's chunk k + 1, so the stages can "
+        "add up to more than the total.",
+    ]
+    if b:
+        lines.append(f"Speed-up of the default settings over the engine baseline in this run: "
+                     f"{b['total'] / best['total']:.2f}x (best run; nuclei {best['n_nuclei']} vs {b['n_nuclei']}).")
     lines += [
         "",
         f"Default model, best of {len(runs)}: {mpx / best['total']:.2f} MP/s = {best['total'] / mm2:.2f} s/mm² "

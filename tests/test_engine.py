@@ -181,7 +181,7 @@ def test_forward_tiles_uses_folded_module_and_sees_weight_updates():
     from segtme.models import LoadedModel
 
     cfg, m = _bn_model()
-    lm = LoadedModel(cfg, m, torch.device("cpu"), "test")
+    lm = LoadedModel(cfg, m, torch.device("cpu"), "test", "fp32")
     rng = np.random.default_rng(0)
     tile = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
 
@@ -200,3 +200,60 @@ def test_forward_tiles_uses_folded_module_and_sees_weight_updates():
     out2 = forward_tiles(lm, [tile])[0]["prob"]
     assert not np.allclose(out2, out, atol=1e-4)
     assert np.allclose(out2, direct(), atol=1e-5)
+
+
+def test_precision_resolution_and_bf16_forward_close_to_fp32(monkeypatch):
+    """``auto`` is bf16 on CUDA and on CPUs with native bf16, fp32 otherwise; a bf16 forward
+    gives the fp32 probabilities to within bf16 rounding."""
+    import torch
+
+    import segtme.models.registry as reg
+    from segtme.models import LoadedModel
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert reg.resolve_precision("auto", cuda) == "bf16"
+    assert reg.resolve_precision("fp32", cuda) == "fp32"
+    assert reg.resolve_precision("bf16", cpu) == "bf16"
+    monkeypatch.setattr(reg, "_NATIVE_BF16", False)
+    assert reg.resolve_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(reg, "_NATIVE_BF16", True)
+    assert reg.resolve_precision("auto", cpu) == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        reg.resolve_precision("fp16x", cpu)
+
+    cfg, m = _bn_model()
+    tile = np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    p32 = forward_tiles(LoadedModel(cfg, m, cpu, "test", "fp32"), [tile])[0]
+    p16 = forward_tiles(LoadedModel(cfg, m, cpu, "test", "bf16"), [tile])[0]
+    assert p16["prob"].dtype == np.float32 and p16["prob"].shape == p32["prob"].shape
+    assert not np.array_equal(p16["prob"], p32["prob"])  # bf16 arithmetic really ran
+    assert np.abs(p16["prob"] - p32["prob"]).max() < 0.05
+    assert np.abs(p16["hv"] - p32["hv"]).max() < 0.05 * (1 + np.abs(p32["hv"]).max())
+
+
+def test_grid_predictor_regions_equal_the_whole_image_and_run_each_tile_once():
+    """Regions served by one GridPredictor are crops of the whole image's blended maps (up to the
+    float16 cache), and overlapping regions never run a tile twice."""
+    from segtme.inference.engine import GridPredictor, predict_maps
+    from segtme.inference.tiling import chunk_grid, tile_grid
+
+    import torch
+
+    from segtme.models import LoadedModel
+
+    cfg, mod = _bn_model()  # tiles 64 / overlap 16
+    m = LoadedModel(cfg, mod, torch.device("cpu"), "test", "fp32")
+    rgb = np.random.default_rng(2).integers(0, 255, (150, 170, 3), dtype=np.uint8)
+    whole = predict_maps(m, rgb)
+    chunks = chunk_grid(170, 150, 60, 12)
+    regions = [c.region for c in chunks]
+    gp = GridPredictor(m, 150, 170, lambda r: rgb[r[1]:r[3], r[0]:r[2]], regions)
+    for r in regions:
+        x0, y0, x1, y1 = r
+        got = gp.predict(r)
+        assert got.shape == (y1 - y0, x1 - x0)
+        assert np.allclose(got.prob, whole.prob[:, y0:y1, x0:x1], atol=2e-3)
+        if whole.hv is not None:
+            assert np.allclose(got.hv, whole.hv[:, y0:y1, x0:x1], atol=2e-3 * (1 + np.abs(whole.hv).max()))
+    assert gp.tiles_run == len(tile_grid(150, 170, 64, 16))
+    assert gp._cache == {}  # every cached tile released after its last region

@@ -198,3 +198,26 @@ def test_overlay_downscale_in_strips_matches_whole_image_resize(table_and_rgb):
     whole = np.asarray(PILImage.fromarray(rgb).resize(size, PILImage.Resampling.BILINEAR)).astype(int)
     strips = np.asarray(_downscale(rgb, size, rows=max(8, size[1] // 5))).astype(int)
     assert strips.shape == whole.shape and np.abs(strips - whole).max() <= 1
+
+
+def test_fast_oriented_rings_match_the_shapely_path():
+    """The detection fast path (numpy rings, no shapely objects) writes exactly the geometry the
+    shapely path (``_valid_polygons`` + ``orient``) writes: both orientations, an invalid bow-tie
+    (repaired), a degenerate polygon (skipped)."""
+    from segtme.export import geojson as G
+
+    rng = np.random.default_rng(0)
+    polys = []
+    for k in range(200):
+        n = int(rng.integers(3, 12))
+        t = np.sort(rng.uniform(0, 2 * np.pi, n))
+        r = rng.uniform(2, 8, n)
+        p = np.stack([10 + r * np.cos(t), 10 + r * np.sin(t)], 1)
+        polys.append(p[::-1] if k % 2 else p)
+    polys.append(np.array([[0, 0], [2, 2], [0, 2], [2, 0]], float))  # bow-tie
+    polys.append(np.array([[0, 0], [1, 1]], float))  # degenerate
+    slow = [G._geometry(g) if g is not None else None for g in G._valid_polygons(polys)]
+    fast = [G._geometry_of(g) if g is not None else None for g in G._oriented_rings(polys)]
+    assert fast == slow
+    assert slow[-1] is None and slow[-2] is not None
+    assert sum(isinstance(g, np.ndarray) for g in G._oriented_rings(polys)) >= 150  # the fast path ran

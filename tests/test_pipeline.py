@@ -13,7 +13,7 @@ import pytest
 from conftest import load_monuseg
 from inference_helpers import centroid_match, threshold_model, tiny_random_model
 from segtme.errors import InputError
-from segtme.pipeline import _dedupe_across_chunks, analyze, nuclei_from_maps, plan_chunks, segment_image
+from segtme.pipeline import dedupe_across_chunks, analyze, nuclei_from_maps, plan_chunks, segment_image
 
 
 def test_nuclei_from_maps_maps_back_to_input_px():
@@ -91,40 +91,56 @@ def test_dedupe_keeps_one_copy_from_different_chunks_only():
     from segtme.inference.nuclei import NucleiTable
 
     both = NucleiTable.concat([t1, t1.translated(0.4, 0.0)], renumber=False)
-    keep = _dedupe_across_chunks(both, np.array([0, 1]), np.array([False, True]))
+    keep = dedupe_across_chunks(both, np.array([0, 1]), np.array([False, True]))
     assert keep.tolist() == [False, True]  # the copy inside its own core wins
-    keep_same_chunk = _dedupe_across_chunks(both, np.array([0, 0]), np.array([True, True]))
+    keep_same_chunk = dedupe_across_chunks(both, np.array([0, 0]), np.array([True, True]))
     assert keep_same_chunk.tolist() == [True, True]
 
 
 def test_memory_is_bounded_by_chunk_not_image(monkeypatch):
-    """Peak numpy memory of a chunked run stays far below one set of full-size float maps."""
+    """Peak numpy memory of a chunked run does not grow with the image: a 4x larger image (same
+    chunks) peaks at about the same memory, far below one set of its full-size float maps."""
     import segtme.inference.engine as engine
 
     rng = np.random.default_rng(0)
-    rgb = np.full((800, 800, 3), 225, np.uint8)
-    for _ in range(300):  # dark blobs ("nuclei") all over the image
-        y, x = rng.integers(8, 792, 2)
-        rgb[y - 7 : y + 7, x - 7 : x + 7] = 60
+
+    def blobs(n: int) -> np.ndarray:
+        rgb = np.full((n, n, 3), 225, np.uint8)
+        for _ in range(300 * (n // 800) ** 2):  # dark blobs ("nuclei") all over the image
+            y, x = rng.integers(8, n - 8, 2)
+            rgb[y - 7 : y + 7, x - 7 : x + 7] = 60
+        return rgb
+
     m = threshold_model(tile=64, overlap=16)
     seen = []
-    real = engine.predict_maps
+    real = engine.GridPredictor.predict
 
-    def spy(model, rgb_work, *a, **k):
-        seen.append(rgb_work.shape[:2])
-        return real(model, rgb_work, *a, **k)
+    def spy(self, region):
+        maps = real(self, region)
+        seen.append(maps.shape)
+        return maps
 
-    monkeypatch.setattr(engine, "predict_maps", spy)
-    tracemalloc.start()
-    try:
-        t = segment_image(rgb, 0.25, m, chunk_size=100, halo=16)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert len(t) > 150
-    assert max(max(sh) for sh in seen) <= 100 + 2 * 16 + 1
-    full_maps = (6 + 2 + 1) * 400 * 400 * 4  # prob + hv + weights at working size
-    assert peak < 0.5 * full_maps, (peak, full_maps)
+    monkeypatch.setattr(engine.GridPredictor, "predict", spy)
+    segment_image(blobs(800)[:200, :200], 0.25, m, chunk_size=100, halo=16)  # lazy imports happen here
+    peaks, counts = {}, {}
+    for n in (800, 1600):
+        rgb = blobs(n)
+        seen.clear()
+        tracemalloc.start()
+        try:
+            t = segment_image(rgb, 0.25, m, chunk_size=100, halo=16)
+            _, peaks[n] = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        counts[n] = len(t)
+        assert max(max(sh) for sh in seen) <= 100 + 2 * 16 + 1
+    assert counts[800] > 150 and counts[1600] > 3 * counts[800]
+    def full_maps(n: int) -> int:  # prob + hv + weights at the working size (n / 2)
+        return (6 + 2 + 1) * (n // 2) ** 2 * 4
+
+    assert peaks[1600] < 0.25 * full_maps(1600), peaks
+    # 4x the pixels: what grows is the result table and the cached border tiles, not the maps
+    assert peaks[1600] - peaks[800] < 0.25 * (full_maps(1600) - full_maps(800)), peaks
 
 
 def test_segment_image_rejects_bad_input():
@@ -186,3 +202,28 @@ def test_classical_model_goes_through_predict_instances(monuseg_small):
     assert (t.centroid >= 0).all() and (t.centroid[:, 0] <= W).all() and (t.centroid[:, 1] <= H).all()
     res = analyze(rgb, mpp, model=m)
     assert len(res.nuclei) == len(t)
+
+
+def test_pipelined_post_processing_gives_the_same_nuclei():
+    """Post-processing in the worker thread (default) and in line give identical tables."""
+    rng = np.random.default_rng(3)
+    rgb = np.full((500, 460, 3), 225, np.uint8)
+    for _ in range(200):
+        y, x = rng.integers(8, 452, 2)
+        rgb[y - 6 : y + 6, x - 6 : x + 6] = 60
+    m = threshold_model(tile=64, overlap=16)
+    a = segment_image(rgb, 0.5, m, chunk_size=120, halo=16, pipelined=True)
+    b = segment_image(rgb, 0.5, m, chunk_size=120, halo=16, pipelined=False)
+    assert len(a) == len(b) > 100 and a.meta["n_chunks"] == len(plan_chunks(rgb.shape, 0.5, m.config, 120, 16)) > 4
+    assert np.array_equal(a.centroid, b.centroid) and np.array_equal(a.area_px, b.area_px)
+
+
+def test_border_split_masks():
+    from segtme.inference.tiling import border_split
+
+    x = np.array([50.0, 10.5, 9.0, 7.9, 100.0, 101.5, 103.0])
+    y = np.full(7, 50.0)
+    fin, bor, core = border_split(x, y, (10, 0, 100, 100), tol=2.0, hold=6.0)
+    assert fin.tolist() == [True, False, False, False, False, False, False]
+    assert bor.tolist() == [False, True, True, False, True, True, False]  # 7.9 and 103 are > 2 px outside
+    assert core.tolist() == [True, True, False, False, False, False, False]

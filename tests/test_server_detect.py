@@ -57,7 +57,10 @@ def model_json(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(model_json):
     cfg = ServerConfig(
-        port=0, models=[str(model_json)], device="cpu", max_batch=4, max_wait_ms=5,
+        # bf16 forward (emulated where the CPU has no native bf16): its rounding differs between
+        # overlapping tiles enough that two tiles place a seam nucleus's centroid on either side
+        # of their shared edge, which the server's border de-duplication must then merge
+        port=0, models=[str(model_json)], device="cpu", precision="bf16", max_batch=4, max_wait_ms=5,
         limits=ServerLimits(max_message_bytes=MAX_MESSAGE, max_tile_pixels=400 * 400, max_tiles_per_stream=200,
                             max_concurrent_streams=12, max_image_pixels=700 * 700),
         grace_s=2,
@@ -547,3 +550,40 @@ def test_server_healthy_after_everything(stub, server, image, model_cfg) -> None
     tiles = make_tiles(rgb, mpp, model_cfg.mpp, model_cfg.tile_size, model_cfg.tile_overlap, (0, 0, 200, 200))
     feats, _, report, _ = run_job(stub, pb.JobConfig(image_mpp=mpp), tiles, timeout=60)
     assert report.nuclei_total == len(feats) > 0
+
+
+def test_border_nuclei_reported_by_two_tiles_are_merged() -> None:
+    """Unit check of the job's seam rule: one nucleus seen by two neighbouring tiles, each placing
+    its centroid inside its own core (the case that once came back twice), is kept once; a held
+    nucleus outside every core of the job is dropped; held nuclei of one tile are never merged."""
+    from types import SimpleNamespace
+
+    from segtme.inference.nuclei import build_nuclei_table
+    from segtme.server.service import _TileJob
+    from segtme.taxonomy import get_taxonomy
+
+    tax = get_taxonomy("pannuke6")
+
+    def table(*boxes):  # nuclei as filled squares (x0, y0, x1, y1), full-res px
+        inst = np.zeros((120, 220), np.int32)
+        for k, (x0, y0, x1, y1) in enumerate(boxes, 1):
+            inst[y0:y1, x0:x1] = k
+        return build_nuclei_table(inst, tax, mpp=0.5)
+
+    job = _TileJob.__new__(_TileJob)
+    job.runner = SimpleNamespace(cfg=SimpleNamespace(tax=tax, name="t", mpp=0.5))
+    job.spec = SimpleNamespace(image_mpp=0.5, job_id="j", annotation_id="a", per_tile_results=False)
+    job.paget_mode = None
+    job._border_table = None
+    job.cores = [(0, 0, 100, 100), (100, 0, 200, 100)]
+    a = table((93, 40, 106, 52), (96, 70, 102, 76))  # tile 0: the seam nucleus, a second one near the edge
+    b = table((94, 40, 107, 52))                     # tile 1: the same seam nucleus, shifted by 1 px
+    assert a.centroid[0, 0] < 100 <= b.centroid[0, 0]  # each copy in its own tile's core
+    outside = table((196, 101, 204, 112))              # centroid below every core
+    job.border = [(a, np.array([True, True]), 0), (b, np.array([True]), 1), (outside, np.array([False]), 1)]
+    job.tables = [table((40, 40, 50, 50))]             # a final (deep) nucleus of tile 0
+    t = job.table()
+    assert len(job.border_table()) == 2
+    assert len(t) == 3 and t.ids.tolist() == [1, 2, 3]
+    xs = sorted(t.centroid[:, 0].round(1).tolist())
+    assert xs == [45.0, 99.0, 99.5]  # deep nucleus, the second near-edge one, the seam nucleus once (tile 0's)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -31,12 +33,20 @@ from .models.registry import LoadedModel
 
 log = logging.getLogger(__name__)
 
-#: default chunk edge and halo in working px (2048: 14 % fewer model tiles than 1536 on large
-#: images for ~0.2 GB more per-chunk memory; docs/benchmarks.md)
-DEFAULT_CHUNK_WORK = 2048
-DEFAULT_HALO_WORK = 96
+#: default chunk edge and halo in working px. The model tiles do not depend on the chunks
+#: (``engine.GridPredictor``), so the halo only has to hold the largest nucleus (64 px = 32 µm
+#: at 0.5 µm/px); 1024-px chunks keep two chunks in flight (pipelined post-processing) small and
+#: measured as fast as 1536 / 2048 (docs/benchmarks.md)
+DEFAULT_CHUNK_WORK = 1024
+DEFAULT_HALO_WORK = 64
 #: working pixels per forward batch when no batch size is given (8 x 256^2)
 BATCH_PIXELS = 8 * 256 * 256
+#: working px outside a chunk core within which its nuclei are still candidates, and inside it
+#: within which they are held for de-duplication with the neighbour (``tiling.border_split``)
+BORDER_TOL_WORK = 2.0
+BORDER_HOLD_WORK = 6.0
+#: chunks post-processed concurrently with the model (``segment_image(pipelined=True)``)
+POST_WORKERS = int(os.environ.get("SEGTME_POST_WORKERS", "1"))
 
 
 def nuclei_from_maps(
@@ -104,20 +114,16 @@ def count_tiles(rgb_shape: Sequence[int], mpp: float, cfg: ModelConfig, chunk_si
 
     t = int(tile or cfg.tile_size)
     o = int(cfg.tile_overlap if overlap is None else overlap)
-    if _is_paget(cfg):  # the whole image's working grid, one tiling
-        from .inference.engine import scale_factor, working_size
+    # segment_image runs one tile grid over the whole working image, each tile once
+    # (engine.GridPredictor), whatever the chunks
+    from .inference.engine import scale_factor, working_size
 
-        s = scale_factor(mpp, cfg)
-        hw, ww = working_size(int(rgb_shape[0]), int(rgb_shape[1]), 1.0 if abs(s - 1) < 1e-6 else s)
-        return len(tile_grid(hw, ww, t, o))
-    n = 0
-    for ch in plan_chunks(rgb_shape, mpp, cfg, chunk_size, halo):
-        x0, y0, x1, y1 = ch.region
-        n += len(tile_grid(y1 - y0, x1 - x0, t, o))
-    return n
+    s = scale_factor(mpp, cfg)
+    hw, ww = working_size(int(rgb_shape[0]), int(rgb_shape[1]), 1.0 if abs(s - 1) < 1e-6 else s)
+    return len(tile_grid(hw, ww, t, o))
 
 
-def _dedupe_across_chunks(table: NucleiTable, chunk_of: np.ndarray, inside: np.ndarray, iou_min: float = 0.3) -> np.ndarray:
+def dedupe_across_chunks(table: NucleiTable, chunk_of: np.ndarray, inside: np.ndarray, iou_min: float = 0.3) -> np.ndarray:
     """Boolean keep-mask removing the same nucleus found by two neighbouring chunks.
 
     Candidates are nuclei kept with a small tolerance around their chunk core; two candidates from
@@ -158,6 +164,7 @@ def segment_image(
     overlap: int | None = None,
     batch_size: int | None = None,
     progress: Callable[[int], None] | None = None,
+    pipelined: bool = True,
 ) -> NucleiTable:
     """Nuclei of an (H, W, 3) uint8 image at ``mpp`` µm/px, in input px.
 
@@ -165,19 +172,25 @@ def segment_image(
     (8 tiles of 256 px, 2 of 512), which bounds activation memory whatever the tile size.
 
     The image's working-resolution grid (``s = mpp / cfg.mpp``, size ``round(size * s)``) is cut
-    into chunks of ``chunk_size`` working px (default 2048) with a ``halo`` of working px (default
-    96) on each side. Each chunk region is resampled from just the input window it needs (exactly
-    the pixels the whole image would give), predicted with blended tiles (``tile``/``overlap``
-    working px, default the config's), post-processed and measured. A nucleus is kept by the chunk
-    whose core holds its centroid; nuclei within 2 working px of a core border are also taken from
-    the neighbour and then de-duplicated by polygon overlap, so each nucleus appears once even if
-    the two chunks place its centroid on different sides of the border. The halo must exceed the
-    largest nucleus plus the distance over which tile-edge context matters; the defaults do.
-    Peak memory ~ (C + 6) x (chunk + 2 halo)^2 x 4 bytes, independent of the image size.
+    into chunks of ``chunk_size`` working px (default 1024) with a ``halo`` of working px (default
+    64) on each side. One tile grid (``tile``/``overlap`` working px, default the config's) covers
+    the whole working image and every tile runs once (``engine.GridPredictor``): a chunk region's
+    maps are the blend of all grid tiles touching it, i.e. the whole image's blended maps cropped
+    to the region, and the input is resampled window by window (exactly the pixels the whole
+    image would give). Each region is then post-processed and measured. A nucleus is kept by the chunk
+    whose core holds its centroid; nuclei within ``BORDER_TOL_WORK`` (2) working px outside a core
+    border are also taken from the neighbour and, with those up to ``BORDER_HOLD_WORK`` (6) px
+    inside it, de-duplicated by polygon overlap, so each nucleus appears once even if the two
+    chunks place its centroid on different sides of the border. The halo must exceed the largest
+    nucleus (the model tiles do not depend on the chunks); the default 64 px (32 µm) does.
+    pipelined: post-process chunk k in a worker thread while the model predicts chunk k + 1
+    (same result as False, which runs the stages one after the other).
+    Peak memory ~ 2 x (C + 6) x (chunk + 2 halo)^2 x 4 bytes (two chunks in flight) + the tile
+    cache, independent of the image size.
     progress: called with the number of model tiles finished.
     """
-    from .inference.engine import predict_maps, scale_factor, working_region
-    from .inference.tiling import owns
+    from .inference.engine import GridPredictor, scale_factor, working_region, working_size
+    from .inference.tiling import border_split
 
     cfg = model.config
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
@@ -193,29 +206,60 @@ def segment_image(
     if batch_size is None:
         t_edge = int(tile or cfg.tile_size)
         batch_size = max(1, BATCH_PIXELS // (t_edge * t_edge))
-    tol = 2.0  # working px around a core in which nuclei are kept for de-duplication
-    parts: list[NucleiTable] = []
-    chunk_of: list[np.ndarray] = []
-    inside: list[np.ndarray] = []
-    for k, ch in enumerate(chunks):
-        x0, y0, x1, y1 = ch.region
-        rgb_work = working_region(rgb, s, ch.region)
-        maps = predict_maps(model, rgb_work, tile, overlap, batch_size, progress=progress)
+    hw, ww = working_size(int(rgb.shape[0]), int(rgb.shape[1]), s)
+    predictor = GridPredictor(
+        model, hw, ww, lambda r: working_region(rgb, s, r), [ch.region for ch in chunks],
+        tile, overlap, batch_size, progress,
+    )
+
+    def post(k: int, ch, maps, rgb_work) -> tuple[NucleiTable, NucleiTable, np.ndarray]:
+        """Chunk k's nuclei: (final ones, border candidates, which of those are in its core)."""
+        x0, y0 = ch.region[:2]
         t = nuclei_from_maps(maps.prob, maps.hv, rgb_work, cfg, s, (x0 / s, y0 / s), mpp)
-        del maps, rgb_work
-        if len(t):
-            cw = t.centroid * s  # centroids in working px of the whole image
-            cx0, cy0, cx1, cy1 = ch.core
-            grown = (cx0 - tol, cy0 - tol, cx1 + tol, cy1 + tol)
-            near = np.fromiter((owns(grown, x, y) for x, y in cw), bool, len(t))
-            t = t.subset(near)
-            inside.append(np.fromiter((owns(ch.core, x, y) for x, y in cw[near]), bool, int(near.sum())))
-            chunk_of.append(np.full(len(t), k))
-            parts.append(t)
+        cw = t.centroid * s  # centroids in working px of the whole image
+        fin, bor, in_core = border_split(cw[:, 0], cw[:, 1], ch.core, BORDER_TOL_WORK, BORDER_HOLD_WORK)
+        return t.subset(fin), t.subset(bor), in_core[bor]
+
+    final: list[NucleiTable] = []
+    border: list[tuple[NucleiTable, np.ndarray, int]] = []
+
+    def collect(res: tuple[NucleiTable, NucleiTable, np.ndarray], k: int) -> None:
+        final.append(res[0])
+        border.append((res[1], res[2], k))
+
+    # post-processing (single-threaded numpy / scikit-image) of chunk k runs in worker threads
+    # while the model predicts chunk k + 1, so both CPU stages keep the cores busy; at most
+    # POST_WORKERS chunks wait for or are in post-processing (bounded memory)
+    workers = POST_WORKERS if pipelined else 0
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="segtme-post") as ex:
+        pending: deque = deque()
+        for k, ch in enumerate(chunks):
+            maps = predictor.predict(ch.region)
+            rgb_work = working_region(rgb, s, ch.region)
+            while len(pending) >= max(1, workers):
+                fut, kk = pending.popleft()
+                collect(fut.result(), kk)
+            if workers:
+                pending.append((ex.submit(post, k, ch, maps, rgb_work), k))
+            else:
+                collect(post(k, ch, maps, rgb_work), k)
+            del maps, rgb_work
+        while pending:
+            fut, kk = pending.popleft()
+            collect(fut.result(), kk)
+    del predictor
+    from . import release_free_memory
+
+    release_free_memory()  # the forward passes' retained buffers are not needed any more
+    parts = [t for t in final if len(t)]
+    bparts = [x for x in border if len(x[0])]
+    if bparts:
+        bt = NucleiTable.concat([x[0] for x in bparts], renumber=False)
+        keep = dedupe_across_chunks(bt, np.concatenate([np.full(len(x[0]), x[2]) for x in bparts]),
+                                    np.concatenate([x[1] for x in bparts]))
+        parts.append(bt.subset(keep))
     if parts:
         table = NucleiTable.concat(parts, renumber=False)
-        keep = _dedupe_across_chunks(table, np.concatenate(chunk_of), np.concatenate(inside))
-        table = table.subset(keep)
         table.ids = np.arange(1, len(table) + 1, dtype=np.int64)
     else:
         table = NucleiTable.empty(cfg.tax, mpp)

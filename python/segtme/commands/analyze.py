@@ -36,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gzip", action="store_true", help="write nuclei.geojson.gz")
     p.add_argument("--narrative", default="template", help="narrative backend for the TME report (default: template)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="forward-pass arithmetic: auto = bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32")
     p.add_argument("--tile", type=int, default=None, help="tile size in working px (default: the model's)")
     p.add_argument("--overlap", type=int, default=None, help="tile overlap in working px (default: the model's)")
     p.add_argument("--batch", type=int, default=None, help="tiles per forward pass (default: 8 x 256² working px per batch)")
@@ -44,15 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     import logging
-    import shutil
-    import tempfile
 
     from ..errors import InputError, SegTMEError
-    from ..export.atomic import atomic_write_text
-    from ..export.overlay import write_overlay
-    from ..export.tables import write_nuclei_csv
+    from ..export.bundle import write_outputs
     from ..inference.imageio import read_image, validate_mpp
     from ..models.registry import load_model
     from ..pipeline import analyze, count_tiles
@@ -70,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if mpp is None:
         raise InputError(f"{image_path}: the image has no resolution information; pass --mpp (microns per pixel)")
     try:
-        model = load_model(args.model, args.device, weights=args.weights)
+        model = load_model(args.model, args.device, weights=args.weights, precision=args.precision)
     except ValueError as e:  # invalid --device
         if isinstance(e, SegTMEError):
             raise
@@ -102,22 +99,8 @@ def run(args: argparse.Namespace) -> int:
     res.nuclei.meta["source"] = str(image_path)
     res.notes[:0] = img.notes
 
-    # Write everything into a staging directory inside --out's parent, then move each file into
-    # place with an atomic rename: no partial files if anything fails before the moves.
-    out.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".segtme-", dir=out))
-    try:
-        names = ["nuclei.geojson.gz" if args.gzip else "nuclei.geojson", "overlay.png", "nuclei.csv"]
-        res.write_geojson(stage / "nuclei.geojson", gzip=args.gzip)  # streamed, never one big string
-        write_overlay(stage / "overlay.png", img.rgb, res.nuclei, tissue_features=res.tissue_features)
-        write_nuclei_csv(stage / "nuclei.csv", res.nuclei)
-        if res.report is not None:
-            atomic_write_text(stage / "tme.json", json.dumps(res.report, indent=2, ensure_ascii=False, default=_jsonable) + "\n")
-            names.append("tme.json")
-        for n in names:
-            (stage / n).replace(out / n)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    # all files staged and then moved into place (no partial outputs); overlay in a worker thread
+    written = write_outputs(res, out, img.rgb, gzip=args.gzip)
 
     counts: dict[str, int] = {}
     for c in res.nuclei.class_names:
@@ -129,18 +112,8 @@ def run(args: argparse.Namespace) -> int:
                 for f in res.tissue_features}
         print(f"{len(res.tissue_features)} tissue annotation(s) in nuclei.geojson: "
               + (", ".join(f"{k} {v:.0f} µm²" for k, v in area.items() if v is not None) or "none"))
-    for n in names:
-        print(f"wrote {out / n}")
+    for p in written:
+        print(f"wrote {p}")
     if res.report is None:
         log.info("TME report not written (segtme.tme.report is not available)")
     return 0
-
-
-def _jsonable(o):
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

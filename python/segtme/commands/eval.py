@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlays", action="store_true", help="also write error overlays (green TP, red FP, yellow FN) to OUT/overlays")
     p.add_argument("--no-baseline", action="store_true", help="skip the classical baseline")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="forward-pass arithmetic: auto = bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32")
     p.set_defaults(func=run)
 
 
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     items = []
     for d in args.data:
         items += load_items(d, args.split, mpp=args.mpp, names=args.names, limit=args.limit)
-    models = {args.model if args.model != "classical" else "classical": load_model(args.model, args.device, weights=args.weights)}
+    models = {args.model if args.model != "classical" else "classical": load_model(args.model, args.device, weights=args.weights, precision=args.precision)}
     if not args.no_baseline and "classical" not in models:
         models["classical"] = load_model("classical", "cpu")
     print(f"evaluating {', '.join(models)} on {len(items)} image(s) ({args.split})", flush=True)

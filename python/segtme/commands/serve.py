@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", action="append", dest="models", metavar="NAME",
                    help="model name, preset or .json/.safetensors path; repeat to serve several (first = default)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="forward-pass arithmetic: auto = bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32")
     p.add_argument("--max-batch", type=int, default=None,
                    help="micro-batch size of the shared batcher (1 = off; default: 8 on CUDA, 1 on CPU, where "
                         "docs/bench_server.md measured batching to cost throughput)")
@@ -88,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(str(e)) from None
 
     cfg = ServerConfig(
-        host=args.host, port=args.port, models=args.models or ["default"], device=args.device,
+        host=args.host, port=args.port, models=args.models or ["default"], device=args.device, precision=args.precision,
         max_batch=max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size, limits=limits,
         token=token, tls_cert=args.tls_cert, tls_key=args.tls_key, grace_s=args.grace, warmup=not args.no_warmup,
         instance_source=args.instance_source,

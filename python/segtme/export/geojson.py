@@ -116,25 +116,57 @@ def _valid_polygon(poly: np.ndarray):
     return orient(g, sign=1.0)
 
 
-def _valid_polygons(polys: Sequence[np.ndarray]) -> list:
-    """``[_valid_polygon(p) for p in polys]``, with the common case (a valid simple polygon)
-    built and checked in one vectorised shapely call; only invalid ones take the repair path."""
+def _check_rings(polys: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[int], np.ndarray, np.ndarray]:
+    """(vertex arrays, indices with >= 3 vertices, their shapely Polygons, valid-with-area mask),
+    the polygons built and checked in one vectorised shapely call."""
     import shapely
-    from shapely.geometry.polygon import orient
 
-    n = len(polys)
-    out: list = [None] * n
     arrs = [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in polys]
     ok = [k for k, a in enumerate(arrs) if len(a) >= 3]
     if not ok:
-        return out
+        return arrs, ok, np.zeros(0, object), np.zeros(0, bool)
     coords = np.concatenate([np.vstack([arrs[k], arrs[k][:1]]) for k in ok])
     idx = np.repeat(np.arange(len(ok)), [len(arrs[k]) + 1 for k in ok])
     geoms = shapely.polygons(shapely.linearrings(coords, indices=idx))
-    valid = shapely.is_valid(geoms) & (shapely.area(geoms) > 0)
+    return arrs, ok, geoms, shapely.is_valid(geoms) & (shapely.area(geoms) > 0)
+
+
+def _valid_polygons(polys: Sequence[np.ndarray]) -> list:
+    """``[_valid_polygon(p) for p in polys]``, with the common case (a valid simple polygon)
+    built and checked in one vectorised shapely call; only invalid ones take the repair path."""
+    from shapely.geometry.polygon import orient
+
+    out: list = [None] * len(polys)
+    arrs, ok, geoms, valid = _check_rings(polys)
     for j, k in enumerate(ok):
         out[k] = orient(geoms[j], sign=1.0) if valid[j] else _valid_polygon(arrs[k])
     return out
+
+
+def _oriented_rings(polys: Sequence[np.ndarray]) -> list:
+    """For each vertex array: its exterior ring as an (n, 2) float64 array (not closed), oriented
+    counter-clockwise (positive shoelace area; the same ring ``orient(Polygon(p), 1.0)`` gives),
+    when it is a valid polygon of positive area; otherwise the repaired shapely Polygon of
+    ``_valid_polygon`` (or None). No shapely object is kept for the common (valid) case."""
+    out: list = [None] * len(polys)
+    arrs, ok, _, valid = _check_rings(polys)
+    for j, k in enumerate(ok):
+        a = arrs[k]
+        if not valid[j]:
+            out[k] = _valid_polygon(a)
+            continue
+        x, y = a[:, 0], a[:, 1]
+        signed = float(x[:-1] @ y[1:] - x[1:] @ y[:-1] + x[-1] * y[0] - x[0] * y[-1])  # 2 x shoelace area
+        # shapely's orient reverses the closed ring: p0, p[n-1], ..., p1
+        out[k] = a if signed > 0 else np.concatenate([a[:1], a[:0:-1]])
+    return out
+
+
+def _geometry_of(g) -> dict[str, Any]:
+    """``_geometry`` for an item of ``_oriented_rings`` (ring array or shapely Polygon)."""
+    if isinstance(g, np.ndarray):
+        return {"type": "Polygon", "coordinates": [_ring(g)]}
+    return _geometry(g)
 
 
 def _geometry(g) -> dict[str, Any]:
@@ -227,7 +259,7 @@ def iter_features(
     for b0 in range(0, n, max(1, int(batch))):
         b1 = min(n, b0 + max(1, int(batch)))
         sub = table.subset(np.arange(b0, b1))
-        nuclei = nuclei_all[b0:b1] if nuclei_all is not None else _valid_polygons(sub.polygons)
+        nuclei = nuclei_all[b0:b1] if nuclei_all is not None else _oriented_rings(sub.polygons)
         cols = _measurement_columns(sub)
         class_ids = np.asarray(sub.class_id).tolist()
         for j, g in enumerate(nuclei):
@@ -241,7 +273,7 @@ def iter_features(
                 f["geometry"] = _geometry(cells[i] if cells[i] is not None else g)
                 f["nucleusGeometry"] = _geometry(g)
             else:
-                f["geometry"] = _geometry(g)
+                f["geometry"] = _geometry_of(g)
             f["properties"] = {
                 "objectType": output_type,
                 "classification": {"name": name, "color": list(color)},

@@ -75,7 +75,16 @@ def render_overlay(
     rgb: np.ndarray, table: NucleiTable, *, max_size: int | None = 4096, line_width: int | None = None,
     tissue_features: Sequence[dict[str, Any]] = (),
 ) -> np.ndarray:
-    """(h, w, 3) uint8 image with class-coloured outlines.
+    """``render_overlay_image`` as an (h, w, 3) uint8 array."""
+    return np.asarray(render_overlay_image(rgb, table, max_size=max_size, line_width=line_width,
+                                           tissue_features=tissue_features))
+
+
+def render_overlay_image(
+    rgb: np.ndarray, table: NucleiTable, *, max_size: int | None = 4096, line_width: int | None = None,
+    tissue_features: Sequence[dict[str, Any]] = (),
+):
+    """PIL RGB image with class-coloured outlines.
 
     rgb: the input image (H, W, 3) uint8 the table's coordinates refer to (input px).
     max_size: the longest edge of the output in px (the image is downscaled if larger; None:
@@ -105,15 +114,15 @@ def render_overlay(
             continue
         pts = (np.vstack([p, p[:1]]) * f).ravel().tolist()  # closed outline, flat x0, y0, x1, y1, ...
         draw.line(pts, fill=colours[int(cid)], width=lw)
-    return np.asarray(im)
+    return im
 
 
 def write_overlay(path: str | Path, rgb: np.ndarray, table: NucleiTable, *, max_size: int | None = 4096,
                   tissue_features: Sequence[dict[str, Any]] = ()) -> Path:
     """Render and write the overlay as PNG atomically (``tissue_features``: see ``render_overlay``)."""
-    from PIL import Image
-
-    arr = render_overlay(rgb, table, max_size=max_size, tissue_features=tissue_features)
+    im = render_overlay_image(rgb, table, max_size=max_size, tissue_features=tissue_features)
     with atomic_write(path, "wb") as f:
-        Image.fromarray(arr).save(f, format="PNG")
+        # zlib level 1: ~2x faster to encode than PIL's default 6 for a ~5 % larger file
+        # (a quick-look image; the GeoJSON is the result)
+        im.save(f, format="PNG", compress_level=1)
     return Path(path)

@@ -193,10 +193,14 @@ def _prepare(model: LoadedModel) -> torch.nn.Module:
     return folded
 
 
-def _autocast(device: torch.device):
-    """bf16 autocast on CUDA only; full precision elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def _autocast(model: LoadedModel):
+    """bf16 autocast when the model's precision resolves to bf16 (``registry.resolve_precision``:
+    by default on CUDA and on CPUs with native bf16), else full precision."""
+    from ..models.registry import resolve_precision
+
+    dev = model.device
+    if resolve_precision(getattr(model, "precision", "auto"), dev) == "bf16" and dev.type in ("cuda", "cpu"):
+        return torch.autocast(dev.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -220,8 +224,8 @@ def forward_tiles(
     ``batch_size`` at a time, all at once if None). Each is padded to ``cfg.pad_multiple``
     (bottom/right) and normalised with ``cfg.mean/std``; outputs are cropped back.
     Returns per tile ``{"prob": (C, h, w) float32 softmax, "hv": (2, h, w) float32}`` (``"hv"``
-    absent for models without an HV head). Runs under ``torch.inference_mode``, bf16 autocast on
-    CUDA, channels_last.
+    absent for models without an HV head). Runs under ``torch.inference_mode``, channels_last,
+    with bf16 autocast when ``model.precision`` resolves to bf16 (CUDA; CPUs with native bf16).
     """
     cfg = model.config
     dev = model.device
@@ -242,7 +246,7 @@ def forward_tiles(
             with torch.inference_mode():
                 t = torch.from_numpy(x).to(dev).permute(0, 3, 1, 2).float().div_(255.0)
                 t = ((t - mean) / std).contiguous(memory_format=torch.channels_last)
-                with _autocast(dev):
+                with _autocast(model):
                     y = module(t)
                 prob = torch.softmax(y["sem"].float()[:, :, :h, :w], dim=1).cpu().numpy()
                 hv = y["hv"].float()[:, :, :h, :w].cpu().numpy() if "hv" in y else None
@@ -255,6 +259,125 @@ def forward_tiles(
 
 
 # --------------------------------------------------------------------------- tiled prediction
+
+Region = tuple[int, int, int, int]  # (x0, y0, x1, y1) working px, half-open
+
+
+class GridPredictor:
+    """Blended tile predictions over **one** tile grid of a whole working-resolution image,
+    served region by region (``predict``), with every tile run exactly once.
+
+    The grid is ``tile_grid(height, width, tile, overlap)`` of the whole working image. The maps
+    of a region are the blend of *all* grid tiles that touch it (each tile's window weights, as in
+    ``predict_maps``), so they equal the whole image's blended maps cropped to the region: regions
+    (``pipeline.segment_image``'s chunks with their halos) add no tile-edge effects and no
+    recomputation where they overlap. A tile still needed by a later planned region is kept
+    (float16, the only difference from the whole-image maps: ~1e-3 relative) until its last user
+    is served; ``regions`` (all regions the caller will ask for, in order) lets it count users.
+
+    fetch_rgb(region) -> (h, w, 3) uint8: the working-px pixels of a region (e.g.
+    ``working_region(rgb, s, region)``); called once per ``predict`` for the bounding box of the
+    tiles that still have to run. progress: called with the number of tiles just run.
+    Memory: the region's maps ((C + 3) x h x w float32) + cached tiles ((C + 2) x tile² float16
+    each; about one row of chunks' worth of border tiles).
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        height: int,
+        width: int,
+        fetch_rgb: Callable[[Region], np.ndarray],
+        regions: Sequence[Region] = (),
+        tile: int | None = None,
+        overlap: int | None = None,
+        batch_size: int = 8,
+        progress: Progress | None = None,
+    ) -> None:
+        cfg = model.config
+        self.model = model
+        self.tile = int(tile or cfg.tile_size)
+        self.overlap = int(cfg.tile_overlap if overlap is None else overlap)
+        if self.tile <= 0 or not 0 <= self.overlap < self.tile:
+            raise InputError(f"need tile > 0 and 0 <= overlap < tile, got tile={self.tile}, overlap={self.overlap}")
+        self.H, self.W = int(height), int(width)
+        self.grid = tile_grid(self.H, self.W, self.tile, self.overlap)
+        self.win = blend_window(min(self.tile, self.H), min(self.tile, self.W), self.overlap)
+        self.fetch_rgb = fetch_rgb
+        self.batch_size = max(1, int(batch_size))
+        self.progress = progress
+        self.tiles_run = 0
+        self._cache: dict[int, dict[str, np.ndarray]] = {}
+        self._users = np.zeros(len(self.grid), np.int64)
+        for r in regions:
+            self._users[self.tiles_for(r)] += 1
+
+    def tiles_for(self, region: Region) -> list[int]:
+        """Indices of the grid tiles that overlap ``region`` (working px)."""
+        x0, y0, x1, y1 = region
+        return [k for k, (ty, tx, th, tw) in enumerate(self.grid) if tx < x1 and tx + tw > x0 and ty < y1 and ty + th > y0]
+
+    def predict(self, region: Region) -> Maps:
+        """Blended maps of ``region`` = (x0, y0, x1, y1) working px, clipped to the image."""
+        x0, y0, x1, y1 = (int(v) for v in region)
+        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(self.W, x1), min(self.H, y1)
+        if x1 <= x0 or y1 <= y0:
+            raise InputError(f"empty prediction region {region} for a {self.W}x{self.H} px working image")
+        C = self.model.config.num_classes
+        h, w = y1 - y0, x1 - x0
+        idx = self.tiles_for((x0, y0, x1, y1))
+        todo = [k for k in idx if k not in self._cache]
+        fresh: dict[int, dict[str, np.ndarray]] = {}
+        if todo:
+            bx0 = min(self.grid[k][1] for k in todo)
+            by0 = min(self.grid[k][0] for k in todo)
+            bx1 = max(self.grid[k][1] + self.grid[k][3] for k in todo)
+            by1 = max(self.grid[k][0] + self.grid[k][2] for k in todo)
+            rgb = self.fetch_rgb((bx0, by0, bx1, by1))
+            if rgb.shape[:2] != (by1 - by0, bx1 - bx0):
+                raise ValueError(f"fetch_rgb returned {rgb.shape[:2]}, expected {(by1 - by0, bx1 - bx0)}")
+            for b0 in range(0, len(todo), self.batch_size):
+                ks = todo[b0 : b0 + self.batch_size]
+                crops = [rgb[ty - by0 : ty - by0 + th, tx - bx0 : tx - bx0 + tw] for (ty, tx, th, tw) in (self.grid[k] for k in ks)]
+                for k, o in zip(ks, forward_tiles(self.model, crops, self.batch_size)):
+                    if o["prob"].shape[0] != C:
+                        raise ValueError(f"model returned {o['prob'].shape[0]} classes, config says {C}")
+                    fresh[k] = o
+                self.tiles_run += len(ks)
+                if self.progress is not None:
+                    self.progress(len(ks))
+            del rgb
+        prob = np.zeros((C, h, w), np.float32)
+        hv: np.ndarray | None = None
+        wsum = np.zeros((h, w), np.float32)
+        for k in idx:
+            o = fresh.get(k) or self._cache[k]
+            ty, tx, th, tw = self.grid[k]
+            sy0, sy1 = max(ty, y0), min(ty + th, y1)
+            sx0, sx1 = max(tx, x0), min(tx + tw, x1)
+            src = (slice(sy0 - ty, sy1 - ty), slice(sx0 - tx, sx1 - tx))
+            dst = (slice(sy0 - y0, sy1 - y0), slice(sx0 - x0, sx1 - x0))
+            wt = self.win[src]
+            prob[(slice(None),) + dst] += o["prob"][(slice(None),) + src] * wt
+            if "hv" in o:
+                if hv is None:
+                    hv = np.zeros((2, h, w), np.float32)
+                hv[(slice(None),) + dst] += o["hv"][(slice(None),) + src] * wt
+            wsum[dst] += wt
+        for k in idx:
+            self._users[k] -= 1
+            if self._users[k] > 0:
+                if k in fresh:  # still needed by a later region: keep a float16 copy
+                    self._cache[k] = {n: a.astype(np.float16) for n, a in fresh[k].items()}
+            else:
+                self._cache.pop(k, None)
+        inv = 1.0 / wsum
+        prob *= inv
+        if hv is not None:
+            hv *= inv
+        return Maps(prob=prob, hv=hv)
+
+
 
 
 def predict_maps(
@@ -285,13 +408,15 @@ def predict_maps(
     if stitch not in ("blend", "last_writer"):
         raise ValueError(f"stitch must be 'blend' or 'last_writer', got {stitch!r}")
     H, W = rgb_work.shape[:2]
+    bs = max(1, int(batch_size))
+    if stitch == "blend":
+        whole = (0, 0, W, H)
+        gp = GridPredictor(model, H, W, lambda r: rgb_work[r[1] : r[3], r[0] : r[2]], [whole], tile, overlap, bs, progress)
+        return gp.predict(whole)
     grid = tile_grid(H, W, tile, overlap)
     C = cfg.num_classes
     prob = np.zeros((C, H, W), np.float32)
     hv: np.ndarray | None = None
-    wsum = np.zeros((H, W), np.float32) if stitch == "blend" else None
-    win = blend_window(min(tile, H), min(tile, W), overlap) if stitch == "blend" else None
-    bs = max(1, int(batch_size))
     for b0 in range(0, len(grid), bs):
         boxes = grid[b0 : b0 + bs]
         outs = forward_tiles(model, [rgb_work[y : y + h, x : x + w] for (y, x, h, w) in boxes], bs)
@@ -300,20 +425,9 @@ def predict_maps(
                 raise ValueError(f"model returned {o['prob'].shape[0]} classes, config says {C}")
             if hv is None and "hv" in o:
                 hv = np.zeros((2, H, W), np.float32)
-            if stitch == "blend":
-                prob[:, y : y + h, x : x + w] += o["prob"] * win
-                if hv is not None:
-                    hv[:, y : y + h, x : x + w] += o["hv"] * win
-                wsum[y : y + h, x : x + w] += win  # type: ignore[index]
-            else:
-                prob[:, y : y + h, x : x + w] = o["prob"]
-                if hv is not None:
-                    hv[:, y : y + h, x : x + w] = o["hv"]
+            prob[:, y : y + h, x : x + w] = o["prob"]
+            if hv is not None:
+                hv[:, y : y + h, x : x + w] = o["hv"]
         if progress is not None:
             progress(len(boxes))
-    if wsum is not None:
-        inv = 1.0 / wsum
-        prob *= inv
-        if hv is not None:
-            hv *= inv
     return Maps(prob=prob, hv=hv)

@@ -148,7 +148,8 @@ class NucleiTable:
 
 # --------------------------------------------------------------------------- building the table
 def hematoxylin_od(rgb: np.ndarray) -> np.ndarray:
-    """Haematoxylin optical density per pixel (H, W) float32: OD = -log10(I / 255) per channel,
+    """Haematoxylin optical density per pixel: (..., 3) uint8 RGB -> (...) float32 (e.g. (H, W, 3)
+    -> (H, W), or (P, 3) -> (P,)). OD = -log10(I / 255) per channel,
     projected on the Ruifrok & Johnston H&E(DAB) stain matrix (``skimage.color.hed_from_rgb``),
     the same quantity QuPath reports as "Hematoxylin OD"."""
     from skimage.color import hed_from_rgb
@@ -246,10 +247,10 @@ def build_nuclei_table(
     if rgb is not None:
         if rgb.shape[:2] != lab.shape:
             raise ValueError(f"rgb shape {rgb.shape[:2]} differs from instance map shape {lab.shape}")
-        h = hematoxylin_od(rgb)
         m = lab > 0
+        h = hematoxylin_od(rgb[m])  # nucleus pixels only, (P, 3) -> (P,)
         area_all = np.bincount(lab[m], minlength=n + 1)[1:]
-        hod = np.bincount(lab[m], weights=h[m], minlength=n + 1)[1:] / np.maximum(area_all, 1)
+        hod = np.bincount(lab[m], weights=h, minlength=n + 1)[1:] / np.maximum(area_all, 1)
 
     # vectorised moments (same definitions as skimage regionprops: inertia-tensor axes)
     m = lab > 0
@@ -280,11 +281,11 @@ def build_nuclei_table(
         ys, xs = sl
         crop = lab_p[ys.start : ys.stop + 2, xs.start : xs.stop + 2] == i + 1
         polys.append(_outline(crop, ys.start, xs.start))
-    perim = np.array([float(np.linalg.norm(p - np.roll(p, 1, axis=0), axis=1).sum()) if len(p) > 2 else 0.0 for p in polys])
     rings = [p if len(p) >= 3 else np.zeros((3, 2)) for p in polys]
     geoms = shapely.polygons(
         shapely.linearrings(np.concatenate(rings), indices=np.repeat(np.arange(n), [len(r) for r in rings]))
     )
+    perim = shapely.length(geoms)  # closed-ring length (0 for the degenerate placeholders)
     parea = shapely.area(geoms)
     harea = shapely.area(shapely.convex_hull(geoms))
     solidity = np.divide(parea, harea, out=np.ones(n), where=harea > 0)

@@ -146,16 +146,60 @@ def find_uni2h_checkpoint(explicit: str | Path | None = None) -> Path:
 
 @dataclass
 class LoadedModel:
-    """A model ready for inference: config + module (eval mode) + device."""
+    """A model ready for inference: config + module (eval mode) + device.
+
+    precision: ``"auto"`` (bf16 autocast on CUDA, and on CPUs with native bf16 arithmetic —
+    AVX512-BF16 or AMX — where it halves the forward time; fp32 elsewhere), ``"fp32"`` or
+    ``"bf16"`` (forced). Weights stay fp32; only the forward pass's arithmetic changes, outputs
+    are returned as fp32 (``inference.engine.forward_tiles``).
+    """
 
     config: ModelConfig
     module: nn.Module
     device: torch.device
     source: str
+    precision: str = "auto"
 
     @property
     def taxonomy(self):
         return self.config.tax
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bf16 natively (x86 ``avx512_bf16`` or ``amx_bf16`` flag in
+    /proc/cpuinfo); False when unknown (non-Linux) — then ``auto`` keeps fp32 on the CPU."""
+    global _NATIVE_BF16
+    if _NATIVE_BF16 is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                flags = set()
+                for line in f:
+                    if line.startswith("flags"):
+                        flags = set(line.split(":", 1)[1].split())
+                        break
+            _NATIVE_BF16 = bool({"avx512_bf16", "amx_bf16"} & flags) and torch.backends.mkldnn.is_available()
+        except OSError:
+            _NATIVE_BF16 = False
+    return _NATIVE_BF16
+
+
+_NATIVE_BF16: bool | None = None
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"fp32"`` or ``"bf16"`` for ``precision`` (one of ``PRECISIONS``) on ``device``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"
+    return "fp32"
 
 
 def select_device(device: str | torch.device = "auto") -> torch.device:
@@ -218,8 +262,10 @@ def load_model(
     weights: str | Path | None = None,
     allow_random: bool = False,
     backbone_weights: str | Path | None = None,
+    precision: str = "auto",
 ) -> LoadedModel:
     """Build a model and load its weights; ``allow_random`` permits random init (tests, training).
+    precision: forward-pass arithmetic (``LoadedModel.precision``: auto | fp32 | bf16).
 
     Raises ModelConfigError (unknown model / bad config) or WeightsError (missing / mismatched
     weights), each naming the file.
@@ -244,9 +290,11 @@ def load_model(
                 f"model {cfg.name!r} has no weights file. Pass --weights PATH (a .safetensors trained with "
                 f"`segtme train`), or use a shipped model: {', '.join(shipped_models()) or '(none)'}"
             )
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     dev = select_device(device)
     module.to(dev).eval()
-    return LoadedModel(cfg, module, dev, source)
+    return LoadedModel(cfg, module, dev, source, precision)
 
 
 def load_backbone_weights(module: nn.Module, path: str | Path) -> None:

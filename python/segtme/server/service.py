@@ -62,6 +62,7 @@ from .tiles import (
     decode_pixels,
     decode_tile,
     invalid,
+    owned,
     parse_job_config,
     paget_instances,
     tile_nuclei,
@@ -71,6 +72,13 @@ from .tiles import (
 
 log = logging.getLogger("segtme.server")
 job_log = logging.getLogger("segtme.server.jobs")
+
+#: working px outside a tile's core within which its nuclei are kept for cross-tile
+#: de-duplication (as ``pipeline.segment_image`` does at chunk borders)
+BORDER_TOL_WORK = 2.0
+#: working px inside a tile's core edge within which its nuclei are held back until the end of
+#: the job and de-duplicated with the neighbours' (the rest is final as soon as the tile is done)
+BORDER_HOLD_WORK = 3 * BORDER_TOL_WORK
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SegTME"].full_name
 #: largest JSON payload of one NucleiBatch message (bytes); batches are split above this
@@ -94,6 +102,8 @@ class ServerConfig:
     port: int = 50051
     models: list[str] = field(default_factory=lambda: ["default"])
     device: str = "auto"
+    #: forward-pass arithmetic for every model (``LoadedModel.precision``: auto | fp32 | bf16)
+    precision: str = "auto"
     max_batch: int = 8
     max_wait_ms: float = 10.0
     queue_size: int = 64
@@ -175,6 +185,12 @@ class _TileJob:
         self.token = token
         self.limits = limits
         self.tables: list[NucleiTable] = []
+        #: per table: centroid inside the tile's core (False: kept within the border tolerance,
+        #: for de-duplication in ``table``)
+        #: nuclei near a core edge, held for de-duplication: (table, centroid in own core, tile k)
+        self.border: list[tuple[NucleiTable, np.ndarray, int]] = []
+        self.cores: list[tuple[int, int, int, int]] = []
+        self._border_table: NucleiTable | None = None
         self.paget_mode = runner.paget_mode
         self.nucleus_tissue: list[np.ndarray] = []
         self.tissue_pieces: list[dict] = []
@@ -237,7 +253,16 @@ class _TileJob:
             self.inflight.release()
         wt = sub.wt
         if self.paget_mode is None:
-            t = tile_nuclei(wt, out, self.runner.cfg, self.spec.image_mpp, self.spec.geometry)
+            # nuclei near a core edge (either side) wait for de-duplication (``border_table``);
+            # the others are final now (streamed at once with ``per_tile_results``)
+            t, core = tile_nuclei(wt, out, self.runner.cfg, self.spec.image_mpp, self.spec.geometry, BORDER_TOL_WORK)
+            hold = BORDER_HOLD_WORK / wt.full_scale
+            x0, y0, x1, y1 = wt.tile.core
+            deep = owned(t, (x0 + hold, y0 + hold, x1 - hold, y1 - hold))
+            self.border.append((t.subset(~deep), core[~deep], len(self.cores)))
+            self.cores.append(wt.tile.core)
+            self.nuclei += int(core.sum())  # progress count (held copies may still merge)
+            t = t.subset(deep)
         else:
             inst = None
             if self.paget_mode == "panoptic":
@@ -247,9 +272,9 @@ class _TileJob:
             t = pt_.table
             self.nucleus_tissue.append(pt_.nucleus_tissue)
             self.tissue_pieces.extend(pt_.tissue_features)
+            self.nuclei += len(t)
         self.tables.append(t)
         self.tiles_done += 1
-        self.nuclei += len(t)
         return t
 
     def _instances(self, sub: _Submitted, iout: dict | None, field_name: str) -> np.ndarray:
@@ -269,9 +294,43 @@ class _TileJob:
         raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
                            f"model {r.cfg.name!r} is PAGET-H but the server has no instance source for it")
 
-    def table(self) -> NucleiTable:
+    def border_table(self) -> NucleiTable:
+        """The held-back nuclei near core edges, each nucleus once: two neighbouring tiles'
+        copies (centroids within ``BORDER_TOL_WORK`` of the shared edge, either side) merge when
+        their polygons overlap with IoU >= 0.3 (``pipeline.dedupe_across_chunks``; the copy in
+        its own tile's core wins); a copy outside every core of the job is dropped (the cores
+        partition the annotation's bounds). Computed once, at the end of the job."""
+        if self._border_table is not None:
+            return self._border_table
         cfg = self.runner.cfg
-        t = NucleiTable.concat(self.tables, renumber=True) if self.tables else NucleiTable.empty(cfg.tax, self.spec.image_mpp)
+        parts = [p for p in self.border if len(p[0])]
+        if not parts:
+            self._border_table = NucleiTable.empty(cfg.tax, self.spec.image_mpp)
+            return self._border_table
+        from ..pipeline import dedupe_across_chunks
+
+        t = NucleiTable.concat([p[0] for p in parts], renumber=False)
+        in_core = np.concatenate([p[1] for p in parts])
+        tile_of = np.concatenate([np.full(len(p[0]), p[2]) for p in parts])
+        keep = dedupe_across_chunks(t, tile_of, in_core)
+        out = np.flatnonzero(keep & ~in_core)
+        if len(out):
+            cx, cy = t.centroid[out, 0], t.centroid[out, 1]
+            hit = np.zeros(len(out), bool)
+            for x0, y0, x1, y1 in self.cores:
+                hit |= (cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1)
+            keep[out[~hit]] = False
+        self._border_table = t.subset(keep)
+        return self._border_table
+
+    def table(self) -> NucleiTable:
+        """All nuclei of the job: each tile's final nuclei plus ``border_table``, numbered 1..N."""
+        cfg = self.runner.cfg
+        tables = list(self.tables)
+        if self.paget_mode is None and self.border:
+            tables.append(self.border_table())
+        tables = [x for x in tables if len(x)]
+        t = NucleiTable.concat(tables, renumber=True) if tables else NucleiTable.empty(cfg.tax, self.spec.image_mpp)
         t.mpp = self.spec.image_mpp
         t.meta.update(model=cfg.name, model_mpp=cfg.mpp, input_mpp=self.spec.image_mpp, job_id=self.spec.job_id,
                       annotation_id=self.spec.annotation_id)
@@ -662,6 +721,10 @@ class SegTMEServicer(pb_grpc.SegTMEServicer):
             yield pb.DetectResponse(progress=pb.Progress(
                 tiles_done=job.tiles_done, tiles_expected=expected, nuclei_so_far=job.nuclei,
                 fraction=frac, stage="segmenting"))
+        if spec.per_tile_results and job.paget_mode is None:
+            held = job.border_table()  # nuclei near tile edges, de-duplicated across tiles
+            if len(held):
+                yield from (pb.DetectResponse(nuclei=m) for m in _features_messages(held, spec.output_type, -1))
         table = job.table()
         tissue = job.tissue(table)
         yield pb.DetectResponse(progress=pb.Progress(
@@ -814,6 +877,7 @@ def attach_instance_sources(runners: dict[str, ModelRunner], aliases: dict[str, 
             src_runner = extra[spec]
         else:
             lm = _resolve_instance_source(spec, config.device, config.allow_random)
+            lm.precision = config.precision
             if hasattr(lm.module, "predict_instances") or lm.config.arch == "classical":
                 r.instance_direct = lm
                 log.info("PAGET-H %s: instances from %s (%s), run per tile in the job thread", r.cfg.name,
@@ -838,7 +902,7 @@ def load_runners(config: ServerConfig) -> tuple[dict[str, ModelRunner], dict[str
     runners: dict[str, ModelRunner] = {}
     aliases: dict[str, str] = {}
     for spec in config.models:
-        lm = load_model(spec, config.device, allow_random=config.allow_random)
+        lm = load_model(spec, config.device, allow_random=config.allow_random, precision=config.precision)
         name = lm.config.name
         if name in runners:
             raise SegTMEError(f"two models named {name!r}; give each model a distinct name")

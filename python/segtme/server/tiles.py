@@ -257,9 +257,14 @@ def to_work_tile(tile: DecodedTile, image_mpp: float, cfg: ModelConfig, field: s
 
 
 def tile_nuclei(wt: WorkTile, out: dict[str, np.ndarray], cfg: ModelConfig, image_mpp: float,
-                geometry=None) -> NucleiTable:
+                geometry=None, tol_work: float = 0.0) -> tuple[NucleiTable, np.ndarray]:
     """Nuclei of one tile in full-resolution px, kept only if their centroid lies in the tile's
-    core (half-open) and inside ``geometry`` (if given): the ownership rule of docs/INTERFACES.md."""
+    core (half-open) and inside ``geometry`` (if given): the ownership rule of docs/INTERFACES.md.
+
+    tol_work > 0 (working px) also keeps the nuclei whose centroid lies within that distance
+    outside the core, for de-duplication across tiles at the end of the job
+    (``pipeline.dedupe_across_chunks``: two tiles may place one nucleus's centroid on either side
+    of their shared core edge). Returns (table, in_core mask)."""
     from ..pipeline import nuclei_from_maps
 
     h, w = wt.valid
@@ -267,11 +272,14 @@ def tile_nuclei(wt: WorkTile, out: dict[str, np.ndarray], cfg: ModelConfig, imag
     hv = out["hv"][:, :h, :w] if "hv" in out else None
     rgb_work = wt.padded[:h, :w]
     table = nuclei_from_maps(prob, hv, rgb_work, cfg, wt.full_scale, (wt.tile.x, wt.tile.y), image_mpp)
-    keep = owned(table, wt.tile.core, geometry)
-    return table.subset(keep)
+    tol = float(tol_work) / wt.full_scale if tol_work > 0 else 0.0
+    x0, y0, x1, y1 = wt.tile.core
+    keep = owned(table, (x0 - tol, y0 - tol, x1 + tol, y1 + tol), geometry)
+    t = table.subset(keep)
+    return t, owned(t, wt.tile.core)
 
 
-def owned(table: NucleiTable, core: tuple[int, int, int, int], geometry=None) -> np.ndarray:
+def owned(table: NucleiTable, core: tuple[float, float, float, float], geometry=None) -> np.ndarray:
     """Boolean mask of the nuclei a tile reports: centroid in the tile's core (half-open,
     full-res px) and inside ``geometry`` when given (the ownership rule)."""
     import shapely
