@@ -146,3 +146,19 @@ def test_build_nuclei_table_rejects_bad_input():
     with pytest.raises(ValueError, match="outside taxonomy"):
         build_nuclei_table(inst, PANNUKE6, class_id=np.array([9]))
     assert len(build_nuclei_table(np.zeros((5, 5), np.int32), PANNUKE6)) == 0
+
+
+def test_fill_holes_equals_scipy() -> None:
+    from scipy import ndimage as ndi
+
+    from segtme.inference.postprocess import fill_holes
+
+    rng = np.random.default_rng(0)
+    for shape, p in (((200, 300), 0.4), ((64, 64), 0.7), ((50, 1), 0.5), ((1, 1), 0.0)):
+        m = ndi.binary_opening(rng.random(shape) > p) if min(shape) > 2 else rng.random(shape) > p
+        assert np.array_equal(fill_holes(m), ndi.binary_fill_holes(m))
+    ring = np.zeros((9, 9), bool)
+    ring[2:7, 2:7] = True
+    ring[4, 4] = False
+    assert fill_holes(ring)[4, 4] and fill_holes(ring).sum() == ring.sum() + 1
+    assert not fill_holes(np.zeros((5, 5), bool)).any() and fill_holes(np.ones((5, 5), bool)).all()

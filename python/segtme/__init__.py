@@ -24,6 +24,18 @@ if "torch" not in _sys.modules:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def _mallopt(mmap_threshold: int, trim_threshold: int) -> bool:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+        ok = libc.mallopt(m_mmap_threshold, int(mmap_threshold)) == 1
+        return libc.mallopt(m_trim_threshold, int(trim_threshold)) == 1 and ok
+    except (OSError, AttributeError):  # not glibc (e.g. musl)
+        return False
+
+
 def _tune_glibc_malloc() -> bool:
     """Keep large tensor buffers in the heap instead of fresh ``mmap``s (Linux glibc only).
 
@@ -31,37 +43,39 @@ def _tune_glibc_malloc() -> bool:
     ``mmap`` and returns it with ``munmap`` when freed, so each forward pass page-faults its
     large activations in again: a 67 MB ``torch.cat`` in the UperNet fusion measured 25 ms instead
     of ~2 ms, and the default model's forward pass 1.65-1.7x slower (docs/benchmarks.md). A fixed
-    threshold of 256 MiB and a trim threshold of 512 MiB keep such buffers for reuse; the memory
-    stays bounded by the largest working set (measured on a 10 000² px region). Set
-    ``SEGTME_MALLOC_TUNING=0`` to leave malloc alone. Returns True when applied."""
+    threshold of 256 MiB and a trim threshold of 512 MiB keep such buffers for reuse while the
+    model runs; ``release_free_memory`` (after a job's model stage) hands them back and returns
+    to glibc's usual large-block thresholds for the rest of the job, whose peak (the export) must
+    stay low. Set ``SEGTME_MALLOC_TUNING=0`` to leave malloc alone. Returns True when applied."""
     if _os.environ.get("SEGTME_MALLOC_TUNING", "1") == "0" or not _sys.platform.startswith("linux"):
         return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-        ok = libc.mallopt(m_mmap_threshold, 256 << 20) == 1
-        return libc.mallopt(m_trim_threshold, 512 << 20) == 1 and ok
-    except (OSError, AttributeError):  # not glibc (e.g. musl)
-        return False
+    return _mallopt(256 << 20, 512 << 20)
 
 
 MALLOC_TUNED = _tune_glibc_malloc()
 
 
+def keep_large_buffers() -> None:
+    """Before forward passes (``engine.forward_tiles`` calls it): keep large buffers in the heap
+    (see ``_tune_glibc_malloc``); two ``mallopt`` calls, microseconds."""
+    if MALLOC_TUNED:
+        _mallopt(256 << 20, 512 << 20)
+
+
 def release_free_memory() -> None:
-    """Return the heap's free memory to the OS (glibc ``malloc_trim``) — after a large job's
-    model stage, whose buffers ``_tune_glibc_malloc`` keeps for reuse while it runs. No-op when
-    the tuning is off or not glibc."""
+    """After a large job's model stage: return the heap's free memory to the OS (glibc
+    ``malloc_trim``) and go back to glibc's usual thresholds for large blocks (32 MiB mmap, the
+    top of its dynamic range, and 64 MiB trim). No-op when the tuning is off or not glibc."""
     if not MALLOC_TUNED:
         return
+    _mallopt(32 << 20, 64 << 20)
     try:
         import ctypes
 
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
 
 __all__ = ["__version__", "load_model", "analyze"]
 

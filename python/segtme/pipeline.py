@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 
 #: default chunk edge and halo in working px. The model tiles do not depend on the chunks
 #: (``engine.GridPredictor``), so the halo only has to hold the largest nucleus (64 px = 32 µm
-#: at 0.5 µm/px); 1024-px chunks keep two chunks in flight (pipelined post-processing) small and
-#: measured as fast as 1536 / 2048 (docs/benchmarks.md)
+#: at 0.5 µm/px). 1024 / 1536 / 2048-px chunks measured equally fast end to end; 1024 keeps two
+#: chunks in flight (pipelined post-processing) small: with 1536 the 10 000² px run peaked at
+#: 2228 MiB instead of ~1950 (docs/benchmarks.md)
 DEFAULT_CHUNK_WORK = 1024
 DEFAULT_HALO_WORK = 64
 #: working pixels per forward batch when no batch size is given (8 x 256^2)
@@ -172,7 +173,7 @@ def segment_image(
     (8 tiles of 256 px, 2 of 512), which bounds activation memory whatever the tile size.
 
     The image's working-resolution grid (``s = mpp / cfg.mpp``, size ``round(size * s)``) is cut
-    into chunks of ``chunk_size`` working px (default 1024) with a ``halo`` of working px (default
+    into chunks of ``chunk_size`` working px (default 1536) with a ``halo`` of working px (default
     64) on each side. One tile grid (``tile``/``overlap`` working px, default the config's) covers
     the whole working image and every tile runs once (``engine.GridPredictor``): a chunk region's
     maps are the blend of all grid tiles touching it, i.e. the whole image's blended maps cropped
@@ -206,6 +207,8 @@ def segment_image(
     if batch_size is None:
         t_edge = int(tile or cfg.tile_size)
         batch_size = max(1, BATCH_PIXELS // (t_edge * t_edge))
+    from . import release_free_memory
+
     hw, ww = working_size(int(rgb.shape[0]), int(rgb.shape[1]), s)
     predictor = GridPredictor(
         model, hw, ww, lambda r: working_region(rgb, s, r), [ch.region for ch in chunks],
@@ -248,8 +251,6 @@ def segment_image(
             fut, kk = pending.popleft()
             collect(fut.result(), kk)
     del predictor
-    from . import release_free_memory
-
     release_free_memory()  # the forward passes' retained buffers are not needed any more
     parts = [t for t in final if len(t)]
     bparts = [x for x in border if len(x[0])]

@@ -227,6 +227,9 @@ def forward_tiles(
     absent for models without an HV head). Runs under ``torch.inference_mode``, channels_last,
     with bf16 autocast when ``model.precision`` resolves to bf16 (CUDA; CPUs with native bf16).
     """
+    from .. import keep_large_buffers
+
+    keep_large_buffers()  # reuse large activation buffers (segtme._tune_glibc_malloc)
     cfg = model.config
     dev = model.device
     module = _prepare(model)

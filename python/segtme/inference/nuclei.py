@@ -186,6 +186,23 @@ def _outline(mask: np.ndarray, y0: int, x0: int) -> np.ndarray:
     return np.stack([c[:, 1] - 1 + x0 + 0.5, c[:, 0] - 1 + y0 + 0.5], axis=1)
 
 
+def _outlines_one_by_one(lab: np.ndarray) -> list[np.ndarray]:
+    """Per-nucleus outlines with ``skimage.measure.find_contours`` (reference for
+    ``contours.outer_contours``, and its fallback)."""
+    from scipy import ndimage as ndi
+
+    polys: list[np.ndarray] = []
+    lab_p = np.pad(lab, 1)  # crops below get a 1-px empty margin without per-nucleus padding
+    for i, sl in enumerate(ndi.find_objects(lab)):
+        if sl is None:  # cannot happen after relabel_sequential, kept for safety
+            polys.append(np.zeros((0, 2)))
+            continue
+        ys, xs = sl
+        crop = lab_p[ys.start : ys.stop + 2, xs.start : xs.stop + 2] == i + 1
+        polys.append(_outline(crop, ys.start, xs.start))
+    return polys
+
+
 def build_nuclei_table(
     inst: np.ndarray,
     taxonomy: Taxonomy,
@@ -207,8 +224,8 @@ def build_nuclei_table(
     with ``NucleiTable.translated``.
     """
     import shapely
-    from scipy import ndimage as ndi
 
+    from .contours import outer_contours
     from .postprocess import classify_instances, relabel_sequential
 
     inst = np.asarray(inst)
@@ -272,15 +289,9 @@ def build_nuclei_table(
     minor = 4 * np.sqrt(l2)
     ecc = np.sqrt(np.clip(1 - np.divide(l2, l1, out=np.ones_like(l1), where=l1 > 0), 0, 1))
 
-    polys: list[np.ndarray] = []
-    lab_p = np.pad(lab, 1)  # crops below get a 1-px empty margin without per-nucleus padding
-    for i, sl in enumerate(ndi.find_objects(lab)):
-        if sl is None:  # cannot happen after relabel_sequential, kept for safety
-            polys.append(np.zeros((0, 2)))
-            continue
-        ys, xs = sl
-        crop = lab_p[ys.start : ys.stop + 2, xs.start : xs.stop + 2] == i + 1
-        polys.append(_outline(crop, ys.start, xs.start))
+    polys = outer_contours(lab, n)  # all nuclei at once; same polygons as the loop below
+    if polys is None:  # segments that do not chain into rings: never expected, kept for safety
+        polys = _outlines_one_by_one(lab)
     rings = [p if len(p) >= 3 else np.zeros((3, 2)) for p in polys]
     geoms = shapely.polygons(
         shapely.linearrings(np.concatenate(rings), indices=np.repeat(np.arange(n), [len(r) for r in rings]))

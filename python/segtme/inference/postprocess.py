@@ -107,7 +107,7 @@ def hv_watershed(fg_prob: np.ndarray, hv: np.ndarray, params: PostprocessParams 
 
     edge = hv_edge_map(hv, fg, p.smooth_sigma)
     marker = fg & (edge < p.edge_threshold)
-    marker = ndi.binary_fill_holes(marker)
+    marker = fill_holes(marker)
     if p.marker_open_radius > 0:
         marker = ndi.binary_opening(marker, structure=disk(p.marker_open_radius))
     markers, _ = ndi.label(marker)
@@ -123,6 +123,20 @@ def hv_watershed(fg_prob: np.ndarray, hv: np.ndarray, params: PostprocessParams 
         inst = np.where(orphan, olab, inst)
     inst = _remove_small(inst.astype(np.int32), p.min_object_px)
     return relabel_sequential(inst)
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes(mask)`` (4-connected background) computed with one
+    labelling of the background instead of an iterated propagation: a background component is a
+    hole unless it touches the image border. Same result, ~3-4x faster on 2000² px."""
+    mask = np.asarray(mask, bool)
+    lab, n = ndi.label(~mask)
+    if n == 0:
+        return mask.copy()
+    hole = np.ones(n + 1, bool)
+    hole[0] = False
+    hole[np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])] = False
+    return mask | hole[lab]
 
 
 def relabel_sequential(inst: np.ndarray) -> np.ndarray:
