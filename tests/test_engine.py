@@ -257,3 +257,21 @@ def test_grid_predictor_regions_equal_the_whole_image_and_run_each_tile_once():
             assert np.allclose(got.hv, whole.hv[:, y0:y1, x0:x1], atol=2e-3 * (1 + np.abs(whole.hv).max()))
     assert gp.tiles_run == len(tile_grid(150, 170, 64, 16))
     assert gp._cache == {}  # every cached tile released after its last region
+
+
+def test_malloc_tuning_applies_on_linux_glibc_and_can_be_turned_off():
+    """``import segtme`` tunes glibc malloc on Linux (large buffers kept for reuse during forward
+    passes); SEGTME_MALLOC_TUNING=0 leaves malloc alone."""
+    import os
+    import subprocess
+    import sys
+
+    import segtme
+
+    code = "import segtme; segtme.keep_large_buffers(); segtme.release_free_memory(); print(segtme.MALLOC_TUNED)"
+    env = {**os.environ, "SEGTME_MALLOC_TUNING": "0"}
+    off = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert off.stdout.strip() == "False"
+    if sys.platform.startswith("linux") and segtme._libc() is not None:
+        assert segtme.MALLOC_TUNED is True
+        assert segtme._mallopt(256 << 20, 512 << 20) is True

@@ -24,16 +24,30 @@ if "torch" not in _sys.modules:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def _mallopt(mmap_threshold: int, trim_threshold: int) -> bool:
-    try:
-        import ctypes
+_LIBC = None
 
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-        ok = libc.mallopt(m_mmap_threshold, int(mmap_threshold)) == 1
-        return libc.mallopt(m_trim_threshold, int(trim_threshold)) == 1 and ok
-    except (OSError, AttributeError):  # not glibc (e.g. musl)
+
+def _libc():
+    """The C library (loaded once), or None when it is not glibc (e.g. musl) or not Linux."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            lib = ctypes.CDLL("libc.so.6")
+            _LIBC = lib if hasattr(lib, "mallopt") and hasattr(lib, "malloc_trim") else False
+        except OSError:
+            _LIBC = False
+    return _LIBC or None
+
+
+def _mallopt(mmap_threshold: int, trim_threshold: int) -> bool:
+    libc = _libc()
+    if libc is None:
         return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    ok = libc.mallopt(m_mmap_threshold, int(mmap_threshold)) == 1
+    return libc.mallopt(m_trim_threshold, int(trim_threshold)) == 1 and ok
 
 
 def _tune_glibc_malloc() -> bool:
@@ -69,12 +83,7 @@ def release_free_memory() -> None:
     if not MALLOC_TUNED:
         return
     _mallopt(32 << 20, 64 << 20)
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    _libc().malloc_trim(0)
 
 
 __all__ = ["__version__", "load_model", "analyze"]
