@@ -173,7 +173,7 @@ def segment_image(
     (8 tiles of 256 px, 2 of 512), which bounds activation memory whatever the tile size.
 
     The image's working-resolution grid (``s = mpp / cfg.mpp``, size ``round(size * s)``) is cut
-    into chunks of ``chunk_size`` working px (default 1536) with a ``halo`` of working px (default
+    into chunks of ``chunk_size`` working px (default 1024) with a ``halo`` of working px (default
     64) on each side. One tile grid (``tile``/``overlap`` working px, default the config's) covers
     the whole working image and every tile runs once (``engine.GridPredictor``): a chunk region's
     maps are the blend of all grid tiles touching it, i.e. the whole image's blended maps cropped

@@ -290,9 +290,8 @@ def load_model(
                 f"model {cfg.name!r} has no weights file. Pass --weights PATH (a .safetensors trained with "
                 f"`segtme train`), or use a shipped model: {', '.join(shipped_models()) or '(none)'}"
             )
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     dev = select_device(device)
+    resolve_precision(precision, dev)  # validates: ValueError naming the choices
     module.to(dev).eval()
     return LoadedModel(cfg, module, dev, source, precision)
 

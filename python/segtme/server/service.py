@@ -62,7 +62,6 @@ from .tiles import (
     decode_pixels,
     decode_tile,
     invalid,
-    owned,
     parse_job_config,
     paget_instances,
     tile_nuclei,
@@ -72,13 +71,6 @@ from .tiles import (
 
 log = logging.getLogger("segtme.server")
 job_log = logging.getLogger("segtme.server.jobs")
-
-#: working px outside a tile's core within which its nuclei are kept for cross-tile
-#: de-duplication (as ``pipeline.segment_image`` does at chunk borders)
-BORDER_TOL_WORK = 2.0
-#: working px inside a tile's core edge within which its nuclei are held back until the end of
-#: the job and de-duplicated with the neighbours' (the rest is final as soon as the tile is done)
-BORDER_HOLD_WORK = 3 * BORDER_TOL_WORK
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SegTME"].full_name
 #: largest JSON payload of one NucleiBatch message (bytes); batches are split above this
@@ -185,8 +177,6 @@ class _TileJob:
         self.token = token
         self.limits = limits
         self.tables: list[NucleiTable] = []
-        #: per table: centroid inside the tile's core (False: kept within the border tolerance,
-        #: for de-duplication in ``table``)
         #: nuclei near a core edge, held for de-duplication: (table, centroid in own core, tile k)
         self.border: list[tuple[NucleiTable, np.ndarray, int]] = []
         self.cores: list[tuple[int, int, int, int]] = []
@@ -255,14 +245,10 @@ class _TileJob:
         if self.paget_mode is None:
             # nuclei near a core edge (either side) wait for de-duplication (``border_table``);
             # the others are final now (streamed at once with ``per_tile_results``)
-            t, core = tile_nuclei(wt, out, self.runner.cfg, self.spec.image_mpp, self.spec.geometry, BORDER_TOL_WORK)
-            hold = BORDER_HOLD_WORK / wt.full_scale
-            x0, y0, x1, y1 = wt.tile.core
-            deep = owned(t, (x0 + hold, y0 + hold, x1 - hold, y1 - hold))
-            self.border.append((t.subset(~deep), core[~deep], len(self.cores)))
+            t, held, held_in_core = tile_nuclei(wt, out, self.runner.cfg, self.spec.image_mpp, self.spec.geometry)
+            self.border.append((held, held_in_core, len(self.cores)))
             self.cores.append(wt.tile.core)
-            self.nuclei += int(core.sum())  # progress count (held copies may still merge)
-            t = t.subset(deep)
+            self.nuclei += len(t) + int(held_in_core.sum())  # progress count (held copies may still merge)
         else:
             inst = None
             if self.paget_mode == "panoptic":
@@ -296,7 +282,7 @@ class _TileJob:
 
     def border_table(self) -> NucleiTable:
         """The held-back nuclei near core edges, each nucleus once: two neighbouring tiles'
-        copies (centroids within ``BORDER_TOL_WORK`` of the shared edge, either side) merge when
+        copies (centroids within ``pipeline.BORDER_TOL_WORK`` of the shared edge, either side) merge when
         their polygons overlap with IoU >= 0.3 (``pipeline.dedupe_across_chunks``; the copy in
         its own tile's core wins); a copy outside every core of the job is dropped (the cores
         partition the annotation's bounds). Computed once, at the end of the job."""

@@ -257,29 +257,37 @@ def to_work_tile(tile: DecodedTile, image_mpp: float, cfg: ModelConfig, field: s
 
 
 def tile_nuclei(wt: WorkTile, out: dict[str, np.ndarray], cfg: ModelConfig, image_mpp: float,
-                geometry=None, tol_work: float = 0.0) -> tuple[NucleiTable, np.ndarray]:
-    """Nuclei of one tile in full-resolution px, kept only if their centroid lies in the tile's
-    core (half-open) and inside ``geometry`` (if given): the ownership rule of docs/INTERFACES.md.
-
-    tol_work > 0 (working px) also keeps the nuclei whose centroid lies within that distance
-    outside the core, for de-duplication across tiles at the end of the job
+                geometry=None) -> tuple[NucleiTable, NucleiTable, np.ndarray]:
+    """Nuclei of one tile in full-resolution px whose centroid lies inside ``geometry`` (if
+    given), split by the tile's core (half-open) as ``segment_image`` splits chunks
+    (``tiling.border_split`` with ``pipeline.BORDER_TOL_WORK`` / ``BORDER_HOLD_WORK``, converted
+    from working px): (final nuclei — centroid well inside the core, this tile's alone —, border
+    nuclei — centroid near the core edge, either side —, which border nuclei are in the core).
+    The border nuclei go through de-duplication across tiles at the end of the job
     (``pipeline.dedupe_across_chunks``: two tiles may place one nucleus's centroid on either side
-    of their shared core edge). Returns (table, in_core mask)."""
-    from ..pipeline import nuclei_from_maps
+    of their shared core edge); final + in-core border nuclei = the ownership rule of
+    docs/INTERFACES.md."""
+    from ..inference.tiling import border_split
+    from ..pipeline import BORDER_HOLD_WORK, BORDER_TOL_WORK, nuclei_from_maps
 
     h, w = wt.valid
     prob = out["prob"][:, :h, :w]
     hv = out["hv"][:, :h, :w] if "hv" in out else None
     rgb_work = wt.padded[:h, :w]
     table = nuclei_from_maps(prob, hv, rgb_work, cfg, wt.full_scale, (wt.tile.x, wt.tile.y), image_mpp)
-    tol = float(tol_work) / wt.full_scale if tol_work > 0 else 0.0
-    x0, y0, x1, y1 = wt.tile.core
-    keep = owned(table, (x0 - tol, y0 - tol, x1 + tol, y1 + tol), geometry)
-    t = table.subset(keep)
-    return t, owned(t, wt.tile.core)
+    x, y = table.centroid[:, 0], table.centroid[:, 1]
+    fin, bor, in_core = border_split(x, y, wt.tile.core, BORDER_TOL_WORK / wt.full_scale,
+                                     BORDER_HOLD_WORK / wt.full_scale)
+    if geometry is not None and len(table):
+        import shapely
+
+        inside = shapely.intersects_xy(geometry, x, y)
+        fin &= inside
+        bor &= inside
+    return table.subset(fin), table.subset(bor), in_core[bor]
 
 
-def owned(table: NucleiTable, core: tuple[float, float, float, float], geometry=None) -> np.ndarray:
+def owned(table: NucleiTable, core: tuple[int, int, int, int], geometry=None) -> np.ndarray:
     """Boolean mask of the nuclei a tile reports: centroid in the tile's core (half-open,
     full-res px) and inside ``geometry`` when given (the ownership rule)."""
     import shapely
