@@ -133,7 +133,12 @@ class CropDataset(Dataset):
         rgb, inst, sem = self._load(spec.ref)
         if sem is None and inst is not None:
             sem = np.where(inst > 0, FG_UNKNOWN, 0).astype(np.uint8)
-        rgb, inst, sem, valid = crop_working(rgb, inst, sem, ref.mpp, self.mpp_work, self.tile, spec.origin, rng)
+        mpp_crop = self.mpp_work
+        if self.train and self.augment_cfg.p_scale > 0 and rng.random() < self.augment_cfg.p_scale:
+            from .robustness import sample_crop_mpp
+
+            mpp_crop = sample_crop_mpp(rng, self.mpp_work, self.augment_cfg.scale_lo, self.augment_cfg.scale_hi)
+        rgb, inst, sem, valid = crop_working(rgb, inst, sem, ref.mpp, mpp_crop, self.tile, spec.origin, rng)
         if self.train:
             rgb, (inst, sem) = augment(rgb, [inst, sem], rng, self.augment_cfg)
         bad = (sem >= self.num_classes) & (sem < FG_UNKNOWN)

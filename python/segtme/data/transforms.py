@@ -170,13 +170,66 @@ class AugmentConfig:
     p_hflip: float = 0.5
     p_vflip: float = 0.5
     p_rot90: float = 0.0  # not in the paper; off by default
+    # robustness augmentations (issue #17; data/robustness.py), all off by default so the
+    # paper's recipe (and its random stream) is unchanged unless a config switches them on
+    p_scale: float = 0.0          # scale jitter: crop read at mpp_work * U_log[scale_lo, scale_hi]
+    scale_lo: float = 0.7
+    scale_hi: float = 1.4
+    p_elastic: float = 0.0        # smooth displacement field (image + labels)
+    elastic_alpha: float = 4.0    # RMS displacement, working px
+    elastic_sigma: float = 10.0   # smoothness, working px
+    p_pale: float = 0.0           # vesicular nuclei: pale interior, dark rim (label-aware)
+    pale_fraction: float = 0.6
+    pale_lo: float = 0.3
+    pale_hi: float = 0.75
+    p_hed: float = 0.0            # HED stain jitter
+    hed_alpha: float = 0.25
+    hed_beta: float = 0.01
+    p_gamma: float = 0.0          # global gamma (pale / dark scans)
+    gamma_lo: float = 0.6
+    gamma_hi: float = 1.6
+    p_blur: float = 0.0           # Gaussian blur (focus)
+    blur_sigma_max: float = 1.2   # working px
+    p_jpeg: float = 0.0           # JPEG artefacts
+    jpeg_q_lo: int = 40
+    jpeg_q_hi: int = 90
+
+    def __post_init__(self) -> None:
+        from ..errors import InputError
+
+        for k, v in vars(self).items():
+            if k.startswith("p_") and not 0.0 <= float(v) <= 1.0:
+                raise InputError(f"[augment] {k} = {v}: a probability must be in [0, 1]")
+        if not 0 < self.scale_lo <= self.scale_hi:
+            raise InputError("[augment] need 0 < scale_lo <= scale_hi")
+        if not 0 < self.gamma_lo <= self.gamma_hi:
+            raise InputError("[augment] need 0 < gamma_lo <= gamma_hi")
+        if not 1 <= self.jpeg_q_lo <= self.jpeg_q_hi <= 100:
+            raise InputError("[augment] need 1 <= jpeg_q_lo <= jpeg_q_hi <= 100")
+
+
+def _maybe(rng: np.random.Generator, p: float) -> bool:
+    """One draw only when the augmentation is on (keeps the random stream of configs without it)."""
+    return p > 0 and rng.random() < p
 
 
 def augment(rgb: np.ndarray, labels: list[np.ndarray | None], rng: np.random.Generator,
             cfg: AugmentConfig | None = None) -> tuple[np.ndarray, list[np.ndarray | None]]:
     """Colour augmentations on the image; flips (and optional rot90) identically on image and
-    every label map. HV targets must be computed *after* this (their sign follows the flips)."""
+    every label map. HV targets must be computed *after* this (their sign follows the flips).
+
+    ``labels[0]``, when given, must be the instance map (the pale-nuclei augmentation reads it).
+    Order: elastic, pale nuclei, HED, colour jitter, HLS, flips/rot90, gamma, blur, JPEG (scale
+    jitter happens earlier, when the crop is read: ``CropDataset``)."""
+    from . import robustness as R
+
     cfg = cfg or AugmentConfig()
+    if _maybe(rng, cfg.p_elastic):
+        rgb, labels = R.elastic(rgb, labels, rng, cfg.elastic_alpha, cfg.elastic_sigma)
+    if _maybe(rng, cfg.p_pale):
+        rgb = R.pale_nuclei(rgb, labels[0] if labels else None, rng, cfg.pale_fraction, (cfg.pale_lo, cfg.pale_hi))
+    if _maybe(rng, cfg.p_hed):
+        rgb = R.hed_jitter(rgb, rng, cfg.hed_alpha, cfg.hed_beta)
     if rng.random() < cfg.p_colour_jitter:
         rgb = colour_jitter(rgb, rng, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)
     if rng.random() < cfg.p_hls:
@@ -194,4 +247,10 @@ def augment(rgb: np.ndarray, labels: list[np.ndarray | None], rng: np.random.Gen
     if cfg.p_rot90 > 0 and rng.random() < cfg.p_rot90:
         k = int(rng.integers(1, 4))
         apply(lambda a: np.rot90(a, k))
+    if _maybe(rng, cfg.p_gamma):
+        rgb = R.gamma(np.ascontiguousarray(rgb), rng, cfg.gamma_lo, cfg.gamma_hi)
+    if _maybe(rng, cfg.p_blur):
+        rgb = R.gaussian_blur(np.ascontiguousarray(rgb), rng, cfg.blur_sigma_max)
+    if _maybe(rng, cfg.p_jpeg):
+        rgb = R.jpeg(np.ascontiguousarray(rgb), rng, cfg.jpeg_q_lo, cfg.jpeg_q_hi)
     return np.ascontiguousarray(rgb), [None if a is None else np.ascontiguousarray(a) for a in labels]
