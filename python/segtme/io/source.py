@@ -1,0 +1,357 @@
+"""Image sources: one interface for in-memory arrays, PNG/JPEG, tiled pyramidal TIFF (SVS,
+OME-TIFF, generic) and OpenSlide slides (NDPI, MRXS, SCN, Philips, ...).
+
+The agreed interface (``ImageSource``)::
+
+    path: str | None          # file path, None for in-memory
+    size: (width, height)     # level-0 px
+    mpp: float                # level-0 µm/px
+    mpp_source: str           # "aperio", "ome", "tiff-tags", "openslide", "user", ...
+    read_region(box, mpp) -> (round(h * self.mpp / mpp), round(w * self.mpp / mpp), 3) uint8
+    close()
+
+``box = (x, y, w, h)`` in level-0 px, ``s = self.mpp / mpp`` working px per level-0 px (pixel-centre
+convention of ``inference.resample``) on ONE global working grid: working pixel ``X`` covers
+level-0 ``[X / s, (X + 1) / s)`` and a box starts at working pixel ``floor(x * s + 0.5)``. So for
+an in-memory image ``read_region((0, 0, W, H), m)`` equals ``inference.resample.resample`` of the
+whole image, and nuclei found in working px map back by ``x0 = X / s`` for every region.
+Pixels outside the slide are white (background). Pixels come from the pyramid level nearest
+``mpp`` that is not coarser than it, read tile by tile (never the whole slide).
+
+``read_working((x0, y0, x1, y1), mpp)`` reads any global working-px window directly (what
+``GridPredictor`` asks for per chunk); ``working_box`` maps a level-0 box onto that grid.
+
+``open_source(path_or_array, mpp=None)`` picks the reader from the file's content (magic bytes,
+then OpenSlide's vendor detection), never from its name. The MPP comes from the file's metadata
+(``io.mpp``); a given ``mpp`` overrides it; when the file has none or an invalid one and none is
+given, a one-line ``InputError`` says which ("MPP -0.5 in the Aperio description is not valid;
+pass --mpp").
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from ..errors import InputError
+from .image import TIFF_MAGIC, as_rgb_uint8, image_from_array, max_pixels_default, read_image, validate_mpp
+from .mpp import MppInfo
+
+log = logging.getLogger(__name__)
+
+Box = tuple[int, int, int, int]
+
+#: readers ``open_source(reader=...)`` accepts
+READERS = ("auto", "tifffile", "openslide", "pil")
+#: OpenSlide vendors that are read with OpenSlide even though the file is a TIFF (tifffile reads
+#: Aperio SVS, OME-TIFF and generic tiled TIFF itself, including JPEG 2000 and OME sizes)
+_OPENSLIDE_TIFF_VENDORS = {"hamamatsu", "leica", "philips", "ventana", "trestle"}
+
+
+@runtime_checkable
+class ImageSource(Protocol):
+    """A readable image or slide (see the module docstring for the exact sampling rule)."""
+
+    path: str | None
+    size: tuple[int, int]
+    mpp: float
+    mpp_source: str
+
+    def read_region(self, box: Box, mpp: float) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def _resampler():
+    """The project's one resampler (core's ``inference.resample`` when present, else the
+    engine's), imported lazily so ``io`` stays below ``inference`` at import time."""
+    try:
+        from ..inference import resample as r  # type: ignore[attr-defined]
+
+        if hasattr(r, "resample") and hasattr(r, "input_window"):
+            return r.resample, r.input_window
+    except ImportError:
+        pass
+    from ..inference.engine import input_window, resample
+
+    return resample, input_window
+
+
+def out_size(box: Box, src_mpp: float, mpp: float) -> tuple[int, int]:
+    """(height, width) of ``read_region(box, mpp)``: round half up of ``h*s``, ``w*s``, >= 1."""
+    s = src_mpp / mpp
+    return max(1, int(math.floor(box[3] * s + 0.5))), max(1, int(math.floor(box[2] * s + 0.5)))
+
+
+def _check_box(box: Sequence[int], mpp: float) -> tuple[Box, float]:
+    try:
+        x, y, w, h = (int(v) for v in box)
+    except (TypeError, ValueError):
+        raise InputError(f"region box must be 4 integers (x, y, w, h level-0 px), got {box!r}") from None
+    if w <= 0 or h <= 0:
+        raise InputError(f"region box {box!r} has zero size")
+    return (x, y, w, h), validate_mpp(mpp, "requested MPP")
+
+
+class _Levels:
+    """Shared sampling logic over a pyramid; subclasses provide ``_read_level``."""
+
+    path: str | None
+    size: tuple[int, int]
+    mpp: float
+    mpp_source: str
+    #: (width, height) per level, level 0 first
+    level_sizes: list[tuple[int, int]]
+
+    def level_downsample(self, k: int) -> tuple[float, float]:
+        """(x, y) downsample of level k relative to level 0."""
+        W0, H0 = self.size
+        w, h = self.level_sizes[k]
+        return W0 / w, H0 / h
+
+    def best_level(self, mpp: float) -> int:
+        """The coarsest level whose resolution is at least as fine as ``mpp`` (within 1 %)."""
+        best = 0
+        for k in range(len(self.level_sizes)):
+            d = min(self.level_downsample(k))
+            if self.mpp * d <= mpp * 1.01:
+                if d > min(self.level_downsample(best)):
+                    best = k
+        return best
+
+    def _read_level(self, k: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        """(y1-y0, x1-x0, 3) uint8 of level k, coordinates within the level (caller clips)."""
+        raise NotImplementedError
+
+    def read_level(self, k: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        """Level-k pixels [y0:y1, x0:x1]; outside the level: white."""
+        w, h = self.level_sizes[k]
+        out_h, out_w = max(0, y1 - y0), max(0, x1 - x0)
+        cx0, cy0, cx1, cy1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+        if cx0 == x0 and cy0 == y0 and cx1 == x1 and cy1 == y1:
+            return self._read_level(k, x0, y0, x1, y1)
+        out = np.full((out_h, out_w, 3), 255, np.uint8)
+        if cx1 > cx0 and cy1 > cy0:
+            out[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0] = self._read_level(k, cx0, cy0, cx1, cy1)
+        return out
+
+    def working_grid(self, mpp: float) -> tuple[float, tuple[int, int]]:
+        """(s, (width, height)): working px per level-0 px and the slide's size in working px
+        at ``mpp`` (``floor(n * s + 0.5)``, the resampler's rounding)."""
+        s = self.mpp / validate_mpp(mpp, "requested MPP")
+        if abs(s - 1.0) < 1e-6:
+            s = 1.0
+        W, H = self.size
+        return s, (max(1, int(math.floor(W * s + 0.5))), max(1, int(math.floor(H * s + 0.5))))
+
+    def read_working(self, region: Sequence[int], mpp: float) -> np.ndarray:
+        """Pixels ``[y0:y1, x0:x1]`` of the whole slide resampled to ``mpp`` µm/px, where
+        ``region = (x0, y0, x1, y1)`` is in *global working px* (working pixel ``X`` covers
+        level-0 ``[X / s, (X + 1) / s)``, ``s = self.mpp / mpp``), computed from the pyramid
+        level nearest ``mpp`` and only the level pixels the resampler's support needs. Inside
+        the slide this is exactly ``resample(whole level, s_k)[y0:y1, x0:x1]`` (edges
+        replicated at the slide's border); samples outside the slide are white."""
+        x0, y0, x1, y1 = (int(v) for v in region)
+        if x1 <= x0 or y1 <= y0:
+            raise InputError(f"empty working region {tuple(region)!r}")
+        mpp = validate_mpp(mpp, "requested MPP")
+        k = self.best_level(mpp)
+        d = sum(self.level_downsample(k)) / 2.0
+        s = self.mpp * d / mpp  # working px per level-k px
+        if abs(s - 1.0) < 1e-6:
+            s = 1.0
+        lw, lh = self.level_sizes[k]
+        shape = (y1 - y0, x1 - x0)
+        if s == 1.0:
+            return self.read_level(k, x0, y0, x1, y1)
+        resample, input_window = _resampler()
+        iy0, ix0, iy1, ix1 = input_window((x0, y0, x1, y1), s, (lh, lw))
+        if ix1 <= ix0 or iy1 <= iy0:
+            return np.full(shape + (3,), 255, np.uint8)
+        crop = np.ascontiguousarray(self._read_level(k, ix0, iy0, ix1, iy1))
+        out = resample(crop, s, shape, origin_out=(y0, x0), origin_in=(iy0, ix0))
+        if not out.flags.writeable:
+            out = out.copy()
+        # output pixels centred outside the level (the region reaches past the slide): white
+        cx = (np.arange(x0, x1) + 0.5) / s
+        cy = (np.arange(y0, y1) + 0.5) / s
+        outx, outy = (cx < 0) | (cx > lw), (cy < 0) | (cy > lh)
+        if outx.any():
+            out[:, outx] = 255
+        if outy.any():
+            out[outy, :] = 255
+        return out
+
+    def working_box(self, box: Box, mpp: float) -> tuple[int, int, int, int]:
+        """The global working-px region ``(x0, y0, x1, y1)`` of a level-0 ``box``: origin
+        ``floor(x * s + 0.5)``, size ``out_size`` (so regions share one grid)."""
+        box, mpp = _check_box(box, mpp)
+        s = self.mpp / mpp
+        if abs(s - 1.0) < 1e-6:
+            s = 1.0
+        gx, gy = int(math.floor(box[0] * s + 0.5)), int(math.floor(box[1] * s + 0.5))
+        oh, ow = out_size(box, self.mpp, mpp)
+        return gx, gy, gx + ow, gy + oh
+
+    def read_region(self, box: Box, mpp: float) -> np.ndarray:
+        """Level-0 ``box = (x, y, w, h)`` resampled to ``mpp`` µm/px: (round(h*s), round(w*s), 3)
+        uint8 with ``s = self.mpp / mpp``; = ``read_working(working_box(box, mpp), mpp)``."""
+        return self.read_working(self.working_box(box, mpp), mpp)
+
+    def thumbnail(self, mpp: float, block: int = 2048) -> np.ndarray:
+        """The whole slide at ``mpp`` µm/px (coarse: for tissue detection), read block by block
+        from the nearest level so memory stays ~ the thumbnail plus one block."""
+        _, (ow, oh) = self.working_grid(mpp)
+        out = np.empty((oh, ow, 3), np.uint8)
+        for wy in range(0, oh, block):
+            for wx in range(0, ow, block):
+                x1, y1 = min(ow, wx + block), min(oh, wy + block)
+                out[wy:y1, wx:x1] = self.read_working((wx, wy, x1, y1), mpp)
+        return out
+
+    def close(self) -> None:  # pragma: no cover - overridden
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path or '<array>'}, {self.size[0]}x{self.size[1]} px, {self.mpp:.4g} µm/px from {self.mpp_source})"
+
+
+# --------------------------------------------------------------------------- in memory
+
+
+class ArraySource(_Levels):
+    """An in-memory (H, W, 3) uint8 image at ``mpp`` µm/px (one level)."""
+
+    def __init__(self, rgb: np.ndarray, mpp: float, mpp_source: str = "user", path: str | None = None,
+                 notes: list[str] | None = None) -> None:
+        a = np.asarray(rgb)
+        if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
+            a = as_rgb_uint8(a, path or "<array>", notes)
+        self.rgb = np.ascontiguousarray(a)
+        self.path = path
+        self.size = (int(a.shape[1]), int(a.shape[0]))
+        self.mpp = validate_mpp(mpp, "MPP")
+        self.mpp_source = mpp_source
+        self.level_sizes = [self.size]
+        self.notes = list(notes or [])
+
+    def _read_level(self, k: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        return self.rgb[y0:y1, x0:x1]
+
+    def close(self) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- open
+
+
+def sniff(path: Path) -> str:
+    """The container by content: "tiff", "png", "jpeg", "other" (magic bytes only)."""
+    with path.open("rb") as f:
+        head = f.read(16)
+    if head[:4] in TIFF_MAGIC:
+        return "tiff"
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if head[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    return "other"
+
+
+def _openslide_vendor(path: Path) -> str | None:
+    try:
+        import openslide
+    except ImportError:
+        return None
+    try:
+        return openslide.OpenSlide.detect_format(str(path))
+    except Exception:  # openslide raises OpenSlideError / OSError on unreadable files
+        return None
+
+
+def resolve_mpp(found: MppInfo, mpp: float | None, where: str) -> tuple[float, str]:
+    """(mpp, source): the user's ``mpp`` when given (validated), else the file's, else an
+    InputError saying whether the file's MPP is invalid or absent."""
+    if mpp is not None:
+        use = validate_mpp(mpp, "--mpp")
+        if found.mpp is not None and abs(found.mpp - use) > 0.02 * use:
+            log.warning("%s: using --mpp %.4g although the file says %.4g µm/px (%s)", where, use, found.mpp, found.source)
+        return use, "user"
+    if found.mpp is not None:
+        return found.mpp, found.source
+    if found.problem:
+        raise InputError(f"{where}: {found.problem}; pass --mpp")
+    raise InputError(f"{where}: the file has no resolution information (no Aperio MPP, OME PhysicalSizeX, "
+                     "TIFF resolution tags or OpenSlide mpp); pass its microns per pixel (--mpp)")
+
+
+def open_source(src: "str | os.PathLike[str] | np.ndarray | ImageSource", mpp: float | None = None, *,
+                reader: str = "auto", max_pixels: int | None = None) -> "ImageSource":
+    """Open a file or wrap an array as an ``ImageSource`` (see the module docstring).
+
+    src: a path (PNG, JPEG, TIFF/SVS/OME-TIFF, or anything OpenSlide reads), an (H, W[, C])
+    array (then ``mpp`` is required), or an ImageSource (returned as is; ``mpp`` must be None).
+    mpp: level-0 µm/px; overrides the file's metadata; required when the file has none.
+    reader: "auto" (by content) | "tifffile" | "openslide" | "pil".
+    max_pixels: for non-tiled files that must be decoded whole (PNG/JPEG, single-strip TIFF):
+    refuse more pixels than this (default $SEGTME_MAX_PIXELS / 400 Mpx). Tiled slides have no
+    size limit: they are read lazily.
+    Raises InputError (one line) for missing/corrupt/unsupported files and missing/invalid MPP.
+    """
+    if reader not in READERS:
+        raise InputError(f"reader must be one of {', '.join(READERS)}, got {reader!r}")
+    if isinstance(src, _Levels) or (not isinstance(src, (str, os.PathLike, np.ndarray)) and isinstance(src, ImageSource)):
+        if mpp is not None:
+            raise InputError("mpp cannot be given for an already opened source")
+        return src  # type: ignore[return-value]
+    if isinstance(src, np.ndarray) or not isinstance(src, (str, os.PathLike)):
+        img = image_from_array(np.asarray(src), mpp, max_pixels=max_pixels)
+        if img.mpp is None:
+            raise InputError("an in-memory image needs its microns per pixel (mpp)")
+        return ArraySource(img.rgb, img.mpp, "user", None, img.notes)
+    p = Path(src)
+    if not p.exists():
+        raise InputError(f"image not found: {p}")
+    if p.is_dir():
+        if p.suffix.lower() == ".mrxs" or not any(p.iterdir()):
+            raise InputError(f"{p}: is a folder, not an image file (for MRXS open the .mrxs file)")
+        raise InputError(f"not a file: {p} (use `segtme batch` for folders)")
+    if p.stat().st_size == 0:
+        raise InputError(f"{p}: file is empty (0 bytes)")
+    kind = sniff(p)
+    choice = reader
+    if choice == "auto":
+        if kind == "tiff":
+            vendor = _openslide_vendor(p)
+            choice = "openslide" if vendor in _OPENSLIDE_TIFF_VENDORS else "tifffile"
+        elif kind in ("png", "jpeg"):
+            choice = "pil"
+        else:
+            choice = "openslide" if _openslide_vendor(p) else "pil"
+    if choice == "tifffile":
+        if kind != "tiff":
+            raise InputError(f"{p}: not a TIFF file (by content: {kind}); use reader='auto'")
+        from .tiff import TiffSource
+
+        return TiffSource(p, mpp, max_pixels=max_pixels)
+    if choice == "openslide":
+        from .openslide_source import OpenSlideSource
+
+        return OpenSlideSource(p, mpp)
+    img = read_image(p, max_pixels=max_pixels if max_pixels is not None else max_pixels_default())
+    use, how = resolve_mpp(MppInfo(img.mpp, img.mpp_source, img.mpp_problem), mpp, str(p))
+    return ArraySource(img.rgb, use, how, str(p), img.notes)
