@@ -24,8 +24,10 @@ def _parse_set(items: list[str] | None) -> dict:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model from a TOML/YAML run config (resumes if interrupted; torchrun for multi-GPU)")
+    p = sub.add_parser("train", help="train a model from a TOML/YAML run config (--resume continues a saved run; torchrun for multi-GPU)")
     p.add_argument("config", help="run config (.toml, .yaml); see docs/training.md and configs/")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run from its state file ([run] state_file); without it a run whose state file exists is refused")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value, e.g. run.max_steps=100")
     p.set_defaults(func=run_train)
 
@@ -50,9 +52,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from ..train.config import read_config_file
     from ..train.trainer import train_from_config
 
-    res = train_from_config(args.config, _parse_set(args.set))
+    raw = read_config_file(args.config)
+    if raw.get("task") == "mitosis":  # the mitosis teacher (segtme.mitosis.train, configs/mitosis.toml)
+        from ..mitosis.train import train_mitosis_from_config
+
+        m = train_mitosis_from_config(raw, _parse_set(args.set))
+        print(json.dumps({k: m[k] for k in ("recall", "precision", "f1", "auc")}, default=str))
+        return 0
+    res = train_from_config(args.config, _parse_set(args.set), resume=bool(args.resume))
+    if res.get("interrupted"):
+        print(f"stopped by {res['interrupted']} after step {res['step']}/{res['total_steps']}; state saved to "
+              f"{res['state_file']}; continue with: segtme train {args.config} --resume")
+        return 143
     best = res["best"]
     if best:
         print(f"best checkpoint: {res['out_dir']}/checkpoints/{best[0]['json']} ({best[0]['metric']} = {best[0]['value']:.4f})")

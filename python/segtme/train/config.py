@@ -9,7 +9,8 @@ Table 3 where it has a value)::
               metric ("miou"), metric_mode ("max"), compile (false), amp ("auto" = bf16 on CUDA),
               num_workers (2), val_crops_per_image (4), max_val_items (64), eval_instances (true),
               cache_size (16 decoded images per worker), ddp_timeout_s (10800), sync_bn (false),
-              find_unused_parameters (false), grad_clip (0 = off)
+              find_unused_parameters (false), grad_clip (0 = off),
+              state_file (<out_dir>/state.safetensors), validate (true)
     [model]   preset = "uperhover_resnet18" | config = "path/to/model.json"; any ModelConfig field
               as an override (name, backbone, head_hidden, taxonomy, mpp, tile_size, ...);
               init_weights = "full model .safetensors" (init_strict = true);
@@ -70,6 +71,13 @@ class RunConfig:
     find_unused_parameters: bool = False
     grad_clip: float = 0.0
     progress: bool = True
+    #: the ONE resumable state file of this run (replaced, never accumulated); default
+    #: ``<out_dir>/state.safetensors``. Shipped runs use ``training/state/<run>.safetensors``.
+    state_file: str | None = None
+    #: evaluate the ``val`` images during training. False: ``val`` images are only held out
+    #: (excluded from training, never scored by the trainer) and the last ``keep_best``
+    #: checkpoints are kept, so no checkpoint can be picked by a held-out score.
+    validate: bool = True
 
 
 @dataclass

@@ -15,9 +15,12 @@ What one run does (paper section 6, Table 3 defaults; everything overridable in 
   ``checkpoints/ckpt-stepNNNNNNN.safetensors`` + ``.json`` (``ModelConfig``, loadable with
   ``segtme.models.load_model(json)``); ``checkpoints/best.json`` lists them, best first;
 * ``metrics.csv`` (one row per log/eval step) and a tqdm bar on rank 0;
-* resume: ``resume/`` holds model, optimiser (+ RNG) as safetensors and ``state.json``
-  (step, micro-batch counter, best list); rerunning the same command continues exactly where it
-  stopped (data order and augmentations are pure functions of seed, epoch and index).
+* resume: ONE state file per run (``[run] state_file``, default ``<out_dir>/state.safetensors``;
+  ``train/state.py``): weights, AdamW state, step, micro-batch counter (= data order and epoch
+  position), RNG states, kept checkpoints, metric rows and the plan (config), written every
+  ``save_every`` steps, at the end and on SIGTERM/SIGINT; ``segtme train CONFIG --resume``
+  continues exactly where it stopped (crops and augmentations are pure functions of seed,
+  epoch and index), refusing if the plan in the config changed.
 
 Metrics (validation crops): ``miou`` = mean IoU over all classes incl. background (as HF
 ``evaluate``'s mean_iou) on class-labelled crops; if no validation crop has classes, it is the
@@ -68,6 +71,7 @@ from ..models.registry import (
 )
 from .config import DataSpec, TrainConfig, load_train_config
 from .losses import build_loss
+from .state import load_run_state, optimizer_from_tensors, peek_run_state, plan_differences, plan_of, restore_python_numpy_rng, save_run_state
 
 log = logging.getLogger(__name__)
 
@@ -229,37 +233,6 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dic
         save_file(flat, str(tmp), metadata=metadata)
 
 
-def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimiser state dict into tensors (safetensors) and JSON (no pickle)."""
-    sd = opt.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"state.{pid}.{k}"] = v
-            else:
-                scalars.setdefault(str(pid), {})[k] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for key, v in tensors.items():
-        if not key.startswith("state."):
-            continue
-        _, pid, name = key.split(".", 2)
-        state.setdefault(int(pid), {})[name] = v
-    for pid, d in meta.get("scalars", {}).items():
-        state.setdefault(int(pid), {}).update(d)
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def _jsonable_random_state() -> list:
-    v, st, g = random.getstate()
-    return [v, list(st), g]
-
-
 def freeze_unused_parameters(model: nn.Module, tile: int, device: torch.device) -> list[str]:
     """Probe one forward/backward (eval mode: BN statistics untouched) on a zero tile and set
     ``requires_grad=False`` on parameters that get no gradient. Returns their names."""
@@ -280,12 +253,46 @@ def freeze_unused_parameters(model: nn.Module, tile: int, device: torch.device) 
     return names
 
 
+def _worker_ignores_signals(_worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM/SIGINT to the main process, which finishes the step,
+    saves the state and then shuts the workers down."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _install_stop_handlers(trainer: "Trainer"):
+    """SIGTERM/SIGINT -> ``trainer.request_stop`` (main thread only); returns a restore function."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def handler(signum, _frame):
+        trainer.request_stop(signal.Signals(signum).name)
+
+    for s in old:
+        signal.signal(s, handler)
+
+    def restore() -> None:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+    return restore
+
+
 # --------------------------------------------------------------------------- trainer
 class Trainer:
     """One training run (see module doc). ``Trainer(cfg).fit()``; ``fit(stop_at_step=k)`` stops
     after step k as an interruption would (tests), leaving a resumable state."""
 
-    def __init__(self, cfg: TrainConfig, *, model: nn.Module | None = None, model_config: ModelConfig | None = None):
+    def __init__(self, cfg: TrainConfig, *, model: nn.Module | None = None, model_config: ModelConfig | None = None,
+                 resume: bool | None = None):
+        """resume: None = continue the state file if there is one (curriculum, distill); True =
+        it must exist (``--resume``); False = it must not (a fresh run never overwrites one)."""
         self.cfg = cfg
         rc = cfg.run
         if rc.threads > 0:
@@ -295,17 +302,31 @@ class Trainer:
         self.dist, self.device = init_distributed(rc.device, rc.ddp_timeout_s)
         self.out = Path(rc.out_dir)
         self.ckpt_dir = self.out / "checkpoints"
-        self.resume_dir = self.out / "resume"
+        self.state_path = Path(rc.state_file) if rc.state_file else self.out / "state.safetensors"
+        saved = peek_run_state(self.state_path)
+        if saved is not None and resume is False:
+            raise InputError(f"a training state exists at {self.state_path} (step {saved.get('step')}/"
+                             f"{saved.get('total_steps')}): pass --resume to continue it, or delete it to start over")
+        if saved is None and resume is True:
+            raise InputError(f"--resume: no training state at {self.state_path}")
+        self._saved = saved
+        if saved is not None:
+            diff = plan_differences(saved.get("plan", {}), plan_of(cfg.to_dict()))
+            if diff:
+                raise InputError(f"{self.state_path}: the run's plan changed since its state was saved "
+                                 f"({', '.join(diff)}); restore the config or start a new run")
         if self.dist.is_main:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            self.resume_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(rc.seed)
         random.seed(rc.seed)
         np.random.seed(rc.seed % (2**32))
 
         self.model_cfg = model_config or build_model_config(cfg.model)
         if model is None:
-            model, self.init_source = init_model(self.model_cfg, cfg.model)
+            # resuming: the weights come from the state file, so init_weights is not read
+            # (it may be gone or replaced on a fresh machine)
+            msec = {k: v for k, v in cfg.model.items() if not (saved is not None and k == "init_weights")}
+            model, self.init_source = init_model(self.model_cfg, msec)
         else:
             self.init_source = "given module"
         self.model = model.to(self.device)
@@ -334,7 +355,7 @@ class Trainer:
                                     train=True, repeats=None if all(auto) else repeats, augment_cfg=aug, seed=rc.seed,
                                     cache_size=rc.cache_size, with_hv="hv" in mc.heads)
         self.val_ds = None
-        if val_refs:
+        if val_refs and rc.validate:
             vds = CropDataset(val_refs, mc.mpp, mc.tile_size, mean=mc.mean, std=mc.std, num_classes=mc.num_classes,
                               train=False, crops_per_image=rc.val_crops_per_image, seed=rc.seed, cache_size=rc.cache_size,
                               with_hv="hv" in mc.heads)
@@ -404,7 +425,7 @@ class Trainer:
             self.sampler.set_epoch(epoch, start=pos * rc.batch_size)
             dl = DataLoader(self.train_ds, batch_size=rc.batch_size, sampler=self.sampler, drop_last=self.drop_last,
                             num_workers=rc.num_workers, collate_fn=collate, pin_memory=self.device.type == "cuda",
-                            persistent_workers=False)
+                            persistent_workers=False, worker_init_fn=_worker_ignores_signals if rc.num_workers else None)
             n = 0
             for batch in dl:
                 yield batch
@@ -457,6 +478,23 @@ class Trainer:
         run_terms: dict[str, float] = {}
         n_run = 0
         t0 = time.time()
+        self.interrupted = None
+        restore = _install_stop_handlers(self)
+        try:
+            self._fit_loop(it, bar, stop_at_step, save_every, run_terms, n_run, t0)
+        finally:
+            restore()
+        if bar is not None:
+            bar.close()
+        return {"step": self.step, "total_steps": self.total_steps, "best": list(self.best), "out_dir": str(self.out),
+                "state_file": str(self.state_path), "interrupted": self.interrupted}
+
+    def request_stop(self, why: str = "signal") -> None:
+        """Stop after the current optimiser step, saving the state first (SIGTERM/SIGINT)."""
+        self.interrupted = why
+
+    def _fit_loop(self, it, bar, stop_at_step, save_every, run_terms, n_run, t0) -> None:
+        rc = self.cfg.run
         while self.step < self.total_steps:
             mbs = [next(it) for _ in range(rc.grad_accum)]
             self.micro += rc.grad_accum
@@ -483,13 +521,14 @@ class Trainer:
                     self._checkpoint(metrics)
             if row is not None and self.dist.is_main:
                 self._log_row(row)
-            if do_eval or self.step % save_every == 0 or last or (stop_at_step is not None and self.step >= stop_at_step):
+            stop = (stop_at_step is not None and self.step >= stop_at_step) or self.interrupted is not None
+            if do_eval or self.step % save_every == 0 or last or stop:
                 self._save_resume()
-            if stop_at_step is not None and self.step >= stop_at_step:
+            if stop:
+                if self.interrupted is not None:
+                    log.warning("stopped (%s) after step %d/%d; state saved to %s", self.interrupted, self.step,
+                                self.total_steps, self.state_path)
                 break
-        if bar is not None:
-            bar.close()
-        return {"step": self.step, "total_steps": self.total_steps, "best": list(self.best), "out_dir": str(self.out)}
 
     # ------------------------------------------------------------------ eval
     @torch.no_grad()
@@ -600,70 +639,51 @@ class Trainer:
             if self.dist.enabled:
                 dist.barrier()
             return
-        tag = f"{self.step:07d}"
-        otensors, ometa = optimizer_to_tensors(self.optimizer)
-        otensors["rng.torch"] = torch.get_rng_state()
-        if torch.cuda.is_available():
-            for i, s in enumerate(torch.cuda.get_rng_state_all()):
-                otensors[f"rng.cuda.{i}"] = s
-        save_safetensors(self.model.state_dict(), self.resume_dir / f"model-{tag}.safetensors")
-        save_safetensors(otensors, self.resume_dir / f"optim-{tag}.safetensors")
-        state = {
+        meta = {
             "step": self.step,
             "micro": self.micro,
             "total_steps": self.total_steps,
             "best": self.best,
-            "model": f"model-{tag}.safetensors",
-            "optim": f"optim-{tag}.safetensors",
-            "optim_meta": ometa,
-            "rng_python": _jsonable_random_state(),
-            "rng_numpy": [np.random.get_state()[0], np.random.get_state()[1].tolist(), *np.random.get_state()[2:]],
             "rows": self.rows,
+            "plan": plan_of(self.cfg.to_dict()),
             "config": self.cfg.to_dict(),
             "model_config": self.model_cfg.to_dict(),
+            "init_source": self.init_source,
         }
-        atomic_write_text(self.resume_dir / "state.json", json.dumps(state, default=float))
-        for p in self.resume_dir.glob("*.safetensors"):
-            if tag not in p.name:
-                p.unlink(missing_ok=True)
+        save_run_state(self.state_path, self.model, self.optimizer, meta)
         if self.dist.enabled:
             dist.barrier()
 
     def _resume(self) -> None:
-        sp = self.resume_dir / "state.json"
-        if not sp.is_file():
+        if self._saved is None:
             return
-        from safetensors.torch import load_file
-
-        st = json.loads(sp.read_text())
-        if st.get("total_steps") != self.total_steps:
-            log.warning("resume: total_steps changed %s -> %s (LR schedule follows the new value)",
-                        st.get("total_steps"), self.total_steps)
-        load_state_dict_strict(self.model, load_file(str(self.resume_dir / st["model"])), st["model"])
-        ot = load_file(str(self.resume_dir / st["optim"]))
-        optimizer_from_tensors(self.optimizer, ot, st["optim_meta"])
-        torch.set_rng_state(ot["rng.torch"])
+        st = load_run_state(self.state_path)
+        if st.meta.get("total_steps") != self.total_steps:
+            raise InputError(f"{self.state_path}: total steps {st.meta.get('total_steps')} in the state, "
+                             f"{self.total_steps} now (the run's plan must not change)")
+        load_state_dict_strict(self.model, st.model, str(self.state_path))
+        optimizer_from_tensors(self.optimizer, st.optim, st.meta["optim_meta"])
+        torch.set_rng_state(st.rng["torch"])
         if torch.cuda.is_available():
-            cs = [ot[k] for k in sorted(k for k in ot if k.startswith("rng.cuda."))]
+            cs = [st.rng[k] for k in sorted(k for k in st.rng if k.startswith("cuda."))]
             if cs:
                 torch.cuda.set_rng_state_all(cs)
-        v, s, g = st["rng_python"]
-        random.setstate((v, tuple(s), g))
-        name, keys, pos, has_g, cached = st["rng_numpy"]
-        np.random.set_state((name, np.asarray(keys, np.uint32), int(pos), int(has_g), float(cached)))
-        self.step, self.micro = int(st["step"]), int(st["micro"])
-        self.best, self.rows = st["best"], st.get("rows", [])
-        log.info("resumed from %s at step %d", sp, self.step)
+        restore_python_numpy_rng(st.meta["rng_py_np"])
+        self.step, self.micro = int(st.meta["step"]), int(st.meta["micro"])
+        self.best, self.rows = st.meta["best"], st.meta.get("rows", [])
+        self.init_source = st.meta.get("init_source", self.init_source)
+        log.info("resumed from %s at step %d/%d", self.state_path, self.step, self.total_steps)
 
     def close(self) -> None:
         if self.dist.enabled and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def train_from_config(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``segtme train CONFIG``: load the config, train (resuming if possible), return a summary."""
+def train_from_config(path: str | Path, overrides: dict[str, Any] | None = None, resume: bool | None = None) -> dict[str, Any]:
+    """``segtme train CONFIG [--resume]``: load the config, train, return a summary (``resume``
+    as ``Trainer``)."""
     cfg = load_train_config(path, overrides)
-    tr = Trainer(cfg)
+    tr = Trainer(cfg, resume=resume)
     try:
         if tr.dist.is_main:
             atomic_write_text(tr.out / "train_config.json", json.dumps(cfg.to_dict(), indent=2, default=str))
