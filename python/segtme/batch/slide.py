@@ -1,0 +1,366 @@
+"""One whole slide -> nuclei, tissue mask and one TME report per analysis unit, streamed to disk.
+
+The flow (``ARCHITECTURE.md``): source -> regions (tissue ∩ ROI / annotations) -> one tile grid
+per region (``engine.GridPredictor``, only the tiles touching tissue chunks run) -> the one
+maps->nuclei step (``inference.maps.nuclei_from_maps``) per chunk -> the one stitcher
+(``inference.stitch.Stitcher``, chunk ownership + seam de-duplication) -> streamed writers
+(``batch.stream``). Nothing here copies those steps; it only plans which pixels go through them.
+
+Units: *level-0 px* = full-resolution slide pixels (all outputs: nuclei, masks, annotations);
+*working px* = pixels at the model's ``cfg.mpp`` on the slide's global working grid
+(``ImageSource.read_working``; working px ``X`` covers level-0 ``[X / s, (X + 1) / s)``,
+``s = slide mpp / cfg.mpp``).
+
+Memory: per region one chunk of maps in flight (+ its post-processing), the source's tile cache
+(96 MiB), the GridPredictor's cached border tiles, the stitcher's border candidates, and a
+polygon-free copy of each unit's nuclei for its TME report (~200 B per nucleus). Nothing is
+proportional to the slide's pixel count except the thumbnail (8 µm/px: 3000² px for 2.5 cm).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import InputError
+from ..inference.nuclei import NucleiTable
+from ..io.regions import Unit, analysis_units, plan_regions, read_annotations, unit_mask
+from ..io.source import ImageSource, open_source
+from ..io.tissue import TissueMask, TissueParams, detect_tissue, full_mask
+
+log = logging.getLogger(__name__)
+
+#: working px per chunk edge / halo for slides (same defaults as ``pipeline.segment_image``)
+CHUNK_WORK = 1024
+HALO_WORK = 64
+#: working px of tissue-mask dilation when deciding which chunks to run (a nucleus on the
+#: tissue's edge is never lost to a skipped chunk)
+MASK_GROW_UM = 32.0
+#: files of a complete slide folder (``summary.json`` is written last and marks completion)
+SUMMARY = "summary.json"
+
+
+@dataclass(frozen=True)
+class SlideOptions:
+    """What to analyse and how (units in the names; None = default / from the file).
+
+    mpp: level-0 µm/px override (required only when the file has none).
+    roi: level-0 (x, y, w, h) box. annotations: QuPath GeoJSON of polygons (one report each).
+    detect_tissue: skip background (``io.tissue``); False analyses every pixel of the units.
+    tissue: detection settings. reader: ``open_source`` reader. gzip: ``nuclei.geojson.gz``.
+    write_csv: also ``nuclei.csv.gz``. narrative_backend: for the TME reports.
+    tile / overlap / chunk_size / halo / batch_size: working px / tiles per pass (None: model's).
+    """
+
+    mpp: float | None = None
+    roi: tuple[int, int, int, int] | None = None
+    annotations: str | None = None
+    detect_tissue: bool = True
+    tissue: TissueParams = field(default_factory=TissueParams)
+    reader: str = "auto"
+    gzip: bool = True
+    write_csv: bool = True
+    narrative_backend: str = "template"
+    tile: int | None = None
+    overlap: int | None = None
+    chunk_size: int | None = None
+    halo: int | None = None
+    batch_size: int | None = None
+
+
+@dataclass
+class UnitResult:
+    """One analysis unit's outcome (a row of the cohort table)."""
+
+    name: str
+    kind: str
+    box: tuple[int, int, int, int]
+    tissue_mm2: float
+    n_nuclei: int
+    class_counts: dict[str, int]
+    report: dict | None
+
+
+@dataclass
+class SlideResult:
+    """One slide's outcome. size: level-0 (W, H) px; tissue_mm2: whole-slide tissue area."""
+
+    path: str
+    mpp: float
+    mpp_source: str
+    size: tuple[int, int]
+    model: str
+    tissue_mm2: float
+    tissue_fraction: float
+    units: list[UnitResult]
+    tiles_run: int
+    tiles_total: int
+    seconds: float
+    seconds_tissue: float
+    files: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        d = asdict(self)
+        for u in d["units"]:
+            u.pop("report", None)
+        return d
+
+
+def _light(t: NucleiTable) -> NucleiTable:
+    """The table without polygon vertices (for the TME report: centroids, classes, measures)."""
+    empty = np.zeros((0, 2))
+    out = t.subset(np.arange(len(t)))
+    out.polygons = [empty] * len(t)
+    return out
+
+
+def _check_model(model) -> None:
+    cfg = model.config
+    if hasattr(model.module, "predict_instances"):
+        raise InputError(f"model {cfg.name} segments whole images only; slides need a tiled model (e.g. 'default')")
+    if getattr(cfg, "arch", "") == "paget_segformer":
+        raise InputError(f"model {cfg.name}: PAGET models are not supported on whole slides yet; use a nucleus model")
+
+
+def segment_region(
+    src: ImageSource,
+    box: tuple[int, int, int, int],
+    model,
+    sink: Callable[[NucleiTable], None],
+    *,
+    keep_chunk: Callable[[tuple[float, float, float, float]], bool] | None = None,
+    opts: SlideOptions = SlideOptions(),
+    progress: Callable[[int], None] | None = None,
+) -> tuple[int, int]:
+    """Segment the level-0 ``box = (x0, y0, x1, y1)`` of ``src``: nuclei in level-0 px go to
+    ``sink`` chunk by chunk (final ones at once, seam candidates de-duplicated at the end).
+
+    keep_chunk(level-0 (x0, y0, x1, y1) of a chunk core) -> False skips that chunk (background):
+    its tiles never run unless a kept neighbour needs them. Returns (tiles run, tiles planned)."""
+    from ..inference.engine import GridPredictor
+    from ..inference.maps import Maps, nuclei_from_maps
+    from ..inference.stitch import Stitcher
+    from ..inference.tiling import chunk_grid
+
+    cfg = model.config
+    s, _ = src.working_grid(cfg.mpp)
+    x0, y0, x1, y1 = box
+    gx0, gy0, gx1, gy1 = src.working_box((x0, y0, x1 - x0, y1 - y0), cfg.mpp)
+    ww, hw = gx1 - gx0, gy1 - gy0
+    chunk = int(opts.chunk_size or CHUNK_WORK)
+    halo = int(HALO_WORK if opts.halo is None else opts.halo)
+    chunks = chunk_grid(ww, hw, chunk, halo)
+
+    def l0(r) -> tuple[float, float, float, float]:
+        return ((gx0 + r[0]) / s, (gy0 + r[1]) / s, (gx0 + r[2]) / s, (gy0 + r[3]) / s)
+
+    kept = [ch for ch in chunks if keep_chunk is None or keep_chunk(l0(ch.core))]
+    if not kept:
+        return 0, 0
+    tile = int(opts.tile or cfg.tile_size)
+    batch = opts.batch_size or max(1, (8 * 256 * 256) // (tile * tile))
+
+    def fetch(r) -> np.ndarray:
+        return src.read_working((gx0 + r[0], gy0 + r[1], gx0 + r[2], gy0 + r[3]), cfg.mpp)
+
+    predictor = GridPredictor(model, hw, ww, fetch, [ch.region for ch in kept], opts.tile, opts.overlap, batch, progress)
+    planned = int(np.count_nonzero(getattr(predictor, "_users", np.zeros(0)) > 0))
+    stitcher = Stitcher(cfg.tax, src.mpp, sink=sink)
+    params = cfg.post
+
+    def post(ch, maps: Maps, rgb_work: np.ndarray) -> tuple[NucleiTable, tuple[float, ...]]:
+        rx0, ry0 = ch.region[:2]
+        t = nuclei_from_maps(maps, params, cfg.tax, work_mpp=cfg.mpp, rgb=rgb_work, scale=s,
+                             offset_xy=((gx0 + rx0) / s, (gy0 + ry0) / s), input_mpp=src.mpp)
+        return t, l0(ch.core)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segtme-slide-post") as ex:
+        pending = None
+        for ch in kept:
+            maps = predictor.predict(ch.region)
+            rgb_work = fetch(ch.region)
+            fut = ex.submit(post, ch, maps, rgb_work)
+            del maps, rgb_work
+            if pending is not None:
+                t, core = pending.result()
+                stitcher.add(t, core, s)
+            pending = fut
+        if pending is not None:
+            t, core = pending.result()
+            stitcher.add(t, core, s)
+    stitcher.finish()
+    return int(predictor.tiles_run), planned
+
+
+def _unit_feature(unit: Unit, report: dict | None, n: int, tissue_mm2: float) -> dict[str, Any]:
+    from shapely.geometry import box as sbox
+    from shapely.geometry import mapping
+
+    meas: dict[str, float] = {"Nuclei": float(n), "Tissue area mm^2": round(tissue_mm2, 6)}
+    if report is not None:
+        try:
+            from ..tme.report import report_measurements
+
+            meas.update(report_measurements(report))
+        except Exception as e:  # a report without the expected keys: keep counts only
+            log.warning("report measurements unavailable: %s", e)
+    g = unit.geometry if unit.geometry is not None else sbox(*unit.box)
+    return {
+        "type": "Feature",
+        "geometry": mapping(g),
+        "properties": {"objectType": "annotation", "name": f"SegTME {unit.name}",
+                       "classification": {"name": "SegTME region", "color": [0, 120, 255]},
+                       "isLocked": False, "measurements": meas},
+    }
+
+
+def analyze_slide(
+    source: "str | Path | ImageSource",
+    model,
+    out_dir: str | Path,
+    opts: SlideOptions = SlideOptions(),
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    annotations: list | None = None,
+) -> SlideResult:
+    """Analyse one slide into ``out_dir`` (an existing, empty staging folder the caller publishes
+    atomically): ``nuclei.geojson.gz`` (+ ``nuclei.csv.gz``), ``tissue.geojson``, ``tissue.png``,
+    ``report-<unit>.json`` per unit, and last ``summary.json``.
+
+    model: a ``LoadedModel`` (loaded once per worker by the caller). progress(tiles_done,
+    tiles_planned_so_far) is called as tiles finish. annotations: pre-parsed
+    ``io.regions.read_annotations`` (else ``opts.annotations`` is read). All validation (file,
+    MPP, ROI, annotations) happens before any model work."""
+    from ..pipeline import build_report
+
+    t_start = time.perf_counter()
+    _check_model(model)
+    out = Path(out_dir)
+    src = open_source(source, opts.mpp, reader=opts.reader) if not isinstance(source, ImageSource) else source
+    own = not isinstance(source, ImageSource)
+    files: list[str] = []
+    writers: list = []
+    try:
+        ann = annotations if annotations is not None else (read_annotations(opts.annotations) if opts.annotations else None)
+        units = analysis_units(src.size, opts.roi, ann)
+        t0 = time.perf_counter()
+        tissue: TissueMask = detect_tissue(src, opts.tissue) if opts.detect_tissue else full_mask(src, opts.tissue.thumb_mpp)
+        t_tissue = time.perf_counter() - t0
+        tissue.write_geojson(out / "tissue.geojson")
+        tissue.write_png(out / "tissue.png")
+        files += ["tissue.geojson", "tissue.png"]
+        cfg = model.config
+        from .stream import CSVStream, GeoJSONStream
+
+        gj_name = "nuclei.geojson.gz" if opts.gzip else "nuclei.geojson"
+        gj = GeoJSONStream(out / gj_name, gzip=opts.gzip)
+        writers.append(gj)
+        csvw = None
+        if opts.write_csv:
+            csvw = CSVStream(out / ("nuclei.csv.gz" if opts.gzip else "nuclei.csv"), src.mpp, gzip=opts.gzip)
+            writers.append(csvw)
+        tiles_run = tiles_total = 0
+        done = [0]
+
+        def tick(n: int) -> None:
+            done[0] += n
+            if progress is not None:
+                progress(done[0], tiles_total)
+
+        results: list[UnitResult] = []
+        feats: list[dict] = []
+        grow = int(np.ceil(MASK_GROW_UM / tissue.mpp))
+        for unit in units:
+            m = unit_mask(tissue, unit)
+            if grow and m.any():
+                from scipy import ndimage as ndi
+
+                m_run = ndi.binary_dilation(m, iterations=grow)
+            else:
+                m_run = m
+            light: list[NucleiTable] = []
+            geom = unit.geometry
+
+            def sink(t: NucleiTable, geom=geom, light=light) -> None:
+                if geom is not None and len(t):
+                    import shapely
+
+                    t = t.subset(shapely.intersects_xy(geom, t.centroid[:, 0], t.centroid[:, 1]))
+                if not len(t):
+                    return
+                t = t.subset(np.arange(len(t)))
+                t.ids = np.arange(gj.count + 1, gj.count + len(t) + 1, dtype=np.int64)
+                t.mpp = src.mpp
+                gj.append(t)
+                if csvw is not None:
+                    csvw.append(t)
+                light.append(_light(t))
+
+            for box in plan_regions(tissue, m_run, unit):
+                r, p = segment_region(src, box, model, sink, keep_chunk=lambda b, m_run=m_run: tissue.any_in(b, m_run),
+                                      opts=opts, progress=tick)
+                tiles_run += r
+                tiles_total += p
+            table = NucleiTable.concat(light, renumber=True) if light else NucleiTable.empty(cfg.tax, src.mpp)
+            table.mpp = src.mpp
+            x0, y0, x1, y1 = unit.box
+            table.meta.update(model=cfg.name, model_mpp=cfg.mpp, input_mpp=src.mpp, image_size=[x1 - x0, y1 - y0],
+                              source=src.path, unit=unit.name)
+            area = tissue.area_mm2(m)
+            report = build_report(table, opts.narrative_backend) if len(table) else None
+            if report is not None:
+                report["tissue_area_mm2"] = area
+                report["unit"] = {"name": unit.name, "kind": unit.kind, "box_level0_px": list(unit.box)}
+            names = cfg.tax.names
+            counts = {names[i]: int(c) for i, c in enumerate(np.bincount(table.class_id, minlength=len(names)))}
+            results.append(UnitResult(unit.name, unit.kind, unit.box, area, len(table), counts, report))
+            feats.append(_unit_feature(unit, report, len(table), area))
+            from ..export.atomic import atomic_write_text
+
+            rname = f"report-{_safe(unit.name)}.json"
+            atomic_write_text(out / rname, json.dumps({"unit": unit.name, "tissue_area_mm2": area, "n_nuclei": len(table),
+                                                       "class_counts": counts, "report": report}, default=_json_default))
+            files.append(rname)
+            del table, light
+        gj.add_features(feats)
+        files.append(gj.close().name)
+        if csvw is not None:
+            files.append(csvw.close().name)
+        writers.clear()
+        res = SlideResult(str(src.path), src.mpp, src.mpp_source, tuple(src.size), cfg.name, tissue.area_mm2(),
+                          tissue.fraction, results, tiles_run, tiles_total, time.perf_counter() - t_start, t_tissue, files)
+        from ..export.atomic import atomic_write_text
+
+        atomic_write_text(out / SUMMARY, json.dumps(res.summary(), default=_json_default))
+        res.files.append(SUMMARY)
+        return res
+    finally:
+        for w in writers:
+            w.abort()
+        if own:
+            src.close()
+
+
+def _safe(name: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:80] or "unit"
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
