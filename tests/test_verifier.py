@@ -35,8 +35,11 @@ def test_invented_number_is_flagged():
     b = bio()
     assert unsupported_texts("There are 140 nuclei, 60 of them neoplastic.", b) == []
     assert unsupported_texts("There are 141 nuclei.", b) == ["141"]
-    assert unsupported_texts("Mean distance 11.3 µm.", b) == []
-    assert unsupported_texts("Mean distance 13.9 µm.", b) == ["13.9 µm"]
+    assert unsupported_texts("Inflammatory nuclei lie on average 11.3 µm from neoplastic nuclei.", b) == []
+    assert unsupported_texts("Inflammatory nuclei lie on average 13.9 µm from neoplastic nuclei.", b) == ["13.9 µm"]
+    # a number whose subject cannot be determined is unbound, never supported (11.3 µm is a real value)
+    res = verify_narrative("Mean distance 11.3 µm.", b)
+    assert [(c.text, c.status) for c in res.claims] == [("11.3 µm", "unbound")] and not res.ok
 
 
 def test_rounding_and_units():
@@ -45,10 +48,12 @@ def test_rounding_and_units():
     assert unsupported_texts("Purity 42.9%, 43%, 42.86%.", b) == []
     assert unsupported_texts("Purity 44%.", b) == ["44%"]
     # a px value cited as µm is unsupported (unit-aware); the same number in px is fine
-    assert unsupported_texts("Closest 12.0 px.", b) == []
-    assert unsupported_texts("Closest 12.0 µm.", b) == ["12.0 µm"]
-    assert unsupported_texts("Area 19.5 µm² (312 px²).", b) == []
-    assert unsupported_texts("Area 312 µm².", b) == ["312 µm²"]
+    closest = "The closest inflammatory nucleus lies {} from a neoplastic nucleus."
+    assert unsupported_texts(closest.format("12.0 px"), b) == []
+    assert unsupported_texts(closest.format("12.0 µm"), b) == ["12.0 µm"]
+    assert unsupported_texts("The mean neoplastic nuclear area is 19.5 µm² (312 px²).", b) == []
+    assert unsupported_texts("The mean neoplastic nuclear area is 312 µm².", b) == ["312 µm²"]
+    assert verify_narrative("Area 19.5 µm².", b).claims[0].status == "unbound"  # whose area?
     # numbers glued to identifiers are not claims
     res = verify_narrative("f_TS and log2 entropy, CD8 cells.", b)
     assert res.n_claims == 0 and res.hallucination_rate == 0.0
@@ -64,8 +69,9 @@ def test_invented_phenotype_is_flagged():
     # token vs label: "Non-desmoplastic" is one phrase, not a desmoplastic claim
     res = verify_narrative("Non-desmoplastic.", b)
     assert [c.text for c in res.claims] == ["Non-desmoplastic"] and not res.ok
-    # negations count as claims (conservative)
-    assert unsupported_texts("There is no immune exclusion.", b) == ["immune exclusion"]
+    # negations invert the claim: the spatial axis is Proximal, so "no exclusion" is true
+    assert unsupported_texts("There is no immune exclusion.", b) == []
+    assert unsupported_texts("There is no heavy infiltrate.", b) == ["heavy infiltrate"]
 
 
 def test_hallucination_rate_and_result_dict():

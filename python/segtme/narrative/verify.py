@@ -1,36 +1,49 @@
-"""Grounding verifier: every numeric and phenotype claim of a narrative must be in the input.
+"""Grounding verifier: every numeric and phenotype claim of a narrative must be true of the input.
 
-``verify_narrative(text, bio)`` finds
+``verify_narrative(text, bio)`` works on the text alone (no annotations: LLM backends produce
+free text) and finds
 
-* **numeric claims**: every number in the text (``12``, ``0.43``, ``45.2%``, ``6.3 µm``,
-  ``150 px²``, ``0.85 bits``). A number followed by a unit is matched only against values of that
-  kind in ``raw_data`` (``%`` -> fractions x 100; ``µm`` -> ``*_um``; ``µm²`` -> ``*_um2``;
-  ``px`` -> pixel distances/radii; ``px²`` -> pixel areas; ``bits`` -> entropy); a bare number
-  against any numeric ``raw_data`` value or any number written inside ``raw_data``'s reason
-  strings. **Stated rounding**: a claim written with ``d`` decimals matches a value ``v`` when
-  ``|v - claim| <= 0.5 * 10**-d`` (i.e. ``v`` rounded to ``d`` decimals, half up or half even).
-  Numbers glued to letters or underscores (``f_TS``, ``log2``, ``CD8``) are not claims.
-* **phenotype claims**: every phrase of the phenotype vocabulary (each Table 4 label and token of
-  :data:`segtme.tme.tokens.RULES`, ``Axis: Label`` forms, and common synonyms such as "immune
-  desert", "immune-excluded", "pleomorphic"). A claim is supported when the label it names is the
-  interpretation of its axis, or the token it names is in ``generated_tokens``. "Indeterminate" is
-  supported when some axis is indeterminate. Phrases are matched case-insensitively, longest first,
-  without overlaps, and regardless of negation (conservative: "no immune exclusion" is a claim of
-  exclusion).
+* **numeric claims**, each bound to the quantity it states by :mod:`segtme.narrative.claims`
+  (quantity = one ``raw_data`` key, from the subject named in the number's clause and its unit):
+  "276 neoplastic" -> ``N_Neoplastic``, "(89.3%)" after it -> ``r_Neoplastic``, "on average 7.5
+  µm ... from the nearest neoplastic nucleus" -> ``mean_dist_Inflammatory_to_Neoplastic_um``,
+  "the closest at 5.7 µm" -> ``min_dist_...``, "f_II is 0.02" -> ``f_II``, ... A claim is
+  *supported* only when **that** quantity's value, at the rounding the text uses, equals the
+  number: written with ``d`` decimals (of 100 x value for ``%``), ``|value - claim| <= 0.5 *
+  10**-d`` (``value`` rounded half up or half even). A quantity that is absent or undefined in
+  ``raw_data`` (a class the taxonomy lacks, µm without a pixel size) makes the claim
+  *unsupported*; a number whose subject cannot be determined is *unbound* - never supported.
+  Numbers quoted inside a verbatim raw_data reason string are supported by that string.
+* **phenotype claims**: every phrase of the phenotype vocabulary
+  (:func:`segtme.narrative.vocabulary.phenotype_vocabulary`: each label and token of the
+  rulebook, PAGET's axes, ``Axis: Label`` / ``Axis is Label`` forms and synonyms such as
+  "immune desert", "immune-excluded", "pleomorphic"), matched case-insensitively, longest first,
+  without overlaps. A phrase is checked against **its own axis**: stated under another axis's
+  header ("Stromal status: Immune Cold", "Stromal status: ... (Immune desert)") it is
+  unsupported. A positive claim is supported when its label is the axis's interpretation / its
+  token is in ``generated_tokens``. **Negations** ("not", "no", "without", "absence of", "lack
+  of", ... in the same clause before the phrase, or "Axis: not Label") invert the claim: "no
+  immune exclusion" is supported when the spatial axis is determinate and not Excluded.
+  "Indeterminate" is supported when its axis (or, without an axis, some axis) is indeterminate.
 
-The result lists the unsupported claims and the hallucination rate
-``n_unsupported / n_claims`` (0.0 when there are no claims).
+The result lists every claim with its quantity and status; ``unsupported`` holds the failed ones
+(unsupported or unbound) and the hallucination rate is ``n_unsupported / n_claims`` (0.0 when
+there are no claims).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
-from ..tme.tokens import AXES, INDETERMINATE, RULES
+from ..tme.tokens import INDETERMINATE
+from .claims import NumberMention, key_family, parse_numbers
+from .vocabulary import HEADER_SEP, all_axes, axis_rules, phenotype_vocabulary, phrase_regex
 
 __all__ = ["Claim", "VerificationResult", "verify_narrative", "PHENOTYPE_VOCABULARY"]
+
+SUPPORTED, UNSUPPORTED, UNBOUND = "supported", "unsupported", "unbound"
 
 
 @dataclass
@@ -40,8 +53,12 @@ class Claim:
     start: int
     end: int
     supported: bool
-    matched: str | None = None  # feature name / "Axis: Label" / token that supports it
-    reason: str | None = None
+    matched: str | None = None  # raw_data key / "Axis: Label" / token / reason that supports it
+    reason: str | None = None  # why it is not supported
+    quantity: str | None = None  # number: the raw_data key it is bound to; phenotype: "Axis: Label"/token claimed
+    status: str = SUPPORTED  # "supported" | "unsupported" | "unbound"
+    negated: bool = False  # phenotype: stated as absent
+    axis: str | None = None  # phenotype: the axis of the claim
 
 
 @dataclass
@@ -50,7 +67,12 @@ class VerificationResult:
 
     @property
     def unsupported(self) -> list[Claim]:
+        """Claims that failed: unsupported or unbound."""
         return [c for c in self.claims if not c.supported]
+
+    @property
+    def unbound(self) -> list[Claim]:
+        return [c for c in self.claims if c.status == UNBOUND]
 
     @property
     def n_claims(self) -> int:
@@ -64,11 +86,17 @@ class VerificationResult:
     def ok(self) -> bool:
         return not self.unsupported
 
+    def failed_summary(self) -> list[str]:
+        """One line per failed claim: 'text' [status: quantity]: reason."""
+        return [f"{c.text!r} [{c.status}{': ' + c.quantity if c.quantity else ''}]: {c.reason}" for c in self.unsupported]
+
     def to_dict(self, include_claims: bool = False) -> dict:
         d = {
             "unsupported": [asdict(c) for c in self.unsupported],
+            "failed_claims": self.failed_summary(),
             "n_claims": self.n_claims,
             "n_unsupported": len(self.unsupported),
+            "n_unbound": len(self.unbound),
             "n_numeric_claims": sum(c.kind == "number" for c in self.claims),
             "n_phenotype_claims": sum(c.kind == "phenotype" for c in self.claims),
             "hallucination_rate": self.hallucination_rate,
@@ -79,165 +107,200 @@ class VerificationResult:
 
 
 # ------------------------------------------------------------------------------------------------
-# phenotype vocabulary: phrase -> what it claims
+# phenotypes
 
-# A target is ("label", axis, label) or ("token", token) or ("indeterminate",).
-_SYNONYMS: dict[tuple[str, str], tuple[str, ...]] = {
-    ("Composition", "High tumour purity"): ("high tumor purity", "high purity", "high tumour cellularity"),
-    ("Composition", "Intermediate purity"): ("intermediate tumour purity", "intermediate tumor purity", "moderate purity"),
-    ("Immune status", "Immune Hot"): ("immunologically hot", "hot tumour", "hot tumor", "heavily infiltrated",
-                                      "heavy lymphocytic infiltrate", "heavy immune infiltrate"),
-    ("Immune status", "Immune Cold"): ("immunologically cold", "cold tumour", "cold tumor"),
-    ("Immune status", "Moderate"): ("moderate infiltrate", "moderate infiltration", "moderate immune infiltrate",
-                                    "moderate immune infiltration", "moderately infiltrated", "patchy"),
-    ("Stromal status", "Desmoplastic"): ("desmoplasia", "fibrotic", "fibrosis"),
-    ("Stromal status", "Stroma-free"): ("stroma free", "no stroma", "lacks stroma", "stroma-poor"),
-    ("Spatial interaction", "Direct contact"): ("juxtaposed", "direct immune-tumour contact", "in contact with tumour"),
-    ("Spatial interaction", "Excluded"): ("immune-excluded", "immune excluded", "exclusion", "excluded"),
-    ("Spatial interaction", "Proximal"): ("peritumoural", "peri-tumoral", "peri-tumoural", "proximal"),
-    ("Architecture", "High mixing"): ("highly mixed", "well mixed", "intermixed", "diffusely integrated"),
-    ("Architecture", "Segregated"): ("compartmentalised", "compartmentalisation", "compartmentalization", "segregation"),
-    ("Morphology", "Large/Pleomorphic"): ("pleomorphic", "pleomorphism", "enlarged nuclei", "nuclear enlargement",
-                                          "large nuclei", "anisonucleosis"),
-    ("Morphology", "Small/Monotonous"): ("monotonous", "small nuclei", "small cell"),
-    ("Immune engagement", "Tumour-engaged"): ("tumor-engaged", "tumour engaged", "tumor engaged", "engaged with the tumour"),
-    ("Immune engagement", "Bystander"): ("bystander", "bystanders"),
-    ("Immune engagement", "Partially engaged"): ("partial engagement", "partly engaged"),
-}
+#: (phrase, targets) longest first (see vocabulary.py).
+PHENOTYPE_VOCABULARY = list(phenotype_vocabulary())
+_PHRASE_RES = [(p, re.compile(phrase_regex(p), re.I), t) for p, t in PHENOTYPE_VOCABULARY]
+_NEG = re.compile(r"\b(?:no|not|without|absence\s+of|absent|lack\s+of|lacks|lacking|neither|nor|never|isn't|aren't"
+                  r"|rather\s+than|instead\s+of|free\s+of|devoid\s+of|non)\b", re.I)
 
 
-def _vocabulary() -> list[tuple[str, tuple]]:
-    vocab: dict[str, set[tuple]] = {}
-
-    def add(phrase: str, target: tuple) -> None:
-        vocab.setdefault(phrase.lower(), set()).add(target)
-
-    for (axis, label), rule in RULES.items():
-        target = ("label", axis, label)
-        add(f"{axis}: {label}", target)
-        if label != "Moderate":  # a bare "moderate" is not specific enough to be a claim
-            add(label, target)
-        for syn in _SYNONYMS.get((axis, label), ()):
-            add(syn, target)
-        for tok in rule.tokens:
-            add(tok, ("token", tok))
-        if label.startswith("Low purity"):
-            add("low purity", ("label_prefix", axis, "Low purity"))
-            add("low tumour purity", ("label_prefix", axis, "Low purity"))
-            add("low tumor purity", ("label_prefix", axis, "Low purity"))
-    for axis in AXES:
-        add(f"{axis}: {INDETERMINATE}", ("indeterminate_axis", axis))
-    add(INDETERMINATE, ("indeterminate",))
-    return sorted(((p, tuple(sorted(t))) for p, t in vocab.items()), key=lambda x: -len(x[0]))
+def _header_res() -> list[tuple[re.Pattern, str, str]]:
+    """'Axis: [not] Label' for every (axis, label) incl. Indeterminate, longest first."""
+    out = []
+    pairs = list(axis_rules()) + [(a, INDETERMINATE) for a in all_axes()]
+    for axis, label in sorted(pairs, key=lambda p: -len(p[0]) - len(p[1])):
+        rx = re.compile(phrase_regex(axis)[:-len(r"(?![\w\-/])")] + HEADER_SEP + r"(not\s+|no\s+)?"
+                        + phrase_regex(label)[len(r"(?<![\w\-/])"):], re.I)
+        out.append((rx, axis, label))
+    return out
 
 
-def _phrase_regex(phrase: str) -> re.Pattern:
-    parts = [re.escape(w) for w in re.split(r"[\s\-]+", phrase)]
-    body = r"[\s\-]+".join(parts)
-    return re.compile(rf"(?<![\w\-/]){body}(?![\w\-/])", re.IGNORECASE)
+_HEADER_RES = _header_res()
+_AXIS_RE = re.compile("|".join(phrase_regex(a) for a in sorted(all_axes(), key=len, reverse=True)), re.I)
+_AXIS_BY_LOWER = {a.lower(): a for a in all_axes()}
 
 
-#: (phrase, targets) longest first; a phrase is a claim of any one of its targets.
-PHENOTYPE_VOCABULARY: list[tuple[str, tuple]] = _vocabulary()
-_PHRASE_RES = [(p, _phrase_regex(p), t) for p, t in PHENOTYPE_VOCABULARY]
+def _axis_contexts(text: str) -> list[tuple[int, int, str]]:
+    """Spans governed by an axis header: from 'Axis' (followed by ':'/'is') to the next ';', sentence end, or a
+    comma / 'but' / 'while' outside parentheses."""
+    out = []
+    for m in _AXIS_RE.finditer(text):
+        if not re.match(HEADER_SEP, text[m.end():]):
+            continue
+        axis = _AXIS_BY_LOWER[re.sub(r"[\s\-]+", " ", m.group(0).lower())]
+        depth, i = 0, m.end()
+        while i < len(text):
+            ch = text[i]
+            if ch == "(":
+                depth += 1
+            elif ch == ")":
+                depth = max(0, depth - 1)
+            elif ch in ";\n" or (ch in ".!?" and not (i + 1 < len(text) and text[i + 1].isdigit())):
+                break
+            elif depth == 0 and (ch == "," or re.match(r"\s(?:but|while|whereas)\b", text[i:], re.I)):
+                break
+            i += 1
+        out.append((m.start(), i, axis))
+    return out
 
 
-def _phenotype_supported(targets: Iterable[tuple], interp: Mapping[str, str], tokens: set[str]) -> str | None:
-    for t in targets:
-        kind = t[0]
-        if kind == "label" and interp.get(t[1]) == t[2]:
-            return f"{t[1]}: {t[2]}"
-        if kind == "label_prefix" and str(interp.get(t[1], "")).startswith(t[2]):
-            return f"{t[1]}: {interp[t[1]]}"
-        if kind == "token" and t[1].lower() in tokens:
-            return t[1]
-        if kind == "indeterminate_axis" and interp.get(t[1]) == INDETERMINATE:
-            return f"{t[1]}: {INDETERMINATE}"
-        if kind == "indeterminate" and INDETERMINATE in interp.values():
-            return INDETERMINATE
+def _negated(text: str, start: int, prev_end: int) -> bool:
+    """A negator in the same clause, between the previous claim and the phrase."""
+    seg = text[prev_end:start]
+    cut = max(seg.rfind(c) for c in ",;.()") if seg else -1
+    seg = seg[cut + 1:]
+    return bool(_NEG.search(seg))
+
+
+def _target_axis(t: tuple) -> str | None:
+    return t[1] if t[0] in ("label", "label_prefix", "token", "indeterminate_axis") else None
+
+
+def _truth(t: tuple, interp: Mapping[str, str], tokens: set[str]) -> bool | None:
+    """Whether the target holds (None: cannot be decided, its axis is missing or indeterminate)."""
+    kind = t[0]
+    if kind == "indeterminate":
+        return INDETERMINATE in interp.values()
+    axis = t[1]
+    if kind == "indeterminate_axis":
+        return None if axis not in interp else interp[axis] == INDETERMINATE
+    lab = interp.get(axis)
+    if lab is None or lab == INDETERMINATE:
+        return None
+    if kind == "label":
+        return lab == t[2]
+    if kind == "label_prefix":
+        return str(lab).startswith(t[2])
+    if kind == "token":
+        return t[2].lower() in tokens
     return None
+
+
+def _describe(t: tuple) -> str:
+    if t[0] in ("label", "label_prefix"):
+        return f"{t[1]}: {t[2]}"
+    if t[0] == "token":
+        return t[2]
+    if t[0] == "indeterminate_axis":
+        return f"{t[1]}: {INDETERMINATE}"
+    return INDETERMINATE
+
+
+def _phenotype_claims(text: str, interp: Mapping[str, str], tokens: set[str]) -> list[Claim]:
+    taken = [False] * len(text)
+    found: list[tuple[int, int, tuple[tuple, ...], bool]] = []  # start, end, targets, negated-in-header
+    for rx, axis, label in _HEADER_RES:
+        for m in rx.finditer(text):
+            s, e = m.span()
+            if any(taken[s:e]):
+                continue
+            taken[s:e] = [True] * (e - s)
+            t = ("indeterminate_axis", axis) if label == INDETERMINATE else ("label", axis, label)
+            found.append((s, e, (t,), bool(m.group(1))))
+    for _phrase, rx, targets in _PHRASE_RES:
+        for m in rx.finditer(text):
+            s, e = m.span()
+            if any(taken[s:e]):
+                continue
+            taken[s:e] = [True] * (e - s)
+            found.append((s, e, targets, False))
+    found.sort()
+    contexts = _axis_contexts(text)
+    claims: list[Claim] = []
+    prev_end = 0
+    for s, e, targets, neg_header in found:
+        ctx = next((a for cs, ce, a in contexts if cs <= s < ce), None)
+        neg = neg_header or _negated(text, s, prev_end)
+        prev_end = e
+        phrase = text[s:e]
+        if ctx is not None and len(targets) == 1 and targets[0] == ("indeterminate",):
+            targets = (("indeterminate_axis", ctx),)
+        if ctx is not None:
+            own = [t for t in targets if _target_axis(t) in (ctx, None)]
+            if not own:
+                t0 = targets[0]
+                claims.append(Claim("phenotype", phrase, s, e, False, None,
+                                    f"{_describe(t0)} is a {_target_axis(t0)} phenotype, stated under {ctx}",
+                                    _describe(t0), UNSUPPORTED, neg, ctx))
+                continue
+            targets = tuple(own)
+        hit, undecided = None, False
+        for t in targets:
+            tr = _truth(t, interp, tokens)
+            if tr is None:
+                undecided = True
+                continue
+            if tr != neg:
+                hit = t
+                break
+        desc = _describe(targets[0])
+        axis = _target_axis(targets[0])
+        if hit is not None:
+            claims.append(Claim("phenotype", phrase, s, e, True, _describe(hit), None, _describe(hit), SUPPORTED, neg,
+                                _target_axis(hit)))
+        else:
+            why = ("its axis is indeterminate or absent, so its absence cannot be checked" if neg and undecided
+                   else "stated as absent, but it is in the interpretation/generated_tokens" if neg
+                   else "phenotype not in interpretation or generated_tokens")
+            claims.append(Claim("phenotype", phrase, s, e, False, None, why, desc, UNSUPPORTED, neg, axis))
+    return claims
 
 
 # ------------------------------------------------------------------------------------------------
 # numbers
 
-_UNIT = r"(?:%|µm²|μm²|µm\^2|μm\^2|um²|um\^2|um2|µm2|μm2|µm|μm|um|microns?|px²|px\^2|px2|pixels?\^?2?|px|bits?)"
-_NUMBER_RE = re.compile(rf"(?<![\w.])(\d+(?:\.\d+)?)(?![\w.]*[A-Za-z_])(?:\s*({_UNIT})(?![A-Za-z]))?")
-_NUM_IN_TEXT = re.compile(r"(?<![\w.])\d+(?:\.\d+)?")
+_FAMILIES_OF_KEY = {"count": {"count", "fraction"}, "share": {"share", "fraction", "count"},
+                    "length": {"length"}, "area": {"area"}, "entropy": {"entropy", "fraction", "count"},
+                    "density": {"density"}}
 
 
-def _unit_kind(unit: str | None) -> str | None:
-    if not unit:
-        return None
-    u = unit.lower().replace("μ", "µ")
-    if u == "%":
-        return "percent"
-    if u in ("µm²", "µm^2", "um²", "um^2", "um2", "µm2"):
-        return "area_um2"
-    if u in ("µm", "um", "micron", "microns"):
-        return "length_um"
-    if u in ("px²", "px^2", "px2", "pixels2", "pixels^2", "pixel^2", "pixel2"):
-        return "area_px2"
-    if u in ("px", "pixel", "pixels"):
-        return "length_px"
-    if u in ("bit", "bits"):
-        return "entropy"
-    return None
-
-
-def _kind_of_key(key: str) -> str:
-    if key.endswith("_um2"):
-        return "area_um2"
-    if key.endswith("_um"):
-        return "length_um"
-    if key.startswith("mean_area_"):
-        return "area_px2"
-    if "dist" in key or "radius" in key:
-        return "length_px"
-    if key.startswith(("r_", "f_", "fraction_")):
-        return "fraction"
-    if key == "mean_spatial_entropy":
-        return "entropy"
-    if key.startswith(("N_", "count_")):
-        return "count"
-    return "other"
-
-
-def _numeric_values(raw: Mapping[str, Any]) -> list[tuple[str, str, float]]:
-    """(key, kind, value) for every numeric leaf of raw_data, plus numbers in its strings."""
-    out: list[tuple[str, str, float]] = []
-
-    def walk(prefix: str, obj: Any) -> None:
-        if isinstance(obj, bool) or obj is None:
-            return
-        if isinstance(obj, (int, float)):
-            out.append((prefix, _kind_of_key(prefix.rsplit(".", 1)[-1]), float(obj)))
-        elif isinstance(obj, str):
-            for m in _NUM_IN_TEXT.finditer(obj):
-                out.append((f"{prefix} (text)", "text", float(m.group(0))))
-        elif isinstance(obj, Mapping):
-            for k, v in obj.items():
-                walk(f"{prefix}.{k}" if prefix else str(k), v)
-        elif isinstance(obj, (list, tuple)):
-            for i, v in enumerate(obj):
-                walk(f"{prefix}[{i}]", v)
-
-    walk("", raw)
-    return out
-
-
-def _match_number(x: float, decimals: int, unit_kind: str | None, values: list[tuple[str, str, float]]) -> str | None:
-    tol = 0.5 * 10.0 ** (-decimals) + 1e-9 * max(1.0, abs(x))
-    for key, kind, v in values:
-        if unit_kind == "percent":
-            if kind in ("fraction", "other", "text") and abs(100.0 * v - x) <= tol:
-                return key
-            continue
-        if unit_kind is not None and kind != unit_kind and kind != "text":
-            continue
-        if abs(v - x) <= tol:
-            return key
-    return None
+def _check_number(n: NumberMention, raw: Mapping[str, Any]) -> Claim:
+    c = Claim("number", n.text.strip(), n.start, n.end, False, None, None, n.quantity, UNSUPPORTED)
+    if n.quoted is not None:
+        c.supported, c.matched, c.status = True, n.quoted, SUPPORTED
+        return c
+    if n.quantity is None:
+        c.status, c.reason = UNBOUND, f"unbound: {n.reason or 'subject not determined'}"
+        return c
+    key = n.quantity
+    if key not in raw:
+        base = key[:-3] if key.endswith("_um") else key[:-4] if key.endswith("_um2") else None
+        if base is not None and base in raw and raw.get("mpp") is None:
+            c.reason = f"{key} is not measured: the pixel size is unknown (cite px)"
+        else:
+            c.reason = f"raw_data has no {key} (quantity not measured for this taxonomy)"
+        return c
+    v = raw.get(key)
+    if v is None:
+        c.reason = f"{key} is undefined: {(raw.get('undefined') or {}).get(key, 'no value')}"
+        return c
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        c.reason = f"{key} is not a number"
+        return c
+    fam = key_family(key)
+    if n.family not in _FAMILIES_OF_KEY.get(fam, {fam}):
+        c.reason = f"{key} is a {fam}, but the text states a {n.family}"
+        return c
+    tol = 0.5 * 10.0 ** (-n.decimals) + 1e-9 * max(1.0, abs(n.value))
+    shown = float(v) * n.scale
+    if abs(shown - n.value) <= tol:
+        c.supported, c.matched, c.status = True, key, SUPPORTED
+    else:
+        shown_s = f"{shown:g}" if fam == "count" else f"{shown:.{n.decimals + 2}f}{'%' if n.unit == '%' else ''}"
+        c.reason = f"{key} = {shown_s}, not {n.text.strip()}"
+    return c
 
 
 # ------------------------------------------------------------------------------------------------
@@ -249,30 +312,16 @@ def verify_narrative(text: str, bio: Mapping[str, Any]) -> VerificationResult:
     raw = bio.get("raw_data") or {}
     interp = bio.get("interpretation") or {}
     tokens = {str(t).lower() for t in bio.get("generated_tokens") or []}
-    claims: list[Claim] = []
-
-    taken = [False] * len(text)
-    for phrase, rx, targets in _PHRASE_RES:
-        for m in rx.finditer(text):
-            s, e = m.span()
-            if any(taken[s:e]):
-                continue
-            for i in range(s, e):
-                taken[i] = True
-            hit = _phenotype_supported(targets, interp, tokens)
-            claims.append(Claim("phenotype", m.group(0), s, e, hit is not None, hit,
-                                None if hit else "phenotype not in interpretation or generated_tokens"))
-
-    values = _numeric_values(raw)
-    for m in _NUMBER_RE.finditer(text):
-        s, e = m.span()
-        if any(taken[s:e]):
-            continue
-        num = m.group(1)
-        decimals = len(num.split(".")[1]) if "." in num else 0
-        kind = _unit_kind(m.group(2))
-        key = _match_number(float(num), decimals, kind, values)
-        claims.append(Claim("number", m.group(0).strip(), s, e, key is not None, key,
-                            None if key else f"no raw_data value{' of kind ' + kind if kind else ''} rounds to {num}"))
+    claims = _phenotype_claims(text, interp, tokens)
+    masked = [(c.start, c.end) for c in claims]
+    for n in parse_numbers(text, raw, masked):
+        claims.append(_check_number(n, raw))
     claims.sort(key=lambda c: c.start)
     return VerificationResult(claims)
+
+
+def bound_quantities(text: str, bio: Mapping[str, Any]) -> list[tuple[str, str | None]]:
+    """(number text, bound raw_data key or None) for every number of ``text`` (diagnostics)."""
+    res = verify_narrative(text, bio)
+    return [(c.text, c.quantity if c.status != UNBOUND else None) for c in res.claims if c.kind == "number"]
+
