@@ -4,8 +4,10 @@ import com.google.gson.JsonArray;
 import com.google.gson.JsonObject;
 import qupath.ext.segtme.client.DetectionResult;
 import qupath.ext.segtme.client.NucleusFeature;
+import qupath.ext.segtme.client.SegTMEIds;
 import qupath.ext.segtme.client.TissueFeature;
 import qupath.lib.io.PathIO;
+import qupath.lib.objects.CellTools;
 import qupath.lib.objects.PathAnnotationObject;
 import qupath.lib.objects.PathObject;
 import qupath.lib.objects.hierarchy.PathObjectHierarchy;
@@ -18,42 +20,32 @@ import java.util.IdentityHashMap;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.UUID;
 
 /**
  * Imports one annotation's DetectTME result into the hierarchy, atomically.
  * <ol>
- * <li>Parse: the server's Features go through QuPath's own GeoJSON reader,
- *     {@code PathIO.readObjectsFromGeoJSON(InputStream)} (qupath-core, qupath/lib/io/PathIO.java; in 0.6 it
- *     delegates to GsonTools.parseObjectsFromGeoJSON: objectType "detection"/"cell" gives detections/cells,
- *     a Feature without it would become an annotation, "classification" needs name+color, "measurements" and
- *     "id" are kept). Everything is parsed and checked before the hierarchy is touched.</li>
- * <li>PAGET models also return tissue regions (objectType "annotation", classification name + colour,
- *     e.g. Epithelium / Stroma / Smooth muscle / Red blood cell): they are parsed by the same reader and must
- *     come back as classified area annotations.</li>
- * <li>Apply, under the hierarchy's lock (its public methods synchronize on the hierarchy instance):
- *     remove this annotation's previous SegTME objects (its SegTME tissue annotations, and SegTME nuclei among its
- *     children and inside those tissue annotations; nuclei with
- *     {@code removeObjectWithoutUpdate(obj, false)}, then tissue annotations with {@code (obj, true)} so that any
- *     other object a user placed inside one is kept), add the new tissue annotations and nuclei as direct
- *     children of the annotation with {@code addObjectBelowParent(annotation, obj, false)}
- *     (which only links parent and child, no geometric resolution; NOT {@code addObjects}, which attaches
- *     everything to the root), replace the SegTME measurements
- *     ({@code PathObject.getMeasurements()}, a Map view, 0.4+), set the description
- *     ({@code PathAnnotationObject.setDescription}) and metadata ({@code PathObject.getMetadata()},
- *     MinimalMetadataStore, 0.6); on any exception the previous state is restored.</li>
- * <li>Fire one event: {@code fireHierarchyChangedEvent(source, annotation)}.</li>
+ * <li>Parse, before the hierarchy is touched: the server's Features go through QuPath's own GeoJSON reader
+ *     ({@code PathIO.readObjectsFromGeoJSON(InputStream)}); nuclei must come back as detections, PAGET tissue
+ *     regions as classified area annotations. For {@code output: 'cells'} the detections become cells with
+ *     QuPath's {@code CellTools.detectionsToCells(detections, distancePx, -1)} (nucleus grown by the cell expansion,
+ *     stopping where cells meet). Every object gets its {@link SegTMEIds} ID ({@code PathObject.setID}).</li>
+ * <li>Apply, holding the hierarchy's lock (its public methods synchronize on it): the previous SegTME objects of
+ *     <b>this</b> annotation are found by ID anywhere in the hierarchy ({@code getDetectionObjects()},
+ *     {@code getAnnotationObjects()}) — also after <i>Resolve hierarchy</i> moved them into sub-annotations or
+ *     tissue regions — and removed ({@code PathObject.removeChildObjects} per parent, a batch operation); objects
+ *     a user placed inside a removed SegTME tissue annotation move up to its parent. The new tissue annotations and
+ *     nuclei become direct children of the annotation ({@code addChildObjects}, batch, no geometric resolution).
+ *     The SegTME measurements are replaced ({@code getMeasurements()}: {@code Map<String, Number>} in 0.6), the
+ *     description ({@code PathAnnotationObject.setDescription}) and the annotation's metadata (a handful of keys on
+ *     the few analysed annotations, never on nuclei) are set. On any exception the previous state is restored.</li>
+ * <li>One event: {@code fireHierarchyChangedEvent(source, annotation)}, or for the whole hierarchy when previous
+ *     objects were removed outside the annotation's subtree.</li>
  * </ol>
- * SegTME nuclei are recognised by the metadata key {@link #KEY_RUN}, SegTME tissue annotations by
- * {@link #KEY_TISSUE} (keys starting with "_" are internal by QuPath's convention; the analysed annotation itself
- * also carries KEY_RUN, so annotations need their own key), so re-running replaces them and never touches other
- * objects under the annotation. On rollback each removed object goes back below its previous parent (an object a user had placed
- * inside a removed tissue annotation stays one level up).
+ * Objects SegTME did not make (other IDs), and SegTME objects of other annotations, are never touched.
  */
 final class ObjectImporter {
 
-    static final String KEY_RUN = "_segtme.run";
-    /** Marks the tissue annotations SegTME added (PAGET models), so that a re-run replaces only those. */
-    static final String KEY_TISSUE = "_segtme.tissue";
     static final String KEY_MEASUREMENTS = "_segtme.measurements";
     static final String KEY_TOKENS = "SegTME tokens";
     static final String KEY_MODEL = "SegTME model";
@@ -61,38 +53,44 @@ final class ObjectImporter {
 
     private ObjectImporter() {}
 
-    /** Parse the nuclei with QuPath's reader; throws if anything is not a nucleus of the requested type. */
-    static List<PathObject> parse(DetectionResult result, boolean cells, String runId) throws IOException {
+    /** Parsed objects of one job, IDs set. */
+    record Imported(List<PathObject> tissue, List<PathObject> nuclei) {}
+
+    /**
+     * Parse the nuclei (and PAGET tissue regions) with QuPath's reader and give them SegTME IDs.
+     *
+     * @param cellExpansionPx &lt; 0: detections; &ge; 0: cells, nuclei grown by this many full-resolution px
+     */
+    static Imported parse(DetectionResult result, UUID annotationId, double cellExpansionPx) throws IOException {
         JsonArray features = new JsonArray();
         for (NucleusFeature f : result.nuclei())
             features.add(f.feature());
-        List<PathObject> objects = read(features);
-        for (PathObject o : objects) {
-            if (!o.isDetection() || o.isCell() != cells || !o.hasROI())
-                throw new IOException("unexpected object from the server (expected " + (cells ? "cells" : "detections") + "): " + o);
-            o.getMetadata().put(KEY_RUN, runId);
+        List<PathObject> nuclei = read(features);
+        for (PathObject o : nuclei)
+            if (!o.isDetection() || o.isCell() || !o.hasROI())
+                throw new IOException("unexpected object from the server (expected detections): " + o);
+        if (cellExpansionPx >= 0 && !nuclei.isEmpty()) {
+            List<PathObject> cells = CellTools.detectionsToCells(nuclei, cellExpansionPx, -1);
+            if (cells.size() != nuclei.size())
+                throw new IOException("QuPath made " + cells.size() + " cells from " + nuclei.size() + " nuclei");
+            nuclei = cells;
         }
-        return objects;
-    }
-
-    /**
-     * Parse the PAGET tissue regions with QuPath's reader (empty for nucleus models); throws unless each is a
-     * classified area annotation.
-     */
-    static List<PathObject> parseTissue(DetectionResult result, String runId) throws IOException {
-        if (result.tissue().isEmpty())
-            return List.of();
-        JsonArray features = new JsonArray();
-        for (TissueFeature f : result.tissue())
-            features.add(f.feature());
-        List<PathObject> objects = read(features);
-        for (PathObject o : objects) {
-            if (!o.isAnnotation() || !o.hasROI() || !o.getROI().isArea() || o.getPathClass() == null)
-                throw new IOException("unexpected tissue object from the server (expected a classified area annotation): " + o);
-            o.getMetadata().put(KEY_RUN, runId);
-            o.getMetadata().put(KEY_TISSUE, "true");
+        List<PathObject> tissue = List.of();
+        if (!result.tissue().isEmpty()) {
+            JsonArray tf = new JsonArray();
+            for (TissueFeature f : result.tissue())
+                tf.add(f.feature());
+            tissue = read(tf);
+            for (PathObject o : tissue)
+                if (!o.isAnnotation() || !o.hasROI() || !o.getROI().isArea() || o.getPathClass() == null)
+                    throw new IOException("unexpected tissue object from the server (expected a classified area annotation): " + o);
         }
-        return objects;
+        int nonce = SegTMEIds.newRunNonce();
+        for (int k = 0; k < nuclei.size(); k++)
+            nuclei.get(k).setID(SegTMEIds.objectId(annotationId, SegTMEIds.Kind.NUCLEUS, nonce, k));
+        for (int k = 0; k < tissue.size(); k++)
+            tissue.get(k).setID(SegTMEIds.objectId(annotationId, SegTMEIds.Kind.TISSUE, nonce, k));
+        return new Imported(tissue, nuclei);
     }
 
     private static List<PathObject> read(JsonArray features) throws IOException {
@@ -103,88 +101,98 @@ final class ObjectImporter {
                 new ByteArrayInputStream(fc.toString().getBytes(StandardCharsets.UTF_8)));
         if (objects.size() != features.size())
             throw new IOException("QuPath read " + objects.size() + " objects from " + features.size() + " features");
-        return objects;
+        return new ArrayList<>(objects);
     }
 
-    /** Replace the annotation's SegTME nuclei, measurements, description and metadata by {@code result}. */
-    static void apply(PathObjectHierarchy hierarchy, PathObject annotation, List<PathObject> nuclei,
-                      DetectionResult result, String runId) {
-        apply(hierarchy, annotation, List.of(), nuclei, result, runId);
+    /** The SegTME objects made for {@code annotation}, anywhere in the hierarchy: nuclei first, then tissue annotations. */
+    static List<PathObject> previousObjects(PathObjectHierarchy hierarchy, PathObject annotation) {
+        UUID id = annotation.getID();
+        List<PathObject> out = new ArrayList<>();
+        for (PathObject p : hierarchy.getDetectionObjects())
+            if (SegTMEIds.madeFor(p.getID(), id, SegTMEIds.Kind.NUCLEUS))
+                out.add(p);
+        for (PathObject p : hierarchy.getAnnotationObjects())
+            if (SegTMEIds.madeFor(p.getID(), id, SegTMEIds.Kind.TISSUE))
+                out.add(p);
+        return out;
     }
 
     /**
      * Replace the annotation's SegTME tissue annotations, nuclei, measurements, description and metadata by
-     * {@code result}; tissue annotations and nuclei become direct children of {@code annotation}.
+     * {@code imported} / {@code result}; tissue annotations and nuclei become direct children of {@code annotation}.
      */
-    static void apply(PathObjectHierarchy hierarchy, PathObject annotation, List<PathObject> tissue,
-                      List<PathObject> nuclei, DetectionResult result, String runId) {
+    static void apply(PathObjectHierarchy hierarchy, PathObject annotation, Imported imported, DetectionResult result) {
         var report = result.report();
+        boolean outside = false;
         synchronized (hierarchy) {
-            // previous SegTME objects: the annotation's SegTME tissue annotations (KEY_TISSUE) and SegTME nuclei among
-            // its children and its tissue annotations' children ("Resolve hierarchy" moves nuclei into the tissue
-            // regions); never objects inside other child annotations. Nuclei first, then tissue annotations.
-            List<PathObject> oldTissue = annotation.getChildObjects().stream()
-                    .filter(p -> p.isAnnotation() && p.getMetadata().containsKey(KEY_TISSUE)).toList();
-            List<PathObject> previous = new ArrayList<>();
-            List<PathObject> containers = new ArrayList<>(oldTissue);
-            containers.add(0, annotation);
-            for (PathObject c : containers)
-                c.getChildObjects().stream().filter(p -> p.isDetection() && p.getMetadata().containsKey(KEY_RUN))
-                        .forEach(previous::add);
-            previous.addAll(oldTissue);
-            Map<PathObject, PathObject> parents = new IdentityHashMap<>();
+            List<PathObject> previous = previousObjects(hierarchy, annotation);
+            Map<PathObject, List<PathObject>> byParent = new IdentityHashMap<>();
             for (PathObject p : previous)
-                parents.put(p, p.getParent());
-            Map<String, Double> oldMeasurements = new LinkedHashMap<>(annotation.getMeasurements());
+                byParent.computeIfAbsent(p.getParent(), q -> new ArrayList<>()).add(p);
+            for (PathObject parent : byParent.keySet())
+                outside |= parent != annotation && !isDescendant(parent, annotation);
+            Map<PathObject, List<PathObject>> rescued = new IdentityHashMap<>(); // user objects inside old tissue annotations
+            Map<String, Number> oldMeasurements = new LinkedHashMap<>(annotation.getMeasurements());
             Map<String, String> oldMetadata = new LinkedHashMap<>(annotation.getMetadata());
             String oldDescription = annotation instanceof PathAnnotationObject a ? a.getDescription() : null;
-            List<PathObject> added = new ArrayList<>(tissue.size() + nuclei.size());
-            List<PathObject> removed = new ArrayList<>(previous.size());
+            List<PathObject> added = new ArrayList<>(imported.tissue().size() + imported.nuclei().size());
+            added.addAll(imported.tissue());
+            added.addAll(imported.nuclei());
             try {
+                byParent.forEach(PathObject::removeChildObjects);
                 for (PathObject p : previous) {
-                    hierarchy.removeObjectWithoutUpdate(p, p.isAnnotation());
-                    removed.add(p);
+                    if (!p.isAnnotation() || !p.hasChildObjects())
+                        continue;
+                    List<PathObject> keep = new ArrayList<>(p.getChildObjects());
+                    PathObject parent = byParentOf(byParent, p);
+                    rescued.put(p, keep);
+                    parent.addChildObjects(keep);
                 }
-                for (PathObject t : tissue) {
-                    hierarchy.addObjectBelowParent(annotation, t, false);
-                    added.add(t);
-                }
-                for (PathObject n : nuclei) {
-                    hierarchy.addObjectBelowParent(annotation, n, false);
-                    added.add(n);
-                }
+                annotation.addChildObjects(added);
                 var measurements = annotation.getMeasurements();
                 String prevKeys = annotation.getMetadata().getOrDefault(KEY_MEASUREMENTS, "");
                 for (String k : prevKeys.split("\n"))
                     if (!k.isEmpty())
                         measurements.remove(k);
-                report.measurements().forEach(measurements::put);
+                measurements.putAll(report.measurements());
                 var md = annotation.getMetadata();
                 md.put(KEY_MEASUREMENTS, String.join("\n", report.measurements().keySet()));
-                md.put(KEY_RUN, runId);
                 md.put(KEY_MODEL, result.modelName());
                 md.put(KEY_TOKENS, String.join(" ", report.tokens()));
                 md.put(KEY_REPORT, report.reportJson().toString());
                 if (annotation instanceof PathAnnotationObject a)
                     a.setDescription(describe(result));
             } catch (RuntimeException e) {
-                // roll back to the previous state (each removed object below its previous parent), then rethrow
-                for (PathObject n : added)
-                    hierarchy.removeObjectWithoutUpdate(n, false);
-                for (int k = removed.size() - 1; k >= 0; k--) { // tissue annotations first, then the nuclei inside them
-                    PathObject p = removed.get(k);
-                    PathObject parent = parents.get(p);
-                    hierarchy.addObjectBelowParent(parent == null ? annotation : parent, p, false);
-                }
+                // roll back: drop what was added, give rescued objects back, re-attach every removed object to its parent
+                annotation.removeChildObjects(added);
+                rescued.forEach((tissue, kids) -> tissue.addChildObjects(kids));
+                byParent.forEach(PathObject::addChildObjects);
                 restore(annotation.getMeasurements(), oldMeasurements);
                 restore(annotation.getMetadata(), oldMetadata);
-                if (annotation instanceof PathAnnotationObject a && oldDescription != null)
+                if (annotation instanceof PathAnnotationObject a)
                     a.setDescription(oldDescription);
                 throw e;
             }
         }
-        // One structural event for the annotation's subtree (covers added/removed children and measurements).
-        hierarchy.fireHierarchyChangedEvent(ObjectImporter.class, annotation);
+        if (outside)
+            hierarchy.fireHierarchyChangedEvent(ObjectImporter.class);
+        else
+            hierarchy.fireHierarchyChangedEvent(ObjectImporter.class, annotation);
+    }
+
+    private static PathObject byParentOf(Map<PathObject, List<PathObject>> byParent, PathObject child) {
+        for (var e : byParent.entrySet())
+            for (PathObject c : e.getValue())
+                if (c == child)
+                    return e.getKey();
+        throw new IllegalStateException("no parent recorded for " + child);
+    }
+
+    private static boolean isDescendant(PathObject o, PathObject ancestor) {
+        for (PathObject p = o; p != null; p = p.getParent())
+            if (p == ancestor)
+                return true;
+        return false;
     }
 
     private static <V> void restore(Map<String, V> map, Map<String, V> old) {

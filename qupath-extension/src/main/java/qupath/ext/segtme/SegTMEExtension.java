@@ -6,7 +6,8 @@ import qupath.lib.gui.QuPathGUI;
 import qupath.lib.gui.extensions.QuPathExtension;
 
 /**
- * Adds Extensions &gt; SegTME &gt; "Detect TME…" and "Test server connection".
+ * Adds Extensions &gt; SegTME &gt; "Detect TME…" and "Test server connection", and the SegTME section of
+ * Edit › Preferences ({@link SegTMEPrefs#install}).
  * Relies on QuPathExtension (installExtension/getName/getDescription/getQuPathVersion, qupath-gui-fx
  * qupath/lib/gui/extensions/QuPathExtension.java) and QuPathGUI.getMenu(String, boolean), as used by
  * QuPath's own extensions (e.g. qupath-extension-wsinfer, WSInferExtension.addMenuItems).
@@ -21,6 +22,7 @@ public class SegTMEExtension implements QuPathExtension {
         if (installed)
             return;
         installed = true;
+        SegTMEPrefs.install(qupath);
         var menu = qupath.getMenu("Extensions>SegTME", true);
         var detect = new MenuItem("Detect TME…");
         detect.setOnAction(e -> new DetectTMECommand(qupath).run());

@@ -245,7 +245,8 @@ public final class SegTMEClient implements AutoCloseable {
     }
 
     private static final class StreamFailure extends RuntimeException {
-        final Status status;
+        private static final long serialVersionUID = 1L;
+        final transient Status status;
         final boolean receivedAny;
 
         StreamFailure(Status status, boolean receivedAny) {

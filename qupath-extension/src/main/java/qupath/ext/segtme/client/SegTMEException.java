@@ -6,6 +6,8 @@ package qupath.ext.segtme.client;
  */
 public class SegTMEException extends RuntimeException {
 
+    private static final long serialVersionUID = 1L;
+
     private final String code;
 
     public SegTMEException(String code, String message, Throwable cause) {
