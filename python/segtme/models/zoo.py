@@ -1,15 +1,25 @@
-"""Built-in model families and presets (one config + builder per family, as timm does)."""
+"""Built-in model families and presets (one config + builder per family, as timm does).
+
+The UperHoVer family: a pyramid backbone + UperNet heads, outputs = its configured heads
+("sem" logits over the taxonomy, "hv"), nuclei made from the maps. timm / transformers are
+imported when a model is built, not when the presets are listed.
+"""
 
 from __future__ import annotations
 
 from .backbones import UNI2_H_ARCH, UNI2_H_TAPS, uni2_h_kwargs
 from .config import ModelConfig
-from .registry import register_family, register_preset
-from .uperhover import UperHoVer
+from .registry import ModelContract, register_family, register_preset
 
 
-@register_family("uperhover")
+def _uperhover_contract(cfg: ModelConfig) -> ModelContract:
+    return ModelContract(outputs=tuple(k for k in ("sem", "hv") if k in cfg.heads), instances="maps")
+
+
+@register_family("uperhover", contract=_uperhover_contract)
 def _build_uperhover(cfg: ModelConfig):
+    from .uperhover import UperHoVer
+
     return UperHoVer(cfg)
 
 
@@ -73,6 +83,3 @@ UPERHOVER_VIT_TINY = register_preset(
         pad_multiple=14,
     )
 )
-
-from . import classical  # noqa: E402,F401  (registers the "classical" family and preset)
-from ..paget import model as _paget_model  # noqa: E402,F401  (registers "paget_segformer" + paget_s / paget_h presets)

@@ -9,8 +9,10 @@ One config file (TOML/YAML/JSON) = the shared trainer's sections (``[run]``, ``[
     method = "hierarchical"               # or "flat" (ablation)
     crop = 0                              # >0: keep only the top-left crop x crop px (tests)
     overwrite = false                     # false: reuse labels already in labels_dir
-    [distill.images]
+    [distill.images]                      # or several: [[distill.images]] (one per folder)
     path = "../shared/data/consep-train/images"   glob = "train_*.png"   mpp = 0.25   limit = 0
+    # default_mpp = 0.25 (MPP per image from index.json, this when missing); prefix = "consep_"
+    # (key prefix); val = ["train_3"] / val_from = "default" (held-out images: not trained on)
     [distill.instances]                   # the instance source (HoverNet's role in the paper)
     kind = "stored"                       # stored | model
     root = "../shared/data/consep-train/labels"
@@ -23,7 +25,8 @@ One config file (TOML/YAML/JSON) = the shared trainer's sections (``[run]``, ``[
                       pattern = "{key}.{name}.npy"   map_kind = "logits"   # logits | prob | mask
     [[distill.teachers]]
     kind = "plugin"   factory = "my_pkg.teachers:make_cd3_teacher"   # returns a Teacher; + kwargs
-    [distill.mitoses]                     # optional: kind = "stored" (JSON points) | "plugin"
+    [distill.mitoses]                     # optional: kind = "stored" (JSON points) | "model"
+                                          # (the mitosis teacher, model = "mitosis") | "plugin"
     [distill.aggregation]                 # AggregationParams fields (sigma_px, mitosis_radius_px, ...)
 
 Labels: ``<labels_dir>/<key>_sem_map.png`` (uint8 PAGET ids, 255 = unresolved / ignored) and a
@@ -66,7 +69,7 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 @dataclass
 class DistillSpec:
     labels_dir: str
-    images: dict[str, Any]
+    images: dict[str, Any] | list[dict[str, Any]]
     instances: dict[str, Any]
     teachers: list[dict[str, Any]] = field(default_factory=list)
     mitoses: dict[str, Any] | None = None
@@ -150,25 +153,103 @@ def build_mitosis_detector(d: Mapping[str, Any] | None) -> MitosisDetector | Non
     kind = d.pop("kind", "stored")
     if kind == "stored":
         return StoredMitoses(**d)
+    if kind == "model":  # the mitosis teacher (segtme.mitosis) on the instance source's nuclei
+        from ..mitosis.detect import MitosisTeacher
+
+        return MitosisTeacher(model=d.pop("model", "mitosis"), threshold=d.pop("threshold", None),
+                              device=d.pop("device", "cpu"))
     if kind == "plugin":
         return _plugin(d.pop("factory", ""), d)
-    raise InputError(f"[distill.mitoses]: kind must be stored or plugin, got {kind!r}")
+    raise InputError(f"[distill.mitoses]: kind must be stored, model or plugin, got {kind!r}")
 
 
-def list_images(images: Mapping[str, Any]) -> list[tuple[str, Path, float]]:
-    """(key, path, mpp) for the distillation images (sorted; ``limit`` > 0 keeps the first ones)."""
-    root = Path(images.get("path", ""))
-    if not root.is_dir():
-        raise InputError(f"[distill.images]: folder not found: {root}")
-    if "mpp" not in images:
-        raise InputError("[distill.images]: mpp (µm/px of the images) is required")
-    paths = sorted(p for p in root.glob(str(images.get("glob", "*"))) if p.suffix.lower() in IMAGE_EXTS)
-    lim = int(images.get("limit", 0) or 0)
-    if lim > 0:
-        paths = paths[:lim]
-    if not paths:
-        raise InputError(f"[distill.images]: no images in {root} matching {images.get('glob', '*')!r}")
-    return [(p.stem, p.resolve(), float(images["mpp"])) for p in paths]
+def _index_mpp(root: Path) -> dict[str, float]:
+    """{image stem: mpp} from the folder's (or its parent's) ``index.json``, when it has one."""
+    for idx in (root / "index.json", root.parent / "index.json"):
+        if idx.is_file():
+            d = json.loads(idx.read_text())
+            items = d.get("items", []) if isinstance(d, dict) else d
+            out = {}
+            for it in items:
+                try:
+                    out[Path(it["image"]).stem] = float(it["mpp"])
+                except (KeyError, TypeError, ValueError):
+                    continue
+            return out
+    return {}
+
+
+def _image_specs(images: Mapping[str, Any] | list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    if isinstance(images, Mapping):
+        return [images]
+    if isinstance(images, list) and images and all(isinstance(i, Mapping) for i in images):
+        return list(images)
+    raise InputError("[distill.images] must be a table or a non-empty array of tables ([[distill.images]])")
+
+
+IMAGE_SPEC_KEYS = {"path", "glob", "mpp", "default_mpp", "limit", "prefix", "val", "val_from"}
+
+
+def held_out_names(spec: Mapping[str, Any]) -> set[str]:
+    """Image stems held out for validation by one images spec: ``val`` (list of stems) and/or
+    ``val_from = "default"`` (the images the shipped default model held out, its config's
+    ``extra.held_out``), so the student is validated on images no nucleus teacher trained on."""
+    names = {str(v) for v in spec.get("val", [])}
+    vf = spec.get("val_from")
+    if vf == "default":
+        from ..models.registry import shipped_models
+
+        p = shipped_models().get("default")
+        if p is None:
+            raise InputError("[distill.images] val_from = 'default' but no default model is shipped")
+        ho = json.loads(p.read_text()).get("extra", {}).get("held_out", {})
+        names |= {s for v in ho.values() for s in v}
+    elif vf is not None:
+        raise InputError(f"[distill.images] val_from must be 'default', got {vf!r}")
+    return names
+
+
+def list_images(images: Mapping[str, Any] | list[Mapping[str, Any]]) -> list[tuple[str, Path, float]]:
+    """(key, path, mpp) for the distillation images of one or several image specs (each sorted;
+    ``limit`` > 0 keeps the first ones). key = ``prefix`` + file stem. MPP: ``mpp`` (all images),
+    else the folder's ``index.json``, else ``default_mpp``."""
+    out: list[tuple[str, Path, float]] = []
+    for images in _image_specs(images):
+        bad = set(images) - IMAGE_SPEC_KEYS
+        if bad:
+            raise InputError(f"[distill.images]: unknown key(s) {sorted(bad)}; known: {sorted(IMAGE_SPEC_KEYS)}")
+        root = Path(images.get("path", ""))
+        if not root.is_dir():
+            raise InputError(f"[distill.images]: folder not found: {root}")
+        if "mpp" not in images and "default_mpp" not in images:
+            raise InputError(f"[distill.images] {root}: mpp or default_mpp (µm/px of the images) is required")
+        paths = sorted(p for p in root.glob(str(images.get("glob", "*"))) if p.suffix.lower() in IMAGE_EXTS)
+        lim = int(images.get("limit", 0) or 0)
+        if lim > 0:
+            paths = paths[:lim]
+        if not paths:
+            raise InputError(f"[distill.images]: no images in {root} matching {images.get('glob', '*')!r}")
+        idx = {} if "mpp" in images else _index_mpp(root)
+        prefix = str(images.get("prefix", ""))
+        for p in paths:
+            m = float(images["mpp"]) if "mpp" in images else float(idx.get(p.stem, images["default_mpp"]))
+            out.append((prefix + p.stem, p.resolve(), m))
+    keys = [k for k, _, _ in out]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise InputError(f"[distill.images]: duplicate image keys {dup[:5]}; set a different prefix per folder")
+    return out
+
+
+def val_keys(images: Mapping[str, Any] | list[Mapping[str, Any]]) -> list[str]:
+    """Keys of the held-out (validation) images of the image specs."""
+    out = []
+    for spec in _image_specs(images):
+        names = held_out_names(spec)
+        if not names:
+            continue
+        out += [k for k, p, _ in list_images(spec) if p.stem in names]
+    return out
 
 
 def aggregate_image(
@@ -256,6 +337,9 @@ def training_config(cfg: Mapping[str, Any], labels_dir: str | Path) -> dict[str,
         d["model"].pop("preset")
     if not d.get("data"):
         d["data"] = [{"kind": "pseudo", "path": str(labels_dir), "name": "paget"}]
+        val = val_keys(cfg["distill"]["images"]) if "distill" in cfg and "images" in cfg["distill"] else []
+        if val:
+            d["data"][0]["val"] = val
     return d
 
 

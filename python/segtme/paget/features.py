@@ -52,7 +52,7 @@ def _tissue_info(ctx: TMEContext) -> tuple[np.ndarray | None, dict[int, float] |
     """(tissue context per counted nucleus, tissue area px² per class, reason if unavailable)."""
     meta = ctx.table.meta
     if ctx.cls_mask is not None:
-        from .product import fill_tissue_under_nuclei
+        from .geometry import fill_tissue_under_nuclei
 
         sem = np.asarray(ctx.cls_mask)
         filled = fill_tissue_under_nuclei(sem.astype(np.uint8))

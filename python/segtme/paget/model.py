@@ -4,7 +4,7 @@
 Paper (section 3.5): SegFormer with MiT-B5, inputs 384x384 at 20x (~0.5 µm/px), pixel-wise
 prediction of 13 TME components + background. PAGET-S = the semantic map; PAGET-H = the same
 weights + a nucleus instance source, each nucleus taking the majority class of its pixels
-(``segtme.paget.product``). The module is built from a ``SegformerConfig`` locally (random init;
+(``segtme.paget.outputs``; run by ``segtme.paget.runner``). The module is built from a ``SegformerConfig`` locally (random init;
 nothing is downloaded); ImageNet-pretrained MiT weights can be loaded by the user with
 ``load_mit_weights`` from a local file.
 
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.config import ModelConfig
-from ..models.registry import register_family, register_preset
+from ..models.registry import ModelContract, register_family, register_preset
 
 #: MiT encoder variants (SegFormer paper, Table 1 / the released configs): depths, widths, heads,
 #: decoder width. B5 is the paper's student; B0/B1 are the CPU-sized variants.
@@ -94,7 +94,8 @@ def load_mit_weights(module: PagetSegFormer, path: str) -> None:
     load_state_dict_strict(module.segformer.segformer.encoder, enc, str(path))
 
 
-@register_family("paget_segformer")
+@register_family("paget_segformer", contract=ModelContract(outputs=("sem",), instances="none", product="paget",
+                                                           taxonomy="paget13"))
 def _build_paget_segformer(cfg: ModelConfig) -> nn.Module:
     return PagetSegFormer(cfg)
 
@@ -138,6 +139,3 @@ def paget_mode(cfg: ModelConfig) -> str:
     """"semantic" (PAGET-S) or "panoptic" (PAGET-H)."""
     return str(cfg.extra.get("mode", "semantic"))
 
-
-# the 13-class TME feature group must be registered whenever a PAGET model can produce a table
-from . import features as _features  # noqa: E402,F401

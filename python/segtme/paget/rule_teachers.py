@@ -45,6 +45,13 @@ class TissueDensityTeacher:
     epi_density: float = 0.30
     sm_eosin_quantile: float = 0.9
     sm_max_density: float = 0.08
+    #: False: no smooth-muscle output (``classes`` = epithelium only). The eosin rule is not a
+    #: smooth-muscle teacher worth distilling (stroma is eosinophilic too).
+    smooth_muscle: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.smooth_muscle:
+            self.classes = tuple(c for c in self.classes if c != "Smooth muscle")
 
     def predict(self, image: TeacherInput) -> dict[str, np.ndarray]:
         from scipy import ndimage as ndi
@@ -62,7 +69,8 @@ class TissueDensityTeacher:
         epi = (dens - self.epi_density) / 0.05
         thr = float(np.quantile(eos, self.sm_eosin_quantile))
         sm = np.minimum((eos - thr) / (abs(thr) * 0.1 + 1e-3), (self.sm_max_density - dens) / 0.02)
-        return {"Epithelium": epi.astype(np.float32), "Smooth muscle": sm.astype(np.float32)}
+        out = {"Epithelium": epi.astype(np.float32), "Smooth muscle": sm.astype(np.float32)}
+        return {k: v for k, v in out.items() if k in self.classes}
 
 
 @dataclass

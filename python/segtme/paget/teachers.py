@@ -316,7 +316,7 @@ class ModelInstanceSource:
 
     def instances(self, image: TeacherInput) -> InstanceOutput:
         lm = self._model()
-        from .product import instance_map_from_model
+        from .runner import instance_map_from_model
 
         inst, cls = instance_map_from_model(lm, image.rgb, image.mpp)
         tax = lm.config.tax

@@ -1,0 +1,184 @@
+"""PAGET runner: the student and the instance source on one image or tile (models in, outputs
+out). The science is in ``outputs`` (pure) and ``geometry``; this module only runs models.
+
+Units: ``rgb`` at ``mpp`` µm/px (input px); the student works at ``cfg.mpp`` (working px),
+``s = mpp / cfg.mpp``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from ..models.registry import LoadedModel
+from .geometry import resize_labels
+from .outputs import PagetResult, paget_result_from_prob
+
+
+def _sequential_with_classes(inst: np.ndarray, cls_by_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Relabel to 1..N (sorted original ids) and carry each instance's class along."""
+    ids = np.unique(inst[inst > 0])
+    lut = np.zeros(int(inst.max(initial=0)) + 1, np.int32)
+    lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
+    return lut[inst], np.asarray(cls_by_id)[ids - 1] if len(ids) else np.zeros(0, np.int32)
+
+
+def instance_map_from_model(lm: LoadedModel, rgb: np.ndarray, mpp: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Nucleus instances of ``rgb`` from a SegTME model, on ``rgb``'s own pixel grid.
+
+    Returns ``(inst (H, W) int32 1..N, class_id (N,) int32 in the model's taxonomy)``. Models with
+    ``predict_instances(rgb, mpp)`` (the classical baseline) are called directly; HV models run
+    tiled at their working MPP (``engine.predict_maps``), are post-processed with the HV
+    watershed, and the instance map is brought back to the input grid (nearest neighbour)."""
+    from ..inference.engine import predict_maps, to_working
+
+    if mpp is None:
+        raise InputError("the instance source needs the image MPP (µm/px)")
+    if hasattr(lm.module, "predict_instances"):
+        inst, cls, _ = lm.module.predict_instances(rgb, mpp)
+        inst = np.asarray(inst, np.int32)
+        n = int(inst.max(initial=0))
+        cls = np.asarray(cls, np.int32) if len(cls) == n else np.ones(n, np.int32)
+        return _sequential_with_classes(inst, cls) if n else (inst, np.zeros(0, np.int32))
+    rgb_w, s = to_working(rgb, mpp, lm.config)
+    maps = predict_maps(lm, rgb_w)
+    inst_w, cls = instances_from_maps(maps.prob, maps.hv, lm.config)
+    if s == 1.0:
+        return inst_w, cls
+    inst = resize_labels(inst_w, rgb.shape[:2], 1.0 / s)
+    return _sequential_with_classes(inst, cls) if cls.size else (inst, cls)
+
+
+def predict_semantic(lm: LoadedModel, rgb: np.ndarray, mpp: float, *, batch_size: int = 8,
+                     tile: int | None = None, overlap: int | None = None,
+                     progress: Any = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """PAGET-S: (prob (14, h, w) softmax, rgb_work, s) at the model's working MPP (tiled, blended;
+    ``tile`` / ``overlap`` in working px, default the config's; ``progress`` called with the
+    number of tiles finished)."""
+    from ..inference.engine import predict_maps, to_working
+
+    rgb_w, s = to_working(rgb, mpp, lm.config)
+    maps = predict_maps(lm, rgb_w, tile, overlap, batch_size=batch_size, progress=progress)
+    return maps.prob, rgb_w, s
+
+
+def _resolve_instance_source(src: Any, device: str, allow_random: bool) -> Any:
+    """None / model spec / LoadedModel / InstanceSource -> something with ``instances`` or a
+    LoadedModel. Spec "default" falls back to the classical baseline when no shipped default
+    exists (stated in the result's meta)."""
+    from ..models.registry import load_model, shipped_models
+
+    if src is None or isinstance(src, LoadedModel) or hasattr(src, "instances"):
+        return src
+    spec = str(src)
+    if spec == "default" and "default" not in shipped_models():
+        spec = "classical"
+    return load_model(spec, device, allow_random=allow_random)
+
+
+def instances_from_maps(prob: np.ndarray, hv: np.ndarray | None, cfg: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Nucleus instances from an instance-source model's maps on its own working grid.
+
+    prob: (C, h, w) softmax; hv: (2, h, w) or None (then connected components of the
+    foreground). Both paths go through the shared post-processing (``inference.postprocess``:
+    ``hv_watershed`` / ``foreground_components``), so the small-object filter
+    (``min_object_px``) applies with and without an HV head. Parameters come from
+    ``cfg.postprocess`` (as ``pipeline``).
+    Returns ``(inst (h, w) int32 1..N, class_id (N,) int32 in the model's taxonomy)``."""
+    from ..inference.postprocess import (PostprocessParams, classify_instances, foreground_components, hv_watershed,
+                                         relabel_sequential)
+
+    params = PostprocessParams.from_mapping(cfg.postprocess)
+    fg = 1.0 - prob[0]
+    inst_w = hv_watershed(fg, hv, params) if hv is not None else foreground_components(fg, params)
+    inst_w = relabel_sequential(np.asarray(inst_w, np.int32))
+    cls, _ = classify_instances(inst_w, prob)
+    return inst_w, cls
+
+
+def instances_to_grid(inst: np.ndarray, out_shape: tuple[int, int], s: float) -> np.ndarray:
+    """Bring an instance map to another pixel grid (nearest neighbour, ``s`` = output px per
+    input px; the engine's pixel-centre convention) and renumber 1..N. Identity when the shapes
+    already match and ``s`` is 1."""
+    from ..inference.postprocess import relabel_sequential
+
+    if inst.shape == tuple(out_shape) and abs(s - 1.0) < 1e-9:
+        return relabel_sequential(np.asarray(inst, np.int32))
+    return relabel_sequential(resize_labels(np.asarray(inst, np.int32), out_shape, s))
+
+
+def source_instances(src: Any, rgb_w: np.ndarray, wm: float) -> tuple[np.ndarray, str]:
+    """PAGET-H instances of a working-resolution image from an ``InstanceSource`` (``instances``)
+    or a SegTME ``LoadedModel`` (run with its own tiling, see ``instance_map_from_model``), on the
+    grid of ``rgb_w``. Returns (inst, description)."""
+    if hasattr(src, "instances"):
+        from .teachers import TeacherInput
+
+        inst_w = np.asarray(src.instances(TeacherInput(rgb_w, wm)).inst, np.int32)
+        if inst_w.shape != rgb_w.shape[:2]:
+            raise InputError(f"instance source returned {inst_w.shape}, expected {rgb_w.shape[:2]}")
+        return inst_w, getattr(src, "name", type(src).__name__)
+    inst, _ = instance_map_from_model(src, rgb_w, wm)
+    return inst, f"{src.config.name} ({src.source})"
+
+
+def analyze_paget(
+    rgb: np.ndarray,
+    mpp: float,
+    model: Any = "paget_s",
+    *,
+    mode: str | None = None,
+    instance_source: Any = None,
+    offset_xy: Sequence[float] = (0.0, 0.0),
+    device: str = "auto",
+    allow_random: bool = False,
+    batch_size: int = 8,
+    simplify_px: float = 1.0,
+    min_tissue_area_um2: float = 25.0,
+    min_nucleus_area_um2: float = 3.0,
+    compute_features: bool = True,
+    tile: int | None = None,
+    overlap: int | None = None,
+    progress: Any = None,
+) -> PagetResult:
+    """Run PAGET-S or PAGET-H on one RGB image / tile.
+
+    rgb: (H, W, 3) uint8 at ``mpp`` µm/px. model: "paget_s" / "paget_h" / a variant / a config
+    or weights path / a LoadedModel. mode: "semantic" | "panoptic" (default: the config's
+    ``extra["mode"]``). instance_source (PAGET-H): a model spec (default: the config's
+    ``extra["instance_source"]``, i.e. the shipped UperHoVer ``default``; the classical baseline
+    if no default model is shipped), a LoadedModel, or an ``InstanceSource``.
+    offset_xy: added to all output coordinates (server: tile origin in full-res px).
+    tile / overlap: the student's tiling in working px (default the config's); progress: called
+    with the number of student tiles finished. The whole image's 14-class map is held in memory
+    (about 60 bytes per working px)."""
+    from ..inference.imageio import validate_mpp
+    from ..models.registry import load_model
+    from .model import is_paget, paget_mode
+
+    mpp = validate_mpp(mpp, "mpp")
+    lm = model if isinstance(model, LoadedModel) else load_model(model, device, allow_random=allow_random)
+    if not is_paget(lm.config):
+        raise InputError(f"model {lm.config.name!r} is not a PAGET model (arch {lm.config.arch!r})")
+    mode = mode or paget_mode(lm.config)
+    if mode not in ("semantic", "panoptic"):
+        raise InputError(f"PAGET mode must be 'semantic' or 'panoptic', got {mode!r}")
+    prob, rgb_w, s = predict_semantic(lm, rgb, mpp, batch_size=batch_size, tile=tile, overlap=overlap,
+                                      progress=progress)
+    wm = float(lm.config.mpp)
+    meta: dict[str, Any] = {"model": lm.config.name, "weights": lm.source, "mode": mode}
+    inst = None
+    if mode == "panoptic":
+        src = _resolve_instance_source(instance_source or lm.config.extra.get("instance_source", "default"),
+                                       device, allow_random)
+        inst, meta["instances"] = source_instances(src, rgb_w, wm)
+    res = paget_result_from_prob(prob, rgb_w, lm.config, scale=s, input_mpp=mpp, mode=mode, inst=inst,
+                                 offset_xy=offset_xy, simplify_px=simplify_px,
+                                 min_tissue_area_um2=min_tissue_area_um2, min_nucleus_area_um2=min_nucleus_area_um2,
+                                 compute_features=compute_features, meta=meta)
+    res.nuclei.meta["image_size"] = [int(rgb.shape[1]), int(rgb.shape[0])]
+    return res
+
+
