@@ -59,6 +59,22 @@ def test_semantic_loss_equals_torch_ce_without_unknown():
     assert float(semantic_loss(logits, target)) == pytest.approx(float(want), rel=1e-6)
 
 
+def test_class_weights_scale_known_pixels_only():
+    logits = torch.tensor([[[[0.0, 0.0, 2.0, 5.0]],
+                            [[0.0, 1.0, 0.0, 5.0]],
+                            [[0.0, 0.0, 0.0, 5.0]]]])
+    target = torch.tensor([[[2, 1, FG_UNKNOWN, IGNORE]]])
+    l0, l1 = math.log(3.0), -math.log(math.e / (2 + math.e))
+    l2 = -math.log(2.0 / (math.e ** 2 + 2.0))
+    w = torch.tensor([1.0, 3.0, 0.5])
+    # class-1 pixel x3, class-2 pixel x0.5, marginal-foreground pixel x1; same denominator
+    want = (0.5 * l0 + 3.0 * l1 + l2) / 3
+    assert float(semantic_loss(logits, target, class_weights=w)) == pytest.approx(want, rel=1e-6)
+    assert float(semantic_loss(logits, target, class_weights=torch.ones(3))) == pytest.approx(float(semantic_loss(logits, target)))
+    with pytest.raises(ValueError, match="class_weights"):
+        UperHoVerLoss(class_weights=[1.0, 0.0])
+
+
 def test_hv_terms_on_a_ramp_by_hand():
     # 9x9, one foreground pixel at the centre; target T0 = 0.1*x, T1 = 0.1*y; prediction 0.
     ys, xs = np.mgrid[0:9, 0:9].astype(np.float32)

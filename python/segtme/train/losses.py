@@ -53,9 +53,12 @@ def spatial_gradients(m: torch.Tensor, size: int = 5) -> tuple[torch.Tensor, tor
 
 
 def semantic_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE,
-                  fg_unknown: int = FG_UNKNOWN) -> torch.Tensor:
+                  fg_unknown: int = FG_UNKNOWN, class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy (paper eq. 2) with ignore index and the marginal-foreground term for
-    ``fg_unknown`` pixels (module doc). logits (B, C, H, W), target (B, H, W) int64."""
+    ``fg_unknown`` pixels (module doc). logits (B, C, H, W), target (B, H, W) int64.
+    ``class_weights`` (C,): optional weight of a pixel of each known class (a rare class can be
+    up-weighted); marginal-foreground pixels keep weight 1; the sum is still divided by the
+    number of valid pixels, so weights of 1 give the paper's loss exactly."""
     logp = F.log_softmax(logits.float(), dim=1)
     known = (target != ignore_index) & (target != fg_unknown)
     unknown = target == fg_unknown
@@ -63,6 +66,8 @@ def semantic_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int 
     nll = -logp.gather(1, t.unsqueeze(1)).squeeze(1)
     nll_fg = -torch.logsumexp(logp[:, 1:], dim=1)
     zero = torch.zeros_like(nll)
+    if class_weights is not None:
+        nll = nll * class_weights.to(nll.device, nll.dtype)[t]
     per_px = torch.where(known, nll, torch.where(unknown, nll_fg, zero))
     n = (known | unknown).sum()
     return per_px.sum() / n.clamp(min=1)
@@ -89,13 +94,20 @@ def foreground_mask(sem: torch.Tensor) -> torch.Tensor:
 class UperHoVerLoss(nn.Module):
     """``L_total = L_sem + hv_weight · (L_MSE + msge_weight · L_MSGE)`` (paper: 1.0 and 2.0)."""
 
-    def __init__(self, hv_weight: float = 1.0, msge_weight: float = 2.0, sobel_size: int = 5):
+    def __init__(self, hv_weight: float = 1.0, msge_weight: float = 2.0, sobel_size: int = 5,
+                 class_weights: list[float] | None = None):
         super().__init__()
         self.hv_weight, self.msge_weight, self.sobel_size = float(hv_weight), float(msge_weight), int(sobel_size)
+        if class_weights is not None and (not class_weights or min(class_weights) <= 0):
+            raise ValueError("[loss] class_weights must be a non-empty list of positive numbers (one per class)")
+        self.class_weights = None if class_weights is None else torch.tensor([float(w) for w in class_weights])
 
     def forward(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         sem_t = batch["sem"]
-        l_sem = semantic_loss(outputs["sem"], sem_t)
+        cw = self.class_weights
+        if cw is not None and cw.numel() != outputs["sem"].shape[1]:
+            raise ValueError(f"[loss] class_weights has {cw.numel()} values for {outputs['sem'].shape[1]} classes")
+        l_sem = semantic_loss(outputs["sem"], sem_t, class_weights=cw)
         mse, msge = hv_loss_terms(outputs["hv"], batch["hv"], foreground_mask(sem_t), self.sobel_size)
         l_hv = mse + self.msge_weight * msge
         return {"total": l_sem + self.hv_weight * l_hv, "sem": l_sem, "hv": l_hv, "mse": mse, "msge": msge}
