@@ -56,7 +56,7 @@ def load_images(n: int) -> list[tuple["object", float, str]]:
         for it in items:
             if len(out) >= n:
                 return out
-            out.append((np.asarray(Image.open(root / it["image"]).convert("RGB")), float(it.get("mpp", 0.25)),
+            out.append((np.asarray(Image.open(root / it["image"]).convert("RGB")), float(it.get("mpp") or 0.25),
                         f"{folder}/{it['image']}"))
     if not out:
         raise SystemExit(f"no MoNuSeg/CoNSeP data under {data_dir()} (set SEGTME_DATA_DIR)")

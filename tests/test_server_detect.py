@@ -138,6 +138,20 @@ def make_tiles(rgb: np.ndarray, mpp: float, model_mpp: float, tile: int, overlap
     return tiles
 
 
+def distinct_tiles(tiles, n: int) -> list[pb.Tile]:
+    """``n`` tiles cycling through ``tiles``, each repeat moved 100000 px right (own index and a
+    core that overlaps no other), so a long stream can be built from a few real tiles."""
+    out = []
+    for k in range(n):
+        t = pb.Tile()
+        t.CopyFrom(tiles[k % len(tiles)])
+        shift = 100_000 * (k // len(tiles))
+        t.index, t.x = k, t.x + shift
+        t.core.x += shift
+        out.append(t)
+    return out
+
+
 def requests(config: pb.JobConfig | None, tiles, end: bool = True, delay: float = 0.0):
     if config is not None:
         yield pb.DetectRequest(config=config)
@@ -450,7 +464,7 @@ def test_concurrent_stream_limit_and_tiles_per_stream(slow_server, ann_tiles, im
         hold.set()
         first.cancel()
     _wait(lambda: slow_server.servicer.slots.in_use == 0)
-    many = (list(ann_tiles) * 3)[:41]
+    many = distinct_tiles(ann_tiles, 41)
     with pytest.raises(grpc.RpcError) as e:
         list(stub.DetectTME(requests(pb.JobConfig(image_mpp=mpp), many), timeout=60))
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_tiles_per_stream" in e.value.details()
@@ -559,7 +573,7 @@ def test_border_nuclei_reported_by_two_tiles_are_merged() -> None:
     from types import SimpleNamespace
 
     from segtme.inference.nuclei import build_nuclei_table
-    from segtme.server.service import _TileJob
+    from segtme.server.job import TileJob
     from segtme.taxonomy import get_taxonomy
 
     tax = get_taxonomy("pannuke6")
@@ -570,7 +584,7 @@ def test_border_nuclei_reported_by_two_tiles_are_merged() -> None:
             inst[y0:y1, x0:x1] = k
         return build_nuclei_table(inst, tax, mpp=0.5)
 
-    job = _TileJob.__new__(_TileJob)
+    job = TileJob.__new__(TileJob)
     job.runner = SimpleNamespace(cfg=SimpleNamespace(tax=tax, name="t", mpp=0.5))
     job.spec = SimpleNamespace(image_mpp=0.5, job_id="j", annotation_id="a", per_tile_results=False)
     job.paget_mode = None

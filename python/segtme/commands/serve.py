@@ -45,7 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     lim.add_argument("--max-tiles-per-stream", type=int, default=d.max_tiles_per_stream)
     lim.add_argument("--max-concurrent-streams", type=int, default=d.max_concurrent_streams)
     lim.add_argument("--max-image-pixels", type=int, default=d.max_image_pixels, help="AnalyzeImage image size limit")
-    p.add_argument("--grace", type=float, default=10.0, help="seconds running calls may finish on SIGTERM/SIGINT")
+    lim.add_argument("--idle-timeout", type=float, default=d.idle_timeout_s, metavar="S",
+                     help="close a DetectTME stream whose client sent nothing for S seconds while the server had "
+                          f"nothing to send it (DEADLINE_EXCEEDED; frees its job slot; default {d.idle_timeout_s:g})")
+    p.add_argument("--grace", type=float, default=10.0,
+                   help="on SIGTERM/SIGINT: seconds running jobs may finish (health answers NOT_SERVING and new jobs "
+                        "get UNAVAILABLE meanwhile)")
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up forward pass at start")
     p.set_defaults(func=run)
 
@@ -71,11 +76,16 @@ def run(args: argparse.Namespace) -> int:
         limits = ServerLimits(
             max_message_bytes=args.max_message_bytes, max_tile_pixels=args.max_tile_pixels,
             max_tiles_per_stream=args.max_tiles_per_stream, max_concurrent_streams=args.max_concurrent_streams,
-            max_image_pixels=args.max_image_pixels,
+            max_image_pixels=args.max_image_pixels, idle_timeout_s=args.idle_timeout,
         )
     except ValueError as e:
         raise InputError(str(e)) from None
+    if not (args.grace >= 0 and args.grace < float("inf")):
+        raise InputError(f"--grace must be a finite number >= 0, got {args.grace}")
     token = read_token(args.token, args.token_file)
+    from ..server.bind import check_bindable
+
+    check_bindable(args.host, args.port)  # a busy port or a bad --host: one line, before the model loads
     if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
         log.warning("binding %s without --token: anyone who can reach this port can use the server", args.host)
     from ..server.service import ServerConfig, build_server  # heavy (torch): after argument checks
@@ -99,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         server = build_server(cfg)
     except ValueError as e:  # e.g. invalid device
         raise InputError(str(e)) from None
+    # SegTMEError (e.g. the port was taken between the check and the bind) -> "error: ..." exit 2
 
     done = threading.Event()
 

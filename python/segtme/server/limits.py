@@ -7,7 +7,9 @@ Every limit maps to one status code so clients can react without parsing message
   naming ``tile.width``/``tile.height``;
 * more than ``max_tiles_per_stream`` tiles in one DetectTME stream — RESOURCE_EXHAUSTED;
 * more than ``max_concurrent_streams`` DetectTME/AnalyzeImage jobs at once — RESOURCE_EXHAUSTED;
-* an AnalyzeImage image with more than ``max_image_pixels`` pixels — INVALID_ARGUMENT.
+* an AnalyzeImage image with more than ``max_image_pixels`` pixels — INVALID_ARGUMENT;
+* a DetectTME stream idle for ``idle_timeout_s`` (the client sends nothing, the server has
+  nothing to send) — DEADLINE_EXCEEDED.
 """
 
 from __future__ import annotations
@@ -27,12 +29,18 @@ class ServerLimits:
     max_image_pixels: int = 4096 * 4096
     #: tiles one stream may have decoded and waiting for the model at once (bounded memory)
     max_inflight_tiles_per_stream: int = 16
+    #: a DetectTME stream whose client sends nothing for this long (s) while the server has
+    #: nothing left to send it is closed with DEADLINE_EXCEEDED (its job slot is freed)
+    idle_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
         for name in ("max_message_bytes", "max_tile_pixels", "max_tiles_per_stream", "max_concurrent_streams",
                      "max_image_pixels", "max_inflight_tiles_per_stream"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"server limit {name} must be positive, got {getattr(self, name)}")
+        t = float(self.idle_timeout_s)
+        if not (t > 0 and t < float("inf")):
+            raise ValueError(f"server limit idle_timeout_s must be a finite number > 0, got {self.idle_timeout_s}")
 
 
 class StreamSlots:

@@ -1,0 +1,218 @@
+"""One job's tiles: queueing them for the model(s), post-processing each, and stitching them
+into the job's nuclei (ownership rule + seam de-duplication), plus PAGET tissue context.
+
+Shared by DetectTME (tiles streamed by the client) and AnalyzeImage (tiles cut by the server).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from ..errors import InputError
+from ..inference.nuclei import NucleiTable
+from .batcher import Cancelled, JobToken
+from .limits import ServerLimits
+from .requests import DecodedTile, JobSpec, RequestError, TileLedger, invalid
+from .runners import ModelRunner
+from .tiles import WorkTile, paget_instances, tile_nuclei, tile_paget, to_work_tile
+
+log = logging.getLogger("segtme.server")
+_POLL_S = 0.05
+
+
+@dataclass
+class Submitted:
+    """One tile queued for the model(s): the student's work tile + future, and for PAGET-H with a
+    batched instance source that model's own work tile + future."""
+
+    wt: WorkTile
+    fut: Future
+    iwt: WorkTile | None = None
+    ifut: Future | None = None
+
+
+class TileJob:
+    """Per-job state shared by DetectTME and AnalyzeImage: tiles in flight, nuclei kept, and for
+    PAGET models the tissue context of each nucleus and the tiles' tissue annotations."""
+
+    def __init__(self, runner: ModelRunner, spec: JobSpec, token: JobToken, limits: ServerLimits):
+        self.runner = runner
+        self.spec = spec
+        self.token = token
+        self.limits = limits
+        self.tables: list[NucleiTable] = []
+        #: nuclei near a core edge, held for de-duplication: (table, centroid in own core, tile k)
+        self.border: list[tuple[NucleiTable, np.ndarray, int]] = []
+        self.cores: list[tuple[int, int, int, int]] = []
+        self._border_table: NucleiTable | None = None
+        self.paget_mode = runner.paget_mode
+        self.nucleus_tissue: list[np.ndarray] = []
+        self.tissue_pieces: list[dict] = []
+        self.tiles_done = 0
+        self.nuclei = 0
+        self.inflight = threading.BoundedSemaphore(limits.max_inflight_tiles_per_stream)
+        #: set by the reader thread when the client sent something invalid (the job stops at once)
+        self.error: RequestError | None = None
+        #: tile indices and cores accepted so far (duplicates / overlapping cores are refused)
+        self.ledger = TileLedger()
+
+    def submit(self, tile: DecodedTile, field_name: str) -> Submitted:
+        """Rescale + pad a decoded tile and queue it for the model (blocks while this job has too
+        many tiles in flight or the model queue is full; raises Cancelled when the job ends).
+        PAGET-H with a batched instance source: the tile is also rescaled to that model's MPP and
+        queued on its (shared) batcher."""
+        wt = to_work_tile(tile, self.spec.image_mpp, self.runner.cfg, field_name)
+        ir = self.runner.instance_runner if self.paget_mode == "panoptic" else None
+        iwt = to_work_tile(tile, self.spec.image_mpp, ir.cfg, field_name) if ir is not None else None
+        while not self.inflight.acquire(timeout=_POLL_S):
+            if self.token.cancelled:
+                raise Cancelled(self.token.name)
+        fut = None
+        try:
+            fut = self.runner.batcher.submit(wt.padded, self.token)
+            ifut = ir.batcher.submit(iwt.padded, self.token) if ir is not None else None
+        except BaseException:
+            if fut is not None:
+                fut.cancel()
+            self.inflight.release()
+            raise
+        return Submitted(wt, fut, iwt, ifut)
+
+    def _await(self, fut: Future, field_name: str) -> dict[str, np.ndarray]:
+        while True:
+            if self.token.cancelled:
+                fut.cancel()
+                raise Cancelled(self.token.name)
+            try:
+                return fut.result(timeout=_POLL_S)
+            except futures.TimeoutError:
+                continue
+            except futures.CancelledError:
+                raise Cancelled(self.token.name) from None
+            except Cancelled:
+                raise
+            except InputError as e:
+                raise invalid(f"{field_name}: {e}") from None
+            except Exception as e:
+                log.exception("model failed on %s", field_name)
+                raise RequestError(grpc.StatusCode.INTERNAL, f"{field_name}: model failed: {type(e).__name__}: {e}") from None
+
+    def collect(self, sub: Submitted, field_name: str) -> NucleiTable:
+        """Wait for a tile's model output(s), post-process, apply the ownership rule; returns the
+        tile's owned nuclei (PAGET: also keeps their tissue context and the tile's tissue pieces)."""
+        try:
+            out = self._await(sub.fut, field_name)
+            iout = self._await(sub.ifut, field_name) if sub.ifut is not None else None
+        finally:
+            if sub.ifut is not None and not sub.ifut.done():
+                sub.ifut.cancel()
+            self.inflight.release()
+        wt = sub.wt
+        if self.paget_mode is None:
+            # nuclei near a core edge (either side) wait for de-duplication (``border_table``);
+            # the others are final now (streamed at once with ``per_tile_results``)
+            t, held, held_in_core = tile_nuclei(wt, out, self.runner.cfg, self.spec.image_mpp, self.spec.geometry)
+            self.border.append((held, held_in_core, len(self.cores)))
+            self.cores.append(wt.tile.core)
+            self.nuclei += len(t) + int(held_in_core.sum())  # progress count (held copies may still merge)
+        else:
+            inst = None
+            if self.paget_mode == "panoptic":
+                inst = self._instances(sub, iout, field_name)
+            pt_ = tile_paget(wt, out, self.runner.cfg, self.spec.image_mpp, self.spec.geometry,
+                             mode=self.paget_mode, inst=inst)
+            t = pt_.table
+            self.nucleus_tissue.append(pt_.nucleus_tissue)
+            self.tissue_pieces.extend(pt_.tissue_features)
+            self.nuclei += len(t)
+        self.tables.append(t)
+        self.tiles_done += 1
+        return t
+
+    def _instances(self, sub: Submitted, iout: dict | None, field_name: str) -> np.ndarray:
+        """PAGET-H instance map of a tile on the student's valid working grid."""
+        h, w = sub.wt.valid
+        r = self.runner
+        if r.instance_runner is not None and iout is not None and sub.iwt is not None:
+            return paget_instances(sub.iwt, iout, r.instance_runner.cfg, (h, w), sub.wt.s)
+        if r.instance_direct is not None:
+            from ..paget.product import source_instances
+
+            try:
+                inst, _ = source_instances(r.instance_direct, np.ascontiguousarray(sub.wt.padded[:h, :w]), r.cfg.mpp)
+            except InputError as e:
+                raise invalid(f"{field_name}: {e}") from None
+            return inst
+        raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                           f"model {r.cfg.name!r} is PAGET-H but the server has no instance source for it")
+
+    def border_table(self) -> NucleiTable:
+        """The held-back nuclei near core edges, each nucleus once: two neighbouring tiles'
+        copies (centroids within ``pipeline.BORDER_TOL_WORK`` of the shared edge, either side) merge when
+        their polygons overlap with IoU >= 0.3 (``pipeline.dedupe_across_chunks``; the copy in
+        its own tile's core wins); a copy outside every core of the job is dropped (the cores
+        partition the annotation's bounds). Computed once, at the end of the job."""
+        if self._border_table is not None:
+            return self._border_table
+        cfg = self.runner.cfg
+        parts = [p for p in self.border if len(p[0])]
+        if not parts:
+            self._border_table = NucleiTable.empty(cfg.tax, self.spec.image_mpp)
+            return self._border_table
+        from ..pipeline import dedupe_across_chunks
+
+        t = NucleiTable.concat([p[0] for p in parts], renumber=False)
+        in_core = np.concatenate([p[1] for p in parts])
+        tile_of = np.concatenate([np.full(len(p[0]), p[2]) for p in parts])
+        keep = dedupe_across_chunks(t, tile_of, in_core)
+        out = np.flatnonzero(keep & ~in_core)
+        if len(out):
+            cx, cy = t.centroid[out, 0], t.centroid[out, 1]
+            hit = np.zeros(len(out), bool)
+            for x0, y0, x1, y1 in self.cores:
+                hit |= (cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1)
+            keep[out[~hit]] = False
+        self._border_table = t.subset(keep)
+        return self._border_table
+
+    def table(self) -> NucleiTable:
+        """All nuclei of the job: each tile's final nuclei plus ``border_table``, numbered 1..N."""
+        cfg = self.runner.cfg
+        tables = list(self.tables)
+        if self.paget_mode is None and self.border:
+            tables.append(self.border_table())
+        tables = [x for x in tables if len(x)]
+        t = NucleiTable.concat(tables, renumber=True) if tables else NucleiTable.empty(cfg.tax, self.spec.image_mpp)
+        t.mpp = self.spec.image_mpp
+        t.meta.update(model=cfg.name, model_mpp=cfg.mpp, input_mpp=self.spec.image_mpp, job_id=self.spec.job_id,
+                      annotation_id=self.spec.annotation_id)
+        return t
+
+    def tissue(self, table: NucleiTable) -> list[dict]:
+        """PAGET: the tiles' tissue pieces merged into one annotation per class (in taxonomy
+        order), clipped to the annotation geometry, with the areas recomputed (full-res px); the
+        tissue context and areas are attached to ``table`` for the 13-class TME features.
+        Other models: []."""
+        if self.paget_mode is None:
+            return []
+        from ..paget.product import attach_tissue_context, merge_tissue_features
+
+        merged = merge_tissue_features(self.tissue_pieces, clip=self.spec.geometry, mpp=self.spec.image_mpp)
+        order = {c.name: c.id for c in self.runner.cfg.tax.classes}
+        merged.sort(key=lambda f: order.get(f["properties"]["classification"]["name"], 1 << 30))
+        ctx = np.concatenate(self.nucleus_tissue) if self.nucleus_tissue else np.zeros(0, np.int32)
+        attach_tissue_context(table, ctx, merged)
+        return merged
+
+    def drop(self) -> None:
+        """Drop this job's queued tiles from every batcher it uses."""
+        for b in self.runner.batchers():
+            b.drop(self.token)
+

@@ -1,0 +1,43 @@
+"""Giving memory back after a job.
+
+A job's tile pixels, model maps and nuclei tables are freed when the job ends, but glibc keeps
+the freed heap pages in its arenas (one per thread that allocated: the gRPC worker, the reader
+thread, the batcher thread), so the server's RSS would ratchet up with every round of load and
+stay there idle. ``release_after_job`` calls glibc's ``malloc_trim(0)`` (returns free pages of
+every arena to the system); on other C libraries it does nothing. It is cheap (milliseconds) and
+serialised, and skipped while another job of this process is still trimming.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import threading
+
+_lock = threading.Lock()
+_libc: object = None  # None = not looked up yet, False = not glibc
+
+
+def _glibc():
+    global _libc
+    if _libc is None:
+        try:
+            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _libc = lib if hasattr(lib, "malloc_trim") else False
+        except OSError:
+            _libc = False
+    return _libc
+
+
+def release_after_job() -> bool:
+    """Return free heap memory to the system (glibc ``malloc_trim``); True if it ran."""
+    lib = _glibc()
+    if not lib:
+        return False
+    if not _lock.acquire(blocking=False):
+        return False
+    try:
+        lib.malloc_trim(0)
+        return True
+    finally:
+        _lock.release()
