@@ -4,7 +4,7 @@ The flow (``ARCHITECTURE.md``): source -> regions (tissue ∩ ROI / annotations)
 per region (``engine.GridPredictor``, only the tiles touching tissue chunks run) -> the one
 maps->nuclei step (``inference.maps.nuclei_from_maps``) per chunk -> the one stitcher
 (``inference.stitch.Stitcher``, chunk ownership + seam de-duplication) -> streamed writers
-(``batch.stream``). Nothing here copies those steps; it only plans which pixels go through them.
+(``export.geojson.GeoJSONStreamWriter``, ``export.tables.NucleiCSVWriter``). Nothing here copies those steps; it only plans which pixels go through them.
 
 Units: *level-0 px* = full-resolution slide pixels (all outputs: nuclei, masks, annotations);
 *working px* = pixels at the model's ``cfg.mpp`` on the slide's global working grid
@@ -19,6 +19,7 @@ proportional to the slide's pixel count except the thumbnail (8 µm/px: 3000² p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -55,7 +56,7 @@ class SlideOptions:
     roi: level-0 (x, y, w, h) box. annotations: QuPath GeoJSON of polygons (one report each).
     detect_tissue: skip background (``io.tissue``); False analyses every pixel of the units.
     tissue: detection settings. reader: ``open_source`` reader. gzip: ``nuclei.geojson.gz``.
-    write_csv: also ``nuclei.csv.gz``. narrative_backend: for the TME reports.
+    write_csv: also ``nuclei.csv`` (QuPath measurement-table layout). narrative_backend: for the TME reports.
     tile / overlap / chunk_size / halo / batch_size: working px / tiles per pass (None: model's).
     """
 
@@ -231,7 +232,7 @@ def analyze_slide(
     annotations: list | None = None,
 ) -> SlideResult:
     """Analyse one slide into ``out_dir`` (an existing, empty staging folder the caller publishes
-    atomically): ``nuclei.geojson.gz`` (+ ``nuclei.csv.gz``), ``tissue.geojson``, ``tissue.png``,
+    atomically): ``nuclei.geojson.gz`` (+ ``nuclei.csv``), ``tissue.geojson``, ``tissue.png``,
     ``report-<unit>.json`` per unit, and last ``summary.json``.
 
     model: a ``LoadedModel`` (loaded once per worker by the caller). progress(tiles_done,
@@ -246,7 +247,6 @@ def analyze_slide(
     src = open_source(source, opts.mpp, reader=opts.reader) if not isinstance(source, ImageSource) else source
     own = not isinstance(source, ImageSource)
     files: list[str] = []
-    writers: list = []
     try:
         ann = annotations if annotations is not None else (read_annotations(opts.annotations) if opts.annotations else None)
         units = analysis_units(src.size, opts.roi, ann)
@@ -257,15 +257,13 @@ def analyze_slide(
         tissue.write_png(out / "tissue.png")
         files += ["tissue.geojson", "tissue.png"]
         cfg = model.config
-        from .stream import CSVStream, GeoJSONStream
+        from ..export.atomic import atomic_write_text
+        from ..export.geojson import GeoJSONStreamWriter, object_ids
+        from ..export.tables import NucleiCSVWriter
 
-        gj_name = "nuclei.geojson.gz" if opts.gzip else "nuclei.geojson"
-        gj = GeoJSONStream(out / gj_name, gzip=opts.gzip)
-        writers.append(gj)
-        csvw = None
-        if opts.write_csv:
-            csvw = CSVStream(out / ("nuclei.csv.gz" if opts.gzip else "nuclei.csv"), src.mpp, gzip=opts.gzip)
-            writers.append(csvw)
+        head = {"type": "FeatureCollection",
+                "properties": {"segtme": {"source": src.path, "mpp": src.mpp, "mpp_source": src.mpp_source,
+                                          "model": cfg.name, "level0_size_px": list(src.size)}}}
         tiles_run = tiles_total = 0
         done = [0]
 
@@ -277,73 +275,75 @@ def analyze_slide(
         results: list[UnitResult] = []
         feats: list[dict] = []
         grow = int(np.ceil(MASK_GROW_UM / tissue.mpp))
-        for unit in units:
-            m = unit_mask(tissue, unit)
-            if grow and m.any():
-                from scipy import ndimage as ndi
+        with contextlib.ExitStack() as stack:
+            gj = stack.enter_context(GeoJSONStreamWriter(out / "nuclei.geojson", head, gzip=opts.gzip))
+            csvw = None
+            if opts.write_csv:
+                csvw = stack.enter_context(NucleiCSVWriter(out / "nuclei.csv",
+                                                           image=str(src.path or "")))
+            written = [0]
+            for unit in units:
+                m = unit_mask(tissue, unit)
+                if grow and m.any():
+                    from scipy import ndimage as ndi
 
-                m_run = ndi.binary_dilation(m, iterations=grow)
-            else:
-                m_run = m
-            light: list[NucleiTable] = []
-            geom = unit.geometry
+                    m_run = ndi.binary_dilation(m, iterations=grow)
+                else:
+                    m_run = m
+                light: list[NucleiTable] = []
+                geom = unit.geometry
 
-            def sink(t: NucleiTable, geom=geom, light=light) -> None:
-                if geom is not None and len(t):
-                    import shapely
+                def sink(t: NucleiTable, geom=geom, light=light) -> None:
+                    if geom is not None and len(t):
+                        import shapely
 
-                    t = t.subset(shapely.intersects_xy(geom, t.centroid[:, 0], t.centroid[:, 1]))
-                if not len(t):
-                    return
-                t = t.subset(np.arange(len(t)))
-                t.ids = np.arange(gj.count + 1, gj.count + len(t) + 1, dtype=np.int64)
-                t.mpp = src.mpp
-                gj.append(t)
-                if csvw is not None:
-                    csvw.append(t)
-                light.append(_light(t))
+                        t = t.subset(shapely.intersects_xy(geom, t.centroid[:, 0], t.centroid[:, 1]))
+                    if not len(t):
+                        return
+                    t = t.subset(np.arange(len(t)))
+                    t.ids = np.arange(written[0] + 1, written[0] + len(t) + 1, dtype=np.int64)
+                    t.mpp = src.mpp
+                    written[0] += len(t)
+                    ids = object_ids(len(t))
+                    gj.add_nuclei(t, "detection", ids=ids)
+                    if csvw is not None:
+                        csvw.add(t, ids=ids)
+                    light.append(_light(t))
 
-            for box in plan_regions(tissue, m_run, unit):
-                r, p = segment_region(src, box, model, sink, keep_chunk=lambda b, m_run=m_run: tissue.any_in(b, m_run),
-                                      opts=opts, progress=tick)
-                tiles_run += r
-                tiles_total += p
-            table = NucleiTable.concat(light, renumber=True) if light else NucleiTable.empty(cfg.tax, src.mpp)
-            table.mpp = src.mpp
-            x0, y0, x1, y1 = unit.box
-            table.meta.update(model=cfg.name, model_mpp=cfg.mpp, input_mpp=src.mpp, image_size=[x1 - x0, y1 - y0],
-                              source=src.path, unit=unit.name)
-            area = tissue.area_mm2(m)
-            report = build_report(table, opts.narrative_backend) if len(table) else None
-            if report is not None:
-                report["tissue_area_mm2"] = area
-                report["unit"] = {"name": unit.name, "kind": unit.kind, "box_level0_px": list(unit.box)}
-            names = cfg.tax.names
-            counts = {names[i]: int(c) for i, c in enumerate(np.bincount(table.class_id, minlength=len(names)))}
-            results.append(UnitResult(unit.name, unit.kind, unit.box, area, len(table), counts, report))
-            feats.append(_unit_feature(unit, report, len(table), area))
-            from ..export.atomic import atomic_write_text
-
-            rname = f"report-{_safe(unit.name)}.json"
-            atomic_write_text(out / rname, json.dumps({"unit": unit.name, "tissue_area_mm2": area, "n_nuclei": len(table),
-                                                       "class_counts": counts, "report": report}, default=_json_default))
-            files.append(rname)
-            del table, light
-        gj.add_features(feats)
-        files.append(gj.close().name)
+                for box in plan_regions(tissue, m_run, unit):
+                    r, p = segment_region(src, box, model, sink, keep_chunk=lambda b, m_run=m_run: tissue.any_in(b, m_run),
+                                          opts=opts, progress=tick)
+                    tiles_run += r
+                    tiles_total += p
+                table = NucleiTable.concat(light, renumber=True) if light else NucleiTable.empty(cfg.tax, src.mpp)
+                table.mpp = src.mpp
+                x0, y0, x1, y1 = unit.box
+                table.meta.update(model=cfg.name, model_mpp=cfg.mpp, input_mpp=src.mpp, image_size=[x1 - x0, y1 - y0],
+                                  source=src.path, unit=unit.name)
+                area = tissue.area_mm2(m)
+                report = build_report(table, opts.narrative_backend) if len(table) else None
+                if report is not None:
+                    report["tissue_area_mm2"] = area
+                    report["unit"] = {"name": unit.name, "kind": unit.kind, "box_level0_px": list(unit.box)}
+                names = cfg.tax.names
+                counts = {names[i]: int(c) for i, c in enumerate(np.bincount(table.class_id, minlength=len(names)))}
+                results.append(UnitResult(unit.name, unit.kind, unit.box, area, len(table), counts, report))
+                feats.append(_unit_feature(unit, report, len(table), area))
+                rname = f"report-{_safe(unit.name)}.json"
+                atomic_write_text(out / rname, json.dumps({"unit": unit.name, "tissue_area_mm2": area, "n_nuclei": len(table),
+                                                           "class_counts": counts, "report": report}, default=_json_default))
+                files.append(rname)
+                del table, light
+            gj.add_features(feats)
+        files.append(gj.path.name)
         if csvw is not None:
-            files.append(csvw.close().name)
-        writers.clear()
+            files.append(csvw.path.name)
         res = SlideResult(str(src.path), src.mpp, src.mpp_source, tuple(src.size), cfg.name, tissue.area_mm2(),
                           tissue.fraction, results, tiles_run, tiles_total, time.perf_counter() - t_start, t_tissue, files)
-        from ..export.atomic import atomic_write_text
-
         atomic_write_text(out / SUMMARY, json.dumps(res.summary(), default=_json_default))
         res.files.append(SUMMARY)
         return res
     finally:
-        for w in writers:
-            w.abort()
         if own:
             src.close()
 

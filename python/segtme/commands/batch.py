@@ -1,0 +1,134 @@
+"""`segtme batch INPUT... --out DIR`: whole slides and cohorts, resumable, locally or on Ray.
+
+Per slide ``DIR/<slide>/``: nuclei.geojson.gz (QuPath detections + one annotation per analysed
+unit carrying its TME measurements), nuclei.csv, tissue.geojson + tissue.png (the tissue
+mask), report-<unit>.json (TME report per unit) and summary.json (written last; marks the
+folder complete). In DIR: batch_report.csv (every slide of this run: done / skipped / failed
+and why) and cohort.csv + cohort.parquet (one row per slide and unit). Exit status 0 when every
+slide is done or already complete, 1 when any failed, 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "batch",
+        help="analyse whole slides / cohorts (folders, globs, manifest CSV); resumable; optional Ray",
+        description="Analyse whole slides (SVS, NDPI, MRXS, SCN, OME-TIFF, tiled TIFF, PNG/JPEG) into one folder "
+        "per slide under --out, skipping background (tissue detection), with a failure report and a cohort "
+        "table. Re-running skips complete slides; an interrupted slide is redone. --ray runs one slide per "
+        "Ray task (local cluster, or --ray-address to join one).",
+    )
+    p.add_argument("inputs", nargs="+", help="slides, folders, glob patterns or a manifest CSV (columns: path[, mpp, annotations])")
+    p.add_argument("--out", required=True, help="output folder (created if needed)")
+    p.add_argument("--mpp", default=None, help="level-0 µm/px for slides without (valid) resolution metadata")
+    p.add_argument("--roi", default=None, help="analyse only x,y,w,h (level-0 px) of every slide")
+    p.add_argument("--annotations", default=None,
+                   help="QuPath GeoJSON of polygon annotations (level-0 px): one TME report per annotation")
+    p.add_argument("--model", default="default", help="model name (see `segtme models`) or .json/.safetensors path")
+    p.add_argument("--weights", default=None, help="weights .safetensors (overrides the config's)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    p.add_argument("--tile", type=int, default=None, help="tile size in working px (default: the model's)")
+    p.add_argument("--overlap", type=int, default=None, help="tile overlap in working px (default: the model's)")
+    p.add_argument("--batch", type=int, default=None, help="tiles per forward pass")
+    p.add_argument("--no-tissue-detection", action="store_true", help="analyse every pixel (no background skipping)")
+    p.add_argument("--min-tissue-mm2", type=float, default=None,
+                   help="smallest tissue piece kept by tissue detection, mm² (default 0.01)")
+    p.add_argument("--narrative", default="template", help="narrative backend of the TME reports (default: template)")
+    p.add_argument("--no-csv", action="store_true", help="do not write nuclei.csv")
+    p.add_argument("--no-gzip", action="store_true", help="write nuclei.geojson uncompressed")
+    p.add_argument("--force", action="store_true", help="redo slides that are already complete")
+    p.add_argument("--ray", action="store_true", help="run on Ray (starts a local cluster unless --ray-address)")
+    p.add_argument("--ray-address", default=None, help="join an existing Ray cluster (e.g. ray://head:10001 or auto)")
+    p.add_argument("--workers", type=int, default=2, help="Ray actors, each holding one model (default 2)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per Ray actor (default 1)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray actor (0 = CPU)")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(func=run)
+
+
+def _options(args: argparse.Namespace):
+    from ..errors import InputError
+    from ..io.image import validate_mpp
+    from ..io.regions import parse_roi, read_annotations
+    from ..io.tissue import TissueParams
+    from ..batch.slide import SlideOptions
+
+    mpp = validate_mpp(args.mpp, "--mpp") if args.mpp is not None else None
+    roi = parse_roi(args.roi) if args.roi is not None else None
+    if args.annotations is not None:
+        read_annotations(args.annotations)  # validated now, parsed again per slide
+    for name in ("tile", "batch", "workers"):
+        v = getattr(args, name)
+        if v is not None and v <= 0:
+            raise InputError(f"--{name} must be a positive integer, got {v}")
+    if args.overlap is not None and args.overlap < 0:
+        raise InputError(f"--overlap must be >= 0, got {args.overlap}")
+    if args.gpus_per_worker < 0 or args.cpus_per_worker <= 0:
+        raise InputError("--gpus-per-worker must be >= 0 and --cpus-per-worker > 0")
+    tissue = TissueParams()
+    if args.min_tissue_mm2 is not None:
+        if not args.min_tissue_mm2 >= 0:
+            raise InputError(f"--min-tissue-mm2 must be >= 0, got {args.min_tissue_mm2}")
+        tissue = TissueParams(min_tissue_um2=args.min_tissue_mm2 * 1e6)
+    return SlideOptions(mpp=mpp, roi=roi, annotations=args.annotations, detect_tissue=not args.no_tissue_detection,
+                        tissue=tissue, gzip=not args.no_gzip, write_csv=not args.no_csv, narrative_backend=args.narrative,
+                        tile=args.tile, overlap=args.overlap, batch_size=args.batch)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from ..batch.runner import (Progress, collect_jobs, cohort_rows, prepare_out_root, run_local, write_batch_report,
+                                write_cohort)
+    from ..errors import InputError, SegTMEError
+
+    opts = _options(args)
+    jobs = collect_jobs(args.inputs)
+    out_root = prepare_out_root(args.out)
+    progress = Progress(len(jobs), enabled=not args.no_progress)
+    done: list = []
+
+    def on_result(r) -> None:
+        done.append(r)
+        write_batch_report(out_root, done)  # kept current: a crash still leaves a report
+
+    use_ray = args.ray or args.ray_address is not None
+    from ..export.outdir import signals_cleanup
+
+    with signals_cleanup(None):
+        if use_ray:
+            from ..batch.ray_exec import RayOptions, run_ray
+
+            results = run_ray(jobs, out_root, args.model, opts,
+                              RayOptions(address=args.ray_address, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                                         gpus_per_worker=args.gpus_per_worker, device=args.device, weights=args.weights,
+                                         precision=args.precision),
+                              force=args.force, progress=progress, on_result=on_result)
+        else:
+            from ..models.registry import load_model
+
+            try:
+                model = load_model(args.model, args.device, weights=args.weights, precision=args.precision)
+            except ValueError as e:
+                if isinstance(e, SegTMEError):
+                    raise
+                raise InputError(str(e)) from None
+            results = run_local(jobs, out_root, model, opts, force=args.force, progress=progress, on_result=on_result)
+    write_batch_report(out_root, results)
+    rows = cohort_rows(out_root, [r.name for r in results])
+    csv_path, pq_path, note = write_cohort(out_root, rows)
+    failed = [r for r in results if r.status == "failed"]
+    n_done = sum(r.status == "done" for r in results)
+    n_skip = sum(r.status == "skipped" for r in results)
+    print(f"{n_done} done, {n_skip} already complete, {len(failed)} failed; cohort: {csv_path}"
+          + (f" + {pq_path.name}" if pq_path else "") + f"; report: {out_root / 'batch_report.csv'}")
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    for r in failed:
+        print(f"failed: {r.path}: {r.reason}", file=sys.stderr)
+    return 1 if failed else 0
