@@ -99,3 +99,50 @@ def test_learned_model_and_baseline_share_the_interface(shared_data):
     assert "F_Inflammatory" not in s_cl and 0 <= s_cl["pq"] <= 1
     table = markdown_table(res)
     assert "| tiny |" in table and "| classical |" in table
+
+
+def test_perturbations_change_pixels_not_labels_and_are_fixed(shared_data):
+    from segtme.data.readers import read_folder
+    from segtme.eval.evaluate import items_from_refs
+    from segtme.eval.perturb import parse_perturbations, perturbed_items, resample_through
+
+    refs = read_folder(shared_data / "monuseg-train", default_mpp=0.25)[:1]
+    clean = items_from_refs(refs)
+    pert = perturbed_items(clean, parse_perturbations("all"))
+    assert [p.perturb for p in pert] == ["resample20x", "jpeg70", "stain"]
+    rgb0, gt0, _ = clean[0].load()
+    for p in pert:
+        rgb, gt, _ = p.load()
+        assert rgb.shape == rgb0.shape and rgb.dtype == np.uint8 and np.array_equal(gt, gt0)
+        assert 0 < np.abs(rgb.astype(int) - rgb0).mean() < 25, p.perturb
+        assert np.array_equal(rgb, p.load()[0])  # the same pixels every time (stain: seeded by name)
+        assert p.group == f"{clean[0].dataset}@{p.perturb}"
+    # already at 20x: nothing to lose
+    assert resample_through(rgb0, 0.5) is rgb0
+    import pytest
+
+    from segtme.errors import InputError
+
+    with pytest.raises(InputError, match="blur9"):
+        parse_perturbations("jpeg70,blur9")
+
+
+def test_cli_perturb_reports_drop_next_to_clean(shared_data, tmp_path, capsys):
+    out = tmp_path / "evp"
+    rc = main(["eval", "--model", "classical", "--data", str(shared_data / "consep-train"), "--names", "train_1",
+               "--perturb", "jpeg70,stain", "--out", str(out), "--no-baseline"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "### robustness" in printed and "consep-train@jpeg70" in printed
+    s = json.loads((out / "summary.json").read_text())
+    rob = s["robustness"]["classical"]
+    clean_pq = s["summary"]["classical"]["consep-train"]["pq"]
+    assert s["summary"]["classical"]["ALL"]["n_images"] == 1  # ALL = clean images only
+    for g in ("consep-train@jpeg70", "consep-train@stain", "ALL@jpeg70"):
+        assert rob[g]["clean"] == clean_pq
+        assert math.isclose(rob[g]["drop"], rob[g]["clean"] - rob[g]["perturbed"], abs_tol=1e-12)
+    pert_pq = s["summary"]["classical"]["consep-train@stain"]["pq"]
+    assert rob["consep-train@stain"]["perturbed"] == pert_pq
+    rows = list(csv.DictReader((out / "per_image.csv").open()))
+    assert sorted(r["perturb"] for r in rows) == ["jpeg70", "none", "stain"]
+    assert main(["eval", "--model", "classical", "--data", str(shared_data / "consep-train"), "--perturb", "nope"]) == 2

@@ -26,6 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", "-o", default=None, help="output folder (per_image.csv, summary.md, summary.json)")
     p.add_argument("--overlays", action="store_true", help="also write error overlays (green TP, red FP, yellow FN) to OUT/overlays")
     p.add_argument("--no-baseline", action="store_true", help="skip the classical baseline")
+    p.add_argument("--perturb", nargs="?", const="all", default=None, metavar="LIST",
+                   help="also score perturbed copies of every image and report the PQ drop next to the clean score: "
+                        "all (default when given) or a comma list of resample20x (through 0.5 µm/px and back), "
+                        "jpeg70 (JPEG quality 70), stain (HED stain jitter, fixed per image)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="forward-pass arithmetic: auto = bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32")
@@ -44,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
     items = []
     for d in args.data:
         items += load_items(d, args.split, mpp=args.mpp, names=args.names, limit=args.limit)
+    if args.perturb is not None:
+        from ..eval.perturb import parse_perturbations, perturbed_items
+
+        items = items + perturbed_items(items, parse_perturbations(args.perturb))
     models = {args.model if args.model != "classical" else "classical": load_model(args.model, args.device, weights=args.weights, precision=args.precision)}
     if not args.no_baseline and "classical" not in models:
         models["classical"] = load_model("classical", "cpu")
@@ -51,11 +59,16 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate(models, items, overlay_dir=(Path(args.out) / "overlays") if args.overlays else None, progress=True)
     print()
     print(markdown_table(result))
+    if args.perturb is not None:
+        from ..eval.evaluate import robustness_markdown
+
+        print(robustness_markdown(result))
     if args.out:
         meta = {
             "model": f"{args.model} ({models[next(iter(models))].source})",
             "data": ", ".join(args.data),
             "split": args.split,
+            "perturb": args.perturb or "none",
             "images": ", ".join(it.name for it in items),
         }
         paths = write_outputs(result, args.out, meta)

@@ -49,11 +49,22 @@ class EvalItem:
     mpp: float
     ref: Any  # segtme.data.sample.SampleRef
     gt_taxonomy: str | None = None
+    #: robustness perturbation applied to the image (``eval/perturb.py``), None = clean
+    perturb: str | None = None
+
+    @property
+    def group(self) -> str:
+        """The dataset this item is reported under: ``dataset`` or ``dataset@perturbation``."""
+        return self.dataset if self.perturb is None else f"{self.dataset}@{self.perturb}"
 
     def load(self) -> tuple[np.ndarray, np.ndarray, dict[int, int] | None]:
         from ..data.sample import FG_UNKNOWN, IGNORE
 
         rgb, inst, sem = self.ref.load()
+        if self.perturb is not None:
+            from .perturb import apply
+
+            rgb = apply(self.perturb, rgb, self.mpp, self.name)
         if inst is None:
             raise InputError(f"{self.name}: no instance labels; evaluation needs instance ground truth")
         classes = None
@@ -266,11 +277,12 @@ def evaluate(
                 class_names = names
             pred = predict_instances(model, rgb, it.mpp)
             sc = score_image(gt, gt_cls if it.gt_taxonomy else None, pred, it.mpp, class_ids if it.gt_taxonomy else None)
-            row = {"model": label, "dataset": it.dataset, "image": it.name, "mpp": it.mpp, **sc.row}
+            row = {"model": label, "dataset": it.group, "image": it.name, "mpp": it.mpp,
+                   "perturb": it.perturb or "none", **sc.row}
             if class_ids is not None and names:
                 row = {(_rename(k2, names)): v for k2, v in row.items()}
             rows.append(row)
-            pooled.setdefault((label, it.dataset), []).append(sc)
+            pooled.setdefault((label, it.group), []).append(sc)
             if overlay_dir is not None:
                 from ..export.atomic import atomic_write
 
@@ -279,11 +291,11 @@ def evaluate(
                 img = error_overlay(rgb, gt, pred.inst, sc.pq_match)
                 from PIL import Image
 
-                safe = it.name.replace("/", "__")
+                safe = it.name.replace("/", "__") + ("" if it.perturb is None else f"@{it.perturb}")
                 with atomic_write(od / f"{safe}__{label}.png") as tmp:
                     Image.fromarray(img).save(tmp)
             if progress:
-                print(f"  [{k + 1}/{len(items)}] {it.name} {label}: PQ {sc.row['pq']:.3f} AJI {sc.row['aji']:.3f} "
+                print(f"  [{k + 1}/{len(items)}] {it.name}{'' if it.perturb is None else '@' + it.perturb} {label}: PQ {sc.row['pq']:.3f} AJI {sc.row['aji']:.3f} "
                       f"({pred.seconds:.1f} s)", flush=True)
     summary: dict[str, dict[str, dict[str, float]]] = {}
     for (label, ds), scores in pooled.items():
@@ -291,7 +303,9 @@ def evaluate(
         ds_rows = [r for r in rows if r["model"] == label and r["dataset"] == ds]
         summary.setdefault(label, {})[ds] = aggregate(ds_rows, scores, class_ids, names)
     for label in models:
-        all_rows = [r for r in rows if r["model"] == label]
+        all_rows = [r for r in rows if r["model"] == label and r["perturb"] == "none"]
+        if not all_rows:
+            continue
         summary.setdefault(label, {})["ALL"] = {
             "n_images": float(len(all_rows)),
             **{k: M.nanmean(r.get(k, math.nan) for r in all_rows) for k in INSTANCE_KEYS},
@@ -340,6 +354,45 @@ def aggregate(rows: list[dict[str, Any]], scores: list[ImageScore], class_ids: S
                 if k != "mIoU":
                     out[_rename(k, names or {})] = v
     return out
+
+
+def robustness(result: EvalResult, key: str = "pq") -> dict[str, dict[str, dict[str, float]]]:
+    """{model: {"<dataset>@<perturbation>": {"clean", "perturbed", "drop"}}} for ``key`` (PQ):
+    drop = clean - perturbed, both means over the same images; plus ``"ALL@<perturbation>"``
+    (mean over all images of the clean and perturbed runs)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for label in result.models:
+        rows = [r for r in result.rows if r["model"] == label]
+        clean = {(r["dataset"], r["image"]): r.get(key, math.nan) for r in rows if r["perturb"] == "none"}
+        by: dict[str, list[tuple[float, float]]] = {}
+        for r in rows:
+            if r["perturb"] == "none":
+                continue
+            base = r["dataset"].rsplit("@", 1)[0]
+            c = clean.get((base, r["image"]))
+            if c is None:
+                continue
+            for g in (r["dataset"], f"ALL@{r['perturb']}"):
+                by.setdefault(g, []).append((c, r.get(key, math.nan)))
+        for g, pairs in by.items():
+            c = M.nanmean(p[0] for p in pairs)
+            q = M.nanmean(p[1] for p in pairs)
+            out.setdefault(label, {})[g] = {"n_images": float(len(pairs)), "clean": c, "perturbed": q, "drop": c - q}
+    return out
+
+
+def robustness_markdown(result: EvalResult, key: str = "pq") -> str:
+    rob = robustness(result, key)
+    if not rob:
+        return ""
+    lines = [f"### robustness ({key.upper()} clean vs perturbed, same images; drop = clean - perturbed)", "",
+             "| model | set | images | clean | perturbed | drop |", "|---|---|---:|---:|---:|---:|"]
+    for label, groups in rob.items():
+        for g in sorted(groups, key=lambda x: (x.startswith("ALL@"), x)):
+            v = groups[g]
+            lines.append(f"| {label} | {g} | {int(v['n_images'])} | {_fmt(v['clean'])} | {_fmt(v['perturbed'])} | {_fmt(v['drop'])} |")
+    lines.append("")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- overlays
@@ -409,7 +462,7 @@ def write_outputs(result: EvalResult, out_dir: str | Path, meta: dict[str, Any] 
     header = ""
     if meta:
         header = "\n".join(f"- {k}: {v}" for k, v in meta.items()) + "\n\n"
-    atomic_write_text(paths["md"], "# segtme eval\n\n" + header + markdown_table(result))
+    atomic_write_text(paths["md"], "# segtme eval\n\n" + header + markdown_table(result) + "\n" + robustness_markdown(result))
 
     def clean(o: Any) -> Any:
         if isinstance(o, float) and math.isnan(o):
@@ -420,5 +473,6 @@ def write_outputs(result: EvalResult, out_dir: str | Path, meta: dict[str, Any] 
             return [clean(v) for v in o]
         return o
 
-    atomic_write_text(paths["json"], json.dumps(clean({"meta": meta or {}, "summary": result.summary}), indent=2, ensure_ascii=False))
+    atomic_write_text(paths["json"], json.dumps(clean({"meta": meta or {}, "summary": result.summary,
+                                                       "robustness": robustness(result)}), indent=2, ensure_ascii=False))
     return paths
