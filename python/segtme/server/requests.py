@@ -36,6 +36,8 @@ from .limits import ServerLimits
 NARRATIVE_BACKENDS = ("template", "transformers", "openai", "none")
 #: deepest JSON nesting accepted anywhere (GeoJSON MultiPolygon in a FeatureCollection: 7)
 MAX_JSON_DEPTH = 64
+#: largest |coordinate| of an annotation (full-res px; slides are < 1e6 px wide)
+MAX_COORD = 1e9
 
 
 class RequestError(Exception):
@@ -145,6 +147,8 @@ def parse_annotation(text: str, field: str = "config.annotation_geojson"):
         coords = shapely.get_coordinates(geom)
         if not np.isfinite(coords).all():
             raise invalid(f"{field}: coordinates must be finite")
+        if coords.size and np.abs(coords).max() > MAX_COORD:
+            raise invalid(f"{field}: coordinates must be within ±{MAX_COORD:.0e} px (full-resolution slide pixels)")
         if not geom.is_valid:
             geom = shapely.make_valid(geom)
         # keep the areal part (make_valid may return a collection with lines)
