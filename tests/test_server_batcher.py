@@ -125,3 +125,40 @@ def test_full_queue_blocks_submit_until_cancelled() -> None:
         gate.set()
     finally:
         b.close()
+
+
+def test_round_robin_between_jobs() -> None:
+    """A job that queued all its items first does not starve a later one: after the batch in
+    progress, items are taken alternately per job (max_batch 1), and with batching each batch
+    mixes the jobs evenly."""
+    gate = threading.Event()
+    order: list[str] = []
+
+    def fn(items):
+        assert gate.wait(10)
+        order.extend(str(x[0]) for x in items)
+        return list(items)
+
+    for max_batch, want in ((1, ["a", "b", "c"] * 4), (3, ["a", "b", "c"] * 4)):
+        gate.clear()
+        order.clear()
+        b = MicroBatcher(fn, max_batch=max_batch, max_wait_s=0.05, max_queue=64)
+        try:
+            ja, jb, jc = JobToken("a"), JobToken("b"), JobToken("c")
+            first = b.submit(np.array(["x"]), JobToken("x"))  # occupies the worker
+            time.sleep(0.1)
+            futs = [b.submit(np.array(["a"]), ja) for _ in range(4)]
+            futs += [b.submit(np.array(["b"]), jb) for _ in range(4)]
+            futs += [b.submit(np.array(["c"]), jc) for _ in range(4)]
+            gate.set()
+            first.result(10)
+            for f in futs:
+                f.result(10)
+            assert order[0] == "x"
+            got = order[1:]
+            if max_batch == 1:
+                assert got == want
+            else:  # each batch of 3 holds one item of each job
+                assert all(sorted(got[i:i + 3]) == ["a", "b", "c"] for i in range(0, 12, 3)), got
+        finally:
+            b.close()

@@ -10,6 +10,9 @@ is cancelled, times out or fails) makes the batcher drop that job's queued items
 futures are cancelled) and makes blocked ``submit`` calls return; a batch already on the device
 finishes, but its results for the cancelled job are discarded.
 
+Fairness: batches are taken round-robin over jobs (the job served least recently first), so
+equal streams progress at the same rate whatever order their tiles were queued in.
+
 Isolation: if a batch raises, each of its items is retried alone, so one bad input fails only its
 own future (its own stream), never the other streams' tiles that happened to share the batch.
 """
@@ -20,6 +23,7 @@ import collections
 import logging
 import threading
 import time
+import weakref
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Sequence
@@ -114,6 +118,9 @@ class MicroBatcher:
         self._q: collections.deque[_Item] = collections.deque()
         self._cv = threading.Condition()
         self._closed = False
+        #: fairness: per job, the sequence number of its last item taken into a batch
+        self._last_served: "weakref.WeakKeyDictionary[JobToken, int]" = weakref.WeakKeyDictionary()
+        self._seq = 0
         self._thread = threading.Thread(target=self._run, name=f"segtme-batcher-{name}", daemon=True)
         self._thread.start()
 
@@ -195,16 +202,38 @@ class MicroBatcher:
                 if not self._q:
                     return []
                 key = self._q[0].key
-            batch: list[_Item] = []
-            rest: collections.deque[_Item] = collections.deque()
-            for it in self._q:
-                if it.key == key and len(batch) < self.max_batch:
-                    batch.append(it)
-                else:
-                    rest.append(it)
-            self._q = rest
+            batch = self._fair_batch_locked()
             self._cv.notify_all()  # wake submitters blocked on a full queue
         return [it for it in batch if it.future.set_running_or_notify_cancel()]
+
+    def _fair_batch_locked(self) -> list[_Item]:
+        """Take the next micro-batch off the queue, round-robin over jobs: the job served least
+        recently leads (its oldest item fixes the batch's shape key), then the batch is filled
+        by taking one item per job in that order, repeatedly, among items of the same key. With
+        ``max_batch`` 1 this is plain round-robin between streams, so equal streams progress at
+        equal rates however their tiles arrived in the queue."""
+        order: list[JobToken] = []
+        items: dict[int, list[_Item]] = {}
+        for it in self._q:
+            lst = items.get(id(it.job))
+            if lst is None:
+                order.append(it.job)
+                items[id(it.job)] = lst = []
+            lst.append(it)
+        order.sort(key=lambda j: self._last_served.get(j, -1))  # stable: queue order breaks ties
+        key = items[id(order[0])][0].key
+        queues = [collections.deque(it for it in items[id(j)] if it.key == key) for j in order]
+        batch: list[_Item] = []
+        while len(batch) < self.max_batch and any(queues):
+            for q in queues:
+                if q and len(batch) < self.max_batch:
+                    batch.append(q.popleft())
+        taken = {id(it) for it in batch}
+        self._q = collections.deque(it for it in self._q if id(it) not in taken)
+        for it in batch:
+            self._seq += 1
+            self._last_served[it.job] = self._seq
+        return batch
 
     def _purge_cancelled_locked(self) -> None:
         if any(it.job.cancelled or it.future.cancelled() for it in self._q):
