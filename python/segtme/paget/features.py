@@ -8,7 +8,9 @@ New features (names in docs/paget.md; px of the table's coordinates, µm twins w
   fractions ``frac_Lymphocyte_of_Leukocyte``, ``frac_Plasma_cell_of_Leukocyte``,
   ``frac_Myeloid_cell_of_Leukocyte``, ``frac_Granulocyte_of_Leukocyte``;
 * other nucleus classes: ``N_Fibroblast``, ``N_Endothelial_cell``, ``N_Mitotic_cell``,
-  ``r_Mitotic_of_Epithelial`` (mitotic / (epithelial + mitotic) nuclei);
+  ``r_Mitotic_of_Epithelial`` (mitotic / (epithelial + mitotic) nuclei), ``N_Mitotic_atypical``
+  (mitotic cells the mitosis teacher calls atypical, ``mitosis_atypical_prob >= 0.5``) and
+  ``mitotic_count_per_mm2`` (mitotic cells per mm² of tissue area, a grading feature);
 * tissue area fractions of the non-background area: ``area_frac_Epithelium``,
   ``area_frac_Stroma``, ``area_frac_Smooth_muscle``, ``area_frac_Red_blood_cell``, plus
   ``tissue_area_px`` (and ``tissue_area_um2``). Nucleus pixels count for the tissue around them;
@@ -91,11 +93,19 @@ def paget_feature_group(ctx: TMEContext, out: FeatureSet) -> None:
     out.put("r_Mitotic_of_Epithelial", _ratio(count[pt.MITOTIC_CELL], count[pt.MITOTIC_CELL] + count[pt.EPITHELIAL_CELL]),
             "no epithelial or mitotic nuclei")
 
+    aty = ctx.table.extra.get("mitosis_atypical_prob")
+    if aty is not None:
+        a = np.asarray(aty, np.float64)[ctx.counted]
+        out.put("N_Mitotic_atypical", int(((cid == pt.MITOTIC_CELL) & (a >= 0.5)).sum()))
+    else:
+        out.put("N_Mitotic_atypical", None, "no mitosis teacher output (mitosis_atypical_prob) in the table")
+
     tctx, areas, why = _tissue_info(ctx)
     if areas is None or tctx is None:
         for nm in TISSUE_FEATURE_NAMES.values():
             out.put(f"area_frac_{nm}", None, why)
         out.put("tissue_area_px", None, why)
+        out.put("mitotic_count_per_mm2", None, why)
         for who in ("Leukocyte", "Lymphocyte"):
             out.put(f"frac_{who}_in_Epithelium", None, why)
         return
@@ -103,6 +113,12 @@ def paget_feature_group(ctx: TMEContext, out: FeatureSet) -> None:
     out.put("tissue_area_px", total)
     if ctx.mpp is not None:
         out.put("tissue_area_um2", ctx.um2(total))
+    # mitotic count per mm² of tissue (a grading feature); mm² = µm² / 1e6
+    if ctx.mpp is None:
+        out.put("mitotic_count_per_mm2", None, "no MPP: tissue area in mm² unknown")
+    else:
+        mm2 = total * ctx.mpp * ctx.mpp / 1e6
+        out.put("mitotic_count_per_mm2", None if mm2 <= 0 else count[pt.MITOTIC_CELL] / mm2, "no tissue pixels")
     for c, nm in TISSUE_FEATURE_NAMES.items():
         out.put(f"area_frac_{nm}", None if total == 0 else areas.get(c, 0.0) / total, "no tissue pixels")
     leu = np.isin(cid, LEUKOCYTES)

@@ -131,6 +131,7 @@ def paget_result_from_prob(
     min_nucleus_area_um2: float = 3.0,
     compute_features: bool = True,
     meta: dict | None = None,
+    mitosis: Any = None,
 ) -> PagetResult:
     """PAGET-S / PAGET-H outputs from the student's softmax of one working-resolution image.
 
@@ -140,7 +141,10 @@ def paget_result_from_prob(
     scale: s = working px per output px (input px of the image, or full-resolution slide px for
     the server); input_mpp: µm per output px. mode: "semantic" | "panoptic"; inst: PAGET-H
     instance map (h, w) on the same working grid (required for "panoptic").
-    Output coordinates: ``x_work / scale + offset_xy``."""
+    Output coordinates: ``x_work / scale + offset_xy``.
+    mitosis: optional ``callable(table_w, rgb_w, mpp_w)`` that marks mitotic figures in the
+    working-px table in place (``segtme.mitosis.detect.mark_mitoses`` bound to a model, see
+    ``runner.mitosis_marker``) — run before the TME features so they count them."""
     if mode not in ("semantic", "panoptic"):
         raise InputError(f"PAGET mode must be 'semantic' or 'panoptic', got {mode!r}")
     tax = cfg.tax
@@ -172,6 +176,9 @@ def paget_result_from_prob(
             cid, share = cid[keep], share[keep]
 
     table_w = build_nuclei_table(inst, tax, class_id=cid, class_prob=share, rgb=rgb_w, mpp=wm)
+    if mitosis is not None:
+        mitosis(table_w, rgb_w, wm)
+        meta["mitosis"] = table_w.meta.get("mitosis")
     nucleus_tissue = nucleus_tissue_at(sem, table_w.centroid, tax)
     features = None
     if compute_features:

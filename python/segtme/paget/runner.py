@@ -124,6 +124,117 @@ def source_instances(src: Any, rgb_w: np.ndarray, wm: float) -> tuple[np.ndarray
     return inst, f"{src.config.name} ({src.source})"
 
 
+def mitosis_marker(spec: Any = "mitosis", device: str = "cpu", threshold: float | None = None) -> Any:
+    """A ``callable(table, rgb, mpp)`` marking mitotic figures with the mitosis teacher
+    (``segtme.mitosis``), or None when ``spec`` is None / "none" or ``spec`` is "mitosis" and no
+    mitosis model ships (PAGET then keeps the student's own "Mitotic cell" pixels only)."""
+    if spec is None or str(spec) == "none":
+        return None
+    from ..mitosis.detect import MitosisParams, load_mitosis_model, mark_mitoses
+    from ..models.registry import LoadedModel, shipped_models
+
+    if not isinstance(spec, LoadedModel) and str(spec) == "mitosis" and "mitosis" not in shipped_models():
+        return None
+    lm = load_mitosis_model(spec, device)
+    params = MitosisParams(threshold=threshold)
+
+    def mark(table: Any, rgb: np.ndarray, mpp: float) -> None:
+        mark_mitoses(table, rgb, mpp, lm, params)
+
+    return mark
+
+
+#: chunking of large images for PAGET (input px are derived from these working px): the
+#: student's and the instance source's maps of one chunk at a time (memory ~ chunk² x 90 B)
+PAGET_CHUNK_WORK = 2048
+PAGET_HALO_WORK = 64
+
+
+def _chunk_result(rgb_c: np.ndarray, mpp: float, lm: LoadedModel, mode: str, src: Any, mark: Any, *,
+                  offset_xy: Sequence[float], batch_size: int, tile: int | None, overlap: int | None,
+                  simplify_px: float, min_tissue_area_um2: float, min_nucleus_area_um2: float,
+                  meta: dict) -> PagetResult:
+    prob, rgb_w, s = predict_semantic(lm, rgb_c, mpp, batch_size=batch_size, tile=tile, overlap=overlap)
+    inst = None
+    if mode == "panoptic":
+        inst, meta["instances"] = source_instances(src, rgb_w, float(lm.config.mpp))
+    return paget_result_from_prob(prob, rgb_w, lm.config, scale=s, input_mpp=mpp, mode=mode, inst=inst,
+                                  offset_xy=offset_xy, simplify_px=simplify_px,
+                                  min_tissue_area_um2=min_tissue_area_um2, min_nucleus_area_um2=min_nucleus_area_um2,
+                                  compute_features=False, meta=meta, mitosis=mark)
+
+
+def _analyze_chunked(rgb: np.ndarray, mpp: float, lm: LoadedModel, mode: str, src: Any, mark: Any, *,
+                     offset_xy: Sequence[float], chunk_work: int, halo_work: int, progress: Any,
+                     compute_features: bool, **kw: Any) -> PagetResult:
+    """PAGET on a large image chunk by chunk (``tiling.chunk_grid`` in input px): nuclei joined
+    by the one stitcher (``inference.stitch.Stitcher``: core ownership + seam de-duplication),
+    tissue annotations clipped to each chunk's core and merged per class, the 14-class map kept
+    as uint8 only. Coordinates: input px + ``offset_xy``."""
+    from shapely.geometry import box
+
+    from ..inference.stitch import Stitcher
+    from ..inference.tiling import chunk_grid
+    from .features import analyze_paget_features
+    from .geometry import merge_tissue_features
+    from .outputs import attach_tissue_context
+
+    h, w = rgb.shape[:2]
+    wm = float(lm.config.mpp)
+    s_in = float(mpp) / wm
+    chunk_in = max(64, int(round(chunk_work / s_in)))
+    halo_in = int(np.ceil(halo_work / s_in))
+    ox, oy = float(offset_xy[0]), float(offset_xy[1])
+    stitcher = Stitcher(lm.config.tax, mpp)
+    tissue: list[dict] = []
+    sem_full = None
+    meta: dict[str, Any] = {}
+    done = without = 0
+    for ch in chunk_grid(w, h, chunk_in, halo_in):
+        x0, y0, x1, y1 = ch.region
+        res = _chunk_result(rgb[y0:y1, x0:x1], mpp, lm, mode, src, mark, offset_xy=(ox + x0, oy + y0), meta=dict(meta),
+                            **kw)
+        meta = {k: v for k, v in res.meta.items() if k not in ("nuclei_without_class", "mitosis")}
+        without += int(res.meta.get("nuclei_without_class", 0))
+        t = res.nuclei
+        t.extra["paget_tissue"] = np.asarray(res.nucleus_tissue, np.float64)
+        cx0, cy0, cx1, cy1 = ch.core
+        core = (ox + cx0, oy + cy0, ox + cx1, oy + cy1)
+        stitcher.add(t, core, scale=res.scale)
+        tissue += merge_tissue_features(res.tissue_features, clip=box(*core), mpp=mpp)
+        if sem_full is None:
+            from ..inference.resample import working_size
+
+            ww, hw = working_size((w, h), mpp, wm)
+            sem_full = np.zeros((hw, ww), np.uint8)
+        # the chunk's core in working px of the whole image
+        sx0, sy0 = int(round(cx0 * res.scale)), int(round(cy0 * res.scale))
+        sx1, sy1 = min(sem_full.shape[1], int(round(cx1 * res.scale))), min(sem_full.shape[0], int(round(cy1 * res.scale)))
+        rx0, ry0 = sx0 - int(round(x0 * res.scale)), sy0 - int(round(y0 * res.scale))
+        part = res.sem[ry0:ry0 + (sy1 - sy0), rx0:rx0 + (sx1 - sx0)]
+        sem_full[sy0:sy0 + part.shape[0], sx0:sx0 + part.shape[1]] = part
+        done += 1
+        if progress is not None:
+            progress(done)
+    table = stitcher.finish()
+    table.mpp = mpp
+    ctx = np.asarray(table.extra.pop("paget_tissue", np.zeros(len(table))), np.int32)
+    tissue = merge_tissue_features(tissue, mpp=mpp)
+    if mode == "panoptic":
+        meta["nuclei_without_class"] = without
+    if mark is not None:
+        n_mit = int((np.asarray(table.class_names) == "Mitotic cell").sum()) if len(table) else 0
+        meta["mitosis"] = {"n_mitotic_cells": n_mit}
+    table.meta.update(meta, model=lm.config.name, model_mpp=wm, input_mpp=float(mpp), scale=s_in,
+                      chunks=done, chunk_work=chunk_work)
+    features = None
+    if compute_features:
+        attach_tissue_context(table, ctx, tissue)
+        features = analyze_paget_features(table)
+    return PagetResult(mode, sem_full if sem_full is not None else np.zeros((0, 0), np.uint8), s_in, wm, float(mpp),
+                       (ox, oy), table, tissue, features, dict(meta), ctx)
+
+
 def analyze_paget(
     rgb: np.ndarray,
     mpp: float,
@@ -142,6 +253,8 @@ def analyze_paget(
     tile: int | None = None,
     overlap: int | None = None,
     progress: Any = None,
+    mitosis: Any = "config",
+    chunk_work: int = PAGET_CHUNK_WORK,
 ) -> PagetResult:
     """Run PAGET-S or PAGET-H on one RGB image / tile.
 
@@ -153,7 +266,13 @@ def analyze_paget(
     offset_xy: added to all output coordinates (server: tile origin in full-res px).
     tile / overlap: the student's tiling in working px (default the config's); progress: called
     with the number of student tiles finished. The whole image's 14-class map is held in memory
-    (about 60 bytes per working px)."""
+    (about 60 bytes per working px) only up to ``chunk_work`` x 1.25 working px per side; larger
+    images are processed in chunks of ``chunk_work`` working px (``_analyze_chunked``: one
+    stitcher for the nuclei, tissue annotations merged, TME features from the stitched table).
+    mitosis (PAGET-H): the mitosis teacher run on the instances (marks "Mitotic cell", adds the
+    ``mitosis_prob`` / ``mitosis_atypical_prob`` columns): "config" = the config's
+    ``extra["mitosis"]`` (the shipped ``mitosis`` model for the shipped PAGET-H), a model spec /
+    LoadedModel, or None."""
     from ..inference.imageio import validate_mpp
     from ..models.registry import load_model
     from .model import is_paget, paget_mode
@@ -165,19 +284,32 @@ def analyze_paget(
     mode = mode or paget_mode(lm.config)
     if mode not in ("semantic", "panoptic"):
         raise InputError(f"PAGET mode must be 'semantic' or 'panoptic', got {mode!r}")
-    prob, rgb_w, s = predict_semantic(lm, rgb, mpp, batch_size=batch_size, tile=tile, overlap=overlap,
-                                      progress=progress)
     wm = float(lm.config.mpp)
     meta: dict[str, Any] = {"model": lm.config.name, "weights": lm.source, "mode": mode}
-    inst = None
+    src = mark = None
     if mode == "panoptic":
         src = _resolve_instance_source(instance_source or lm.config.extra.get("instance_source", "default"),
                                        device, allow_random)
+        spec = lm.config.extra.get("mitosis") if isinstance(mitosis, str) and mitosis == "config" else mitosis
+        mark = mitosis_marker(spec, "cpu" if lm.device.type == "cpu" else str(lm.device))
+    s_in = float(mpp) / wm
+    if max(rgb.shape[0], rgb.shape[1]) * s_in > chunk_work * 1.25:
+        res = _analyze_chunked(rgb, mpp, lm, mode, src, mark, offset_xy=offset_xy, chunk_work=chunk_work,
+                               halo_work=PAGET_HALO_WORK, progress=progress, compute_features=compute_features,
+                               batch_size=batch_size, tile=tile, overlap=overlap, simplify_px=simplify_px,
+                               min_tissue_area_um2=min_tissue_area_um2, min_nucleus_area_um2=min_nucleus_area_um2)
+        res.meta.update(meta)
+        res.nuclei.meta["image_size"] = [int(rgb.shape[1]), int(rgb.shape[0])]
+        return res
+    prob, rgb_w, s = predict_semantic(lm, rgb, mpp, batch_size=batch_size, tile=tile, overlap=overlap,
+                                      progress=progress)
+    inst = None
+    if mode == "panoptic":
         inst, meta["instances"] = source_instances(src, rgb_w, wm)
     res = paget_result_from_prob(prob, rgb_w, lm.config, scale=s, input_mpp=mpp, mode=mode, inst=inst,
                                  offset_xy=offset_xy, simplify_px=simplify_px,
                                  min_tissue_area_um2=min_tissue_area_um2, min_nucleus_area_um2=min_nucleus_area_um2,
-                                 compute_features=compute_features, meta=meta)
+                                 compute_features=compute_features, meta=meta, mitosis=mark)
     res.nuclei.meta["image_size"] = [int(rgb.shape[1]), int(rgb.shape[0])]
     return res
 

@@ -1,0 +1,49 @@
+"""Ship a trained PAGET student inside the package: one weights file + one config per name.
+
+``ship_student(checkpoint_json, weights_dir)`` copies the checkpoint's weights to
+``<weights_dir>/paget_b0.safetensors`` and writes ``paget_s.json`` / ``paget_h.json`` /
+``paget_s_b0.json`` / ``paget_h_b0.json`` (semantic / panoptic mode, same weights), so
+``load_model("paget_h")`` works with no ``--weights``. The configs carry the inference tiling,
+the PAGET-H instance source (``default``) and mitosis teacher (``mitosis``), and ``extra``
+provenance (training config, held-out images, teachers, unlearned classes, licence).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..models.config import ModelConfig
+
+#: (shipped name, mode)
+SHIPPED_NAMES = (("paget_s", "semantic"), ("paget_h", "panoptic"), ("paget_s_b0", "semantic"), ("paget_h_b0", "panoptic"))
+WEIGHTS_FILE = "paget_b0.safetensors"
+
+
+def ship_student(checkpoint_json: str | Path, weights_dir: str | Path, *, tile_size: int = 512, tile_overlap: int = 64,
+                 extra: Mapping[str, Any] | None = None) -> list[Path]:
+    """Write the shipped student (see the module doc); returns the written config paths."""
+    ck = Path(checkpoint_json)
+    cfg = ModelConfig.from_json(ck)
+    src_w = ck.parent / (cfg.weights or (ck.stem + ".safetensors"))
+    wd = Path(weights_dir)
+    from ..export.atomic import atomic_write
+
+    with atomic_write(wd / WEIGHTS_FILE) as tmp:
+        shutil.copyfile(src_w, tmp)
+    out = []
+    for name, mode in SHIPPED_NAMES:
+        ex = {k: v for k, v in cfg.extra.items() if k not in ("mode", "instance_source", "mitosis", "description")}
+        ex.update(dict(extra or {}))
+        ex["mode"] = mode
+        ex["description"] = ("PAGET-S" if mode == "semantic" else "PAGET-H") + \
+            " (shipped): SegFormer MiT-B0 student distilled in SegTME; see PAGET_MODEL_CARD.md"
+        if mode == "panoptic":
+            ex["instance_source"] = "default"
+            ex["mitosis"] = "mitosis"
+        c = cfg.replace(name=name, weights=WEIGHTS_FILE, tile_size=int(tile_size), tile_overlap=int(tile_overlap), extra=ex)
+        p = wd / f"{name}.json"
+        c.to_json(p)
+        out.append(p)
+    return out
