@@ -66,6 +66,16 @@ CLASS_LEXICON: dict[str, str] = {
     "epithelium": "T:Epithelium", "stroma": "T:Stroma", "smooth muscle": "T:Smooth_muscle",
     "red blood cells": "T:Red_blood_cell", "red blood cell": "T:Red_blood_cell", "erythrocytes": "T:Red_blood_cell",
 }
+def _class_re(phrase: str) -> re.Pattern:
+    body = r"[\s\-]+".join(re.escape(w) for w in re.split(r"[\s\-]+", phrase))
+    return re.compile(rf"(?<![\w\-]){body}(?![\w\-])", re.I)
+
+
+_WORD_START = re.compile(r"(?<![\w\-])\w+")
+#: first word of a class phrase -> [(regex, stem)] longest phrase first
+_CLASS_BY_FIRST: dict[str, list[tuple[re.Pattern, str]]] = {}
+for _p, _stem in sorted(CLASS_LEXICON.items(), key=lambda kv: -len(kv[0])):
+    _CLASS_BY_FIRST.setdefault(re.split(r"[\s\-]+", _p)[0], []).append((_class_re(_p), _stem))
 #: "other" is a class only next to a number or before nuclei/cells
 _OTHER_RE = r"(?<![\w\-])other(?=\s+(?:nuclei|cells|nucleus)\b)"
 _SUBTYPES = ("Lymphocyte", "Plasma_cell", "Myeloid_cell", "Eosinophil", "Neutrophil", "Granulocyte")
@@ -85,6 +95,7 @@ _CUES: dict[str, str] = {
     "all": r"\b(?:nuclei|nucleus|cells)\b",
     "between": r"\bbetween\b",
 }
+_CUE_RES = {k: re.compile(v, re.I) for k, v in _CUES.items()}
 _LOCATION_RE = re.compile(r"intra-?epithelial|\b(?:in|within|inside|into)\s+(?:the\s+)?epithelium\b", re.I)
 _TO_RE = re.compile(r"\b(?:from|to|towards?)\s+(?:\w+\s+){0,3}$", re.I)
 _NEAREST_RE = re.compile(r"\b(?:nearest|closest|neighbouring|neighboring)\s+(?:\w+\s+)?$", re.I)
@@ -209,27 +220,27 @@ def _find_binders(text: str, masked: list[tuple[int, int]]) -> list[_Binder]:
     found: list[_Binder] = []
     for m in _ID_RE.finditer(text):
         found.append(_Binder(m.start(), m.end(), "id", m.group(0)))
-    for name, rx in _CUES.items():
-        for m in re.finditer(rx, text, re.I):
+    for name, rx in _CUE_RES.items():
+        for m in rx.finditer(text):
             found.append(_Binder(m.start(), m.end(), "cue", name))
-    for phrase, stem in CLASS_LEXICON.items():
-        body = r"[\s\-]+".join(re.escape(w) for w in re.split(r"[\s\-]+", phrase))
-        for m in re.finditer(rf"(?<![\w\-]){body}(?![\w\-])", text, re.I):
-            found.append(_Binder(m.start(), m.end(), "class", stem))
+    for w in _WORD_START.finditer(text):
+        for rx, stem in _CLASS_BY_FIRST.get(w.group(0).lower(), ()):
+            m = rx.match(text, w.start())
+            if m:
+                found.append(_Binder(m.start(), m.end(), "class", stem))
+                break
     for m in re.finditer(_OTHER_RE + r"|(?<=\d\s)other(?![\w\-])", text, re.I):
         found.append(_Binder(m.start(), m.end(), "class", "Other"))
     prio = {"id": 0, "cue": 1, "class": 2}
     found.sort(key=lambda b: (prio[b.kind] if b.name != "all" else 3, -(b.end - b.start), b.start))
     taken = [False] * len(text)
     for s, e in masked:
-        for i in range(s, e):
-            taken[i] = True
+        taken[s:e] = [True] * (e - s)
     keep: list[_Binder] = []
     for b in found:
-        if any(taken[b.start:b.end]):
+        if True in taken[b.start:b.end]:
             continue
-        for i in range(b.start, b.end):
-            taken[i] = True
+        taken[b.start:b.end] = [True] * (b.end - b.start)
         keep.append(b)
     keep.sort(key=lambda b: b.start)
     return keep

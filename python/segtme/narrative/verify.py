@@ -39,7 +39,7 @@ from typing import Any, Mapping
 
 from ..tme.tokens import INDETERMINATE
 from .claims import NumberMention, key_family, parse_numbers
-from .vocabulary import HEADER_SEP, all_axes, axis_rules, phenotype_vocabulary, phrase_regex
+from .vocabulary import _GENERIC_LABELS, HEADER_SEP, all_axes, axis_rules, phenotype_vocabulary, phrase_regex
 
 __all__ = ["Claim", "VerificationResult", "verify_narrative", "PHENOTYPE_VOCABULARY"]
 
@@ -111,48 +111,96 @@ class VerificationResult:
 
 #: (phrase, targets) longest first (see vocabulary.py).
 PHENOTYPE_VOCABULARY = list(phenotype_vocabulary())
-_PHRASE_RES = [(p, re.compile(phrase_regex(p), re.I), t) for p, t in PHENOTYPE_VOCABULARY]
-_NEG = re.compile(r"\b(?:no|not|without|absence\s+of|absent|lack\s+of|lacks|lacking|neither|nor|never|isn't|aren't"
-                  r"|rather\s+than|instead\s+of|free\s+of|devoid\s+of|non)\b", re.I)
+def _norm(phrase: str) -> str:
+    return re.sub(r"[\s\-]+", " ", phrase.strip().lower())
 
 
-def _header_res() -> list[tuple[re.Pattern, str, str]]:
-    """'Axis: [not] Label' for every (axis, label) incl. Indeterminate, longest first."""
-    out = []
-    pairs = list(axis_rules()) + [(a, INDETERMINATE) for a in all_axes()]
-    for axis, label in sorted(pairs, key=lambda p: -len(p[0]) - len(p[1])):
-        rx = re.compile(phrase_regex(axis)[:-len(r"(?![\w\-/])")] + HEADER_SEP + r"(not\s+|no\s+)?"
-                        + phrase_regex(label)[len(r"(?<![\w\-/])"):], re.I)
-        out.append((rx, axis, label))
+#: normalised phrase -> targets; one alternation regex over all phrases, longest first
+_TARGETS: dict[str, tuple[tuple, ...]] = {}
+for _p, _t in PHENOTYPE_VOCABULARY:
+    _TARGETS[_norm(_p)] = tuple(sorted(set(_TARGETS.get(_norm(_p), ())) | set(_t)))
+_WORD_START = re.compile(r"(?<![\w\-/])[\w/]+")
+
+
+def _first_word(phrase: str) -> str:
+    return re.match(r"[\w/]*", re.split(r"[\s\-]+", phrase.strip().lower())[0]).group(0)
+
+
+#: first word -> [(regex, phrase)] longest first: phrases are tried only where their first word starts
+_BY_FIRST: dict[str, list[re.Pattern]] = {}
+for _p, _t in PHENOTYPE_VOCABULARY:
+    _BY_FIRST.setdefault(_first_word(_p), []).append(re.compile(phrase_regex(_p), re.I))
+
+
+def _phrase_matches(text: str):
+    """Leftmost-longest phrase matches, left to right, without overlaps."""
+    pos = 0
+    for w in _WORD_START.finditer(text):
+        if w.start() < pos:
+            continue
+        for rx in _BY_FIRST.get(w.group(0).lower(), ()):
+            m = rx.match(text, w.start())
+            if m:
+                yield m
+                pos = m.end()
+                break
+
+_AXES_SORTED = sorted(all_axes(), key=len, reverse=True)
+_AXIS_RE = re.compile("|".join(phrase_regex(a) for a in _AXES_SORTED), re.I)
+_AXIS_BY_LOWER = {_norm(a): a for a in all_axes()}
+
+
+def _label_matchers() -> dict[str, list[tuple[re.Pattern, str, str]]]:
+    """axis -> [(regex matching '[not ]Label' right after the header separator, label's axis, label)]: the
+    axis's own labels and Indeterminate, then generic labels of other axes ("Stromal status: Moderate"),
+    longest first."""
+    rules = list(axis_rules())
+    out: dict[str, list[tuple[re.Pattern, str, str]]] = {}
+    for axis in all_axes():
+        cands = [(ax, lab) for ax, lab in rules if ax == axis] + [(axis, INDETERMINATE)]
+        cands += [(ax, lab) for ax, lab in rules if ax != axis and lab.lower() in _GENERIC_LABELS]
+        cands.sort(key=lambda p: -len(p[1]))
+        out[axis] = [(re.compile(r"(not\s+|no\s+)?" + phrase_regex(lab)[len(r"(?<![\w\-/])"):], re.I), ax, lab)
+                     for ax, lab in cands]
     return out
 
 
-_HEADER_RES = _header_res()
-_AXIS_RE = re.compile("|".join(phrase_regex(a) for a in sorted(all_axes(), key=len, reverse=True)), re.I)
-_AXIS_BY_LOWER = {a.lower(): a for a in all_axes()}
+_LABEL_MATCHERS = _label_matchers()
+_HEADER_SEP_RE = re.compile(HEADER_SEP, re.I)
 
 
-def _axis_contexts(text: str) -> list[tuple[int, int, str]]:
-    """Spans governed by an axis header: from 'Axis' (followed by ':'/'is') to the next ';', sentence end, or a
-    comma / 'but' / 'while' outside parentheses."""
+def _headers(text: str) -> list[tuple[int, int, int, str]]:
+    """(axis start, axis end, separator end, axis) of every 'Axis:' / 'Axis is' in the text."""
     out = []
     for m in _AXIS_RE.finditer(text):
-        if not re.match(HEADER_SEP, text[m.end():]):
-            continue
-        axis = _AXIS_BY_LOWER[re.sub(r"[\s\-]+", " ", m.group(0).lower())]
-        depth, i = 0, m.end()
-        while i < len(text):
-            ch = text[i]
+        sep = _HEADER_SEP_RE.match(text, m.end())
+        if sep:
+            out.append((m.start(), m.end(), sep.end(), _AXIS_BY_LOWER[_norm(m.group(0))]))
+    return out
+
+
+_NEG = re.compile(r"\b(?:no|not|without|absence\s+of|absent|lack\s+of|lacks|lacking|neither|nor|never|isn't|aren't"
+                  r"|rather\s+than|instead\s+of|free\s+of|devoid\s+of|non)\b", re.I)
+_CTX_END_RE = re.compile(r"[();,\n!?]|\.(?!\d)|\s(?:but|while|whereas)\b", re.I)
+
+
+def _axis_contexts(text: str, headers: list[tuple[int, int, int, str]],
+                   header_claims: dict[int, int]) -> list[tuple[int, int, str]]:
+    """Spans governed by an axis header: from 'Axis' (followed by ':'/'is') - past the label claimed in
+    the header form - to the next ';', sentence end, or a comma / 'but' / 'while' outside parentheses."""
+    out = []
+    for hs, _he, sep_end, axis in headers:
+        depth, i = 0, len(text)
+        for b in _CTX_END_RE.finditer(text, header_claims.get(hs, sep_end)):
+            ch = b.group(0)
             if ch == "(":
                 depth += 1
             elif ch == ")":
                 depth = max(0, depth - 1)
-            elif ch in ";\n" or (ch in ".!?" and not (i + 1 < len(text) and text[i + 1].isdigit())):
+            elif ch in ";\n.!?" or depth == 0:
+                i = b.start()
                 break
-            elif depth == 0 and (ch == "," or re.match(r"\s(?:but|while|whereas)\b", text[i:], re.I)):
-                break
-            i += 1
-        out.append((m.start(), i, axis))
+        out.append((hs, i, axis))
     return out
 
 
@@ -201,23 +249,28 @@ def _describe(t: tuple) -> str:
 def _phenotype_claims(text: str, interp: Mapping[str, str], tokens: set[str]) -> list[Claim]:
     taken = [False] * len(text)
     found: list[tuple[int, int, tuple[tuple, ...], bool]] = []  # start, end, targets, negated-in-header
-    for rx, axis, label in _HEADER_RES:
-        for m in rx.finditer(text):
-            s, e = m.span()
-            if any(taken[s:e]):
-                continue
-            taken[s:e] = [True] * (e - s)
-            t = ("indeterminate_axis", axis) if label == INDETERMINATE else ("label", axis, label)
-            found.append((s, e, (t,), bool(m.group(1))))
-    for _phrase, rx, targets in _PHRASE_RES:
-        for m in rx.finditer(text):
-            s, e = m.span()
-            if any(taken[s:e]):
-                continue
-            taken[s:e] = [True] * (e - s)
-            found.append((s, e, targets, False))
+    headers = _headers(text)
+    header_claims: dict[int, int] = {}  # header start -> end of the label claimed in header form
+    for hs, _he, sep_end, axis in headers:
+        for rx, ax, label in _LABEL_MATCHERS[axis]:
+            m = rx.match(text, sep_end)
+            if m and not re.match(r"[\w\-/]", text[m.end():m.end() + 1]):
+                t = ("indeterminate_axis", ax) if label == INDETERMINATE else ("label", ax, label)
+                taken[hs:m.end()] = [True] * (m.end() - hs)
+                found.append((hs, m.end(), (t,), bool(m.group(1))))
+                header_claims[hs] = m.end()
+                break
+    for m in _phrase_matches(text):
+        s, e = m.span()
+        if True in taken[s:e]:
+            continue
+        targets = _TARGETS.get(_norm(m.group(0)))
+        if targets is None:  # pragma: no cover - every alternative is in _TARGETS
+            continue
+        taken[s:e] = [True] * (e - s)
+        found.append((s, e, targets, False))
     found.sort()
-    contexts = _axis_contexts(text)
+    contexts = _axis_contexts(text, headers, header_claims)
     claims: list[Claim] = []
     prev_end = 0
     for s, e, targets, neg_header in found:
