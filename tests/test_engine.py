@@ -7,9 +7,8 @@ import pytest
 
 from inference_helpers import threshold_model, tiny_random_model
 from segtme.errors import InputError
-from segtme.inference.engine import (
-    forward_tiles, input_to_work, predict_maps, to_working, work_to_input, working_region, working_size,
-)
+from segtme.inference.engine import forward_tiles, input_to_work, predict_maps, to_working, work_to_input
+from segtme.inference.resample import resample_region, working_size
 from segtme.inference.tiling import tile_starts
 from segtme.models import ModelConfig
 
@@ -43,7 +42,7 @@ def test_mpp_rescaling_maps_coordinates_back_exactly(mpp_in):
     img = _blob((101, 127), cx, cy, r=9.0)
     work, s = to_working(img, mpp_in, _cfg(0.5))
     assert s == pytest.approx(mpp_in / 0.5)
-    assert work.shape[:2] == working_size(101, 127, s)
+    assert work.shape[:2] == working_size((127, 101), mpp_in, 0.5)[::-1]
     back = work_to_input(_centroid_corner(work), s)
     np.testing.assert_allclose(back, [cx, cy], atol=0.05)  # well below one input pixel
     np.testing.assert_allclose(input_to_work(back, s), _centroid_corner(work), atol=1e-9)
@@ -67,8 +66,10 @@ def test_working_region_equals_crop_of_whole(s_in):
     whole, s = to_working(img, s_in, _cfg(0.5))
     for region in [(0, 0, 30, 40), (17, 23, 61, 70), (whole.shape[1] - 25, whole.shape[0] - 9, whole.shape[1], whole.shape[0])]:
         x0, y0, x1, y1 = region
-        part = working_region(img, s, region)
-        assert np.abs(part.astype(int) - whole[y0:y1, x0:x1]).max() <= 1  # float rounding only
+        part = resample_region(img, s, region)
+        # Pillow's fixed-point weights may round a grey level differently at tie positions
+        assert np.abs(part.astype(int) - whole[y0:y1, x0:x1]).max() <= 2
+        assert np.mean(part != whole[y0:y1, x0:x1]) < 0.02
 
 
 def test_forward_tiles_shapes_softmax_and_batching():
@@ -208,15 +209,16 @@ def test_precision_resolution_and_bf16_forward_close_to_fp32(monkeypatch):
     import torch
 
     import segtme.models.registry as reg
+    from segtme import runtime
     from segtme.models import LoadedModel
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert reg.resolve_precision("auto", cuda) == "bf16"
     assert reg.resolve_precision("fp32", cuda) == "fp32"
     assert reg.resolve_precision("bf16", cpu) == "bf16"
-    monkeypatch.setattr(reg, "_NATIVE_BF16", False)
+    monkeypatch.setattr(runtime, "_NATIVE_BF16", False)
     assert reg.resolve_precision("auto", cpu) == "fp32"
-    monkeypatch.setattr(reg, "_NATIVE_BF16", True)
+    monkeypatch.setattr(runtime, "_NATIVE_BF16", True)
     assert reg.resolve_precision("auto", cpu) == "bf16"
     with pytest.raises(ValueError, match="precision"):
         reg.resolve_precision("fp16x", cpu)
@@ -260,18 +262,19 @@ def test_grid_predictor_regions_equal_the_whole_image_and_run_each_tile_once():
 
 
 def test_malloc_tuning_applies_on_linux_glibc_and_can_be_turned_off():
-    """``import segtme`` tunes glibc malloc on Linux (large buffers kept for reuse during forward
+    """``segtme.runtime`` tunes glibc malloc on Linux (large buffers kept for reuse during forward
     passes); SEGTME_MALLOC_TUNING=0 leaves malloc alone."""
     import os
     import subprocess
     import sys
 
-    import segtme
+    from segtme import runtime
 
-    code = "import segtme; segtme.keep_large_buffers(); segtme.release_free_memory(); print(segtme.MALLOC_TUNED)"
+    code = ("from segtme import runtime as r; r.keep_large_buffers(); r.release_free_memory(); "
+            "print(r.MALLOC_TUNED)")
     env = {**os.environ, "SEGTME_MALLOC_TUNING": "0"}
     off = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert off.stdout.strip() == "False"
-    if sys.platform.startswith("linux") and segtme._libc() is not None:
-        assert segtme.MALLOC_TUNED is True
-        assert segtme._mallopt(256 << 20, 512 << 20) is True
+    if sys.platform.startswith("linux") and runtime._libc() is not None:
+        assert runtime.MALLOC_TUNED is True
+        assert runtime._mallopt(256 << 20, 512 << 20) is True

@@ -1,16 +1,9 @@
-"""Inference engine: MPP normalisation, batched forward passes and blended tile stitching.
+"""Inference engine: batched forward passes and blended predictions over one tile grid.
 
 Units: *input px* are pixels of the image the caller gave (µm/px = ``mpp_in``); *working px* are
 pixels at the model's working resolution ``cfg.mpp``. ``s = mpp_in / cfg.mpp`` is working px per
-input px.
-
-**Pixel-centre convention** (docs/INTERFACES.md, "MPP rescaling"). Coordinates are continuous
-with pixel ``i`` covering ``[i, i + 1)`` (QuPath's convention; its centre is ``i + 0.5``). The
-resampling maps a working-px position ``x_w`` to the input-px position ``x_in = x_w / s`` *with
-the exact s* (not the ratio of rounded image sizes): working pixel ``o`` (centre ``o + 0.5``)
-samples the input at continuous position ``(o + 0.5) / s``, i.e. input index ``(o + 0.5)/s - 0.5``.
-So any point found in working px goes back by ``x_in = x_w / s`` (plus the chunk offset), which
-``work_to_input`` does and the tests check. Working size is ``round(size * s)`` (at least 1).
+input px. Resampling between them (size rule, filter, pixel-centre convention) is
+``inference.resample``; the engine only ever sees working-resolution pixels.
 
 The engine never knows class names: it returns the model's channels; names, colours and roles
 come from ``cfg.tax`` downstream.
@@ -18,10 +11,10 @@ come from ``cfg.tax`` downstream.
 
 from __future__ import annotations
 
+from ..runtime import keep_large_buffers  # noqa: I001  (first: sets OpenMP waiting before torch loads)
+
 import contextlib
 import logging
-import math
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -30,7 +23,9 @@ import torch
 from ..errors import InputError
 from ..models.config import ModelConfig
 from ..models.registry import LoadedModel
-from .imageio import validate_mpp
+from . import resample as _rs
+from .maps import Maps
+from .resample import resample  # noqa: F401  (kept for callers not yet on inference.resample)
 from .tiling import blend_window, tile_grid
 
 log = logging.getLogger(__name__)
@@ -38,117 +33,26 @@ log = logging.getLogger(__name__)
 #: progress callback: called with the number of tiles just finished
 Progress = Callable[[int], None]
 
-
-@dataclass
-class Maps:
-    """Stitched model outputs at working resolution.
-
-    prob: (C, H, W) float32 softmax over the model's classes (channel 0 = background).
-    hv: (2, H, W) float32 horizontal/vertical maps (≈[-1, 1]), or None for models without HV.
-    """
-
-    prob: np.ndarray
-    hv: np.ndarray | None
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return int(self.prob.shape[1]), int(self.prob.shape[2])
+__all__ = ["Maps", "GridPredictor", "forward_tiles", "predict_maps", "scale_factor", "to_working",
+           "work_to_input", "input_to_work"]
 
 
-# --------------------------------------------------------------------------- MPP rescaling
+# --------------------------------------------------------------------------- MPP (inference.resample)
 
 
 def scale_factor(mpp_in: float, cfg: ModelConfig) -> float:
-    """s = mpp_in / cfg.mpp (working px per input px), after validating ``mpp_in``."""
-    return validate_mpp(mpp_in, "input MPP") / float(cfg.mpp)
+    """s = mpp_in / cfg.mpp (working px per input px; exactly 1.0 within 1e-6), after validating
+    ``mpp_in`` (InputError naming the supported range)."""
+    from ..io.image import validate_mpp
 
-
-def working_size(height: int, width: int, s: float) -> tuple[int, int]:
-    """(round(height * s), round(width * s)), each at least 1 (round half up)."""
-    return max(1, int(math.floor(height * s + 0.5))), max(1, int(math.floor(width * s + 0.5)))
-
-
-def input_window(region_work: Sequence[int], s: float, in_shape: Sequence[int]) -> tuple[int, int, int, int]:
-    """Input-px window (iy0, ix0, iy1, ix1), clipped to the image, that ``resample`` needs to
-    produce the working-px region ``(wx0, wy0, wx1, wy1)`` exactly as it would from the whole
-    image (bilinear support plus the anti-aliasing Gaussian's radius)."""
-    wx0, wy0, wx1, wy1 = region_work
-    H, W = int(in_shape[0]), int(in_shape[1])
-    sigma = max(0.0, (1.0 / s - 1.0) / 2.0) if s < 1.0 else 0.0
-    r = int(4.0 * sigma + 0.5) + 2  # scipy gaussian_filter truncates at 4 sigma
-
-    def span(a: int, b: int, n: int) -> tuple[int, int]:
-        lo = math.floor((a + 0.5) / s - 0.5) - r
-        hi = math.ceil((b - 0.5) / s - 0.5) + 1 + r
-        return max(0, lo), min(n, hi)
-
-    iy0, iy1 = span(wy0, wy1, H)
-    ix0, ix1 = span(wx0, wx1, W)
-    return iy0, ix0, iy1, ix1
-
-
-def resample(
-    rgb: np.ndarray,
-    s: float,
-    out_shape: tuple[int, int] | None = None,
-    *,
-    origin_work: tuple[int, int] = (0, 0),
-    origin_in: tuple[int, int] = (0, 0),
-) -> np.ndarray:
-    """Resample an (H, W, 3) uint8 image by the exact factor ``s`` (pixel-centre convention above).
-
-    Working pixel ``(oy, ox)`` of the output (global working index ``origin_work + (oy, ox)``)
-    samples input index ``(origin_work + o + 0.5) / s - 0.5 - origin_in``, where ``origin_in`` is
-    the input-px position of ``rgb[0, 0]`` — so a crop (``input_window``) resamples to exactly the
-    pixels the whole image would give. Downsampling (s < 1) first low-pass filters with a Gaussian
-    of sigma ``(1/s - 1) / 2`` input px (scikit-image's anti-aliasing rule); interpolation is
-    bilinear; edges are replicated. Processed per channel to bound memory.
-    """
-    from scipy import ndimage as ndi
-
-    h, w = rgb.shape[:2]
-    oh, ow = out_shape if out_shape is not None else working_size(h, w, s)
-    inv = 1.0 / s
-    off_y = (origin_work[0] + 0.5) * inv - 0.5 - origin_in[0]
-    off_x = (origin_work[1] + 0.5) * inv - 0.5 - origin_in[1]
-    sigma = max(0.0, (1.0 / s - 1.0) / 2.0) if s < 1.0 else 0.0
-    out = np.empty((oh, ow, rgb.shape[2]), np.uint8)
-    for c in range(rgb.shape[2]):
-        img = rgb[:, :, c].astype(np.float32)
-        if sigma > 0:
-            img = ndi.gaussian_filter(img, sigma=sigma, mode="nearest")
-        res = ndi.affine_transform(
-            img, np.array([inv, inv]), offset=(off_y, off_x), output_shape=(oh, ow),
-            order=1, mode="nearest", prefilter=False,
-        )
-        out[:, :, c] = np.clip(np.rint(res), 0, 255)
-    return out
+    return _rs.scale(validate_mpp(mpp_in, "input MPP"), float(cfg.mpp))
 
 
 def to_working(rgb: np.ndarray, mpp_in: float, cfg: ModelConfig) -> tuple[np.ndarray, float]:
-    """Rescale an input image to the model's working MPP.
-
-    rgb: (H, W, 3) uint8 at ``mpp_in`` µm/px. Returns ``(rgb_work, s)`` with ``s = mpp_in / cfg.mpp``
-    and ``rgb_work`` of size ``working_size(H, W, s)``. When ``s`` is within 1e-6 of 1 the image is
-    returned unchanged and ``s`` is 1.0 exactly.
-    """
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise InputError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
-    s = scale_factor(mpp_in, cfg)
-    if abs(s - 1.0) < 1e-6:
-        return rgb, 1.0
-    return resample(rgb, s), s
-
-
-def working_region(rgb: np.ndarray, s: float, region_work: Sequence[int]) -> np.ndarray:
-    """The working-px region ``(wx0, wy0, wx1, wy1)`` of the whole image's working version,
-    computed from the needed input window only (identical to ``to_working(rgb)[wy0:wy1, wx0:wx1]``
-    up to float rounding). ``s == 1`` returns a view."""
-    wx0, wy0, wx1, wy1 = (int(v) for v in region_work)
-    if s == 1.0:
-        return rgb[wy0:wy1, wx0:wx1]
-    iy0, ix0, iy1, ix1 = input_window(region_work, s, rgb.shape)
-    return resample(rgb[iy0:iy1, ix0:ix1], s, (wy1 - wy0, wx1 - wx0), origin_work=(wy0, wx0), origin_in=(iy0, ix0))
+    """The whole image resampled to the model's ``cfg.mpp`` (``inference.resample.to_working``),
+    after validating ``mpp_in``: ``(rgb_work, s)``."""
+    scale_factor(mpp_in, cfg)
+    return _rs.to_working(rgb, float(mpp_in), float(cfg.mpp))
 
 
 def work_to_input(xy: np.ndarray, s: float, offset_xy: Sequence[float] = (0.0, 0.0)) -> np.ndarray:
@@ -194,25 +98,14 @@ def _prepare(model: LoadedModel) -> torch.nn.Module:
 
 
 def _autocast(model: LoadedModel):
-    """bf16 autocast when the model's precision resolves to bf16 (``registry.resolve_precision``:
+    """bf16 autocast when the model's precision resolves to bf16 (``runtime.resolve_precision``:
     by default on CUDA and on CPUs with native bf16), else full precision."""
-    from ..models.registry import resolve_precision
+    from ..runtime import resolve_precision
 
     dev = model.device
     if resolve_precision(getattr(model, "precision", "auto"), dev) == "bf16" and dev.type in ("cuda", "cpu"):
         return torch.autocast(dev.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def _pad_to_multiple(x: np.ndarray, multiple: int) -> tuple[np.ndarray, int, int]:
-    """Pad (B, H, W, 3) at bottom/right to multiples of ``multiple`` (reflect; edge if too small)."""
-    h, w = x.shape[1:3]
-    ph = (-h) % multiple
-    pw = (-w) % multiple
-    if ph == 0 and pw == 0:
-        return x, h, w
-    mode = "reflect" if ph < h and pw < w else "edge"
-    return np.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), mode=mode), h, w
 
 
 def forward_tiles(
@@ -227,9 +120,7 @@ def forward_tiles(
     absent for models without an HV head). Runs under ``torch.inference_mode``, channels_last,
     with bf16 autocast when ``model.precision`` resolves to bf16 (CUDA; CPUs with native bf16).
     """
-    from .. import keep_large_buffers
-
-    keep_large_buffers()  # reuse large activation buffers (segtme._tune_glibc_malloc)
+    keep_large_buffers()  # reuse large activation buffers (runtime._tune_glibc_malloc)
     cfg = model.config
     dev = model.device
     module = _prepare(model)
@@ -245,7 +136,9 @@ def forward_tiles(
         step = batch_size or len(idxs)
         for b0 in range(0, len(idxs), step):
             batch = idxs[b0 : b0 + step]
-            x, h, w = _pad_to_multiple(np.stack([tiles[i] for i in batch]), cfg.pad_multiple)
+            x = np.stack([tiles[i] for i in batch])
+            h, w = x.shape[1:3]
+            x = _rs.pad_to_multiple(x, cfg.pad_multiple, axes=(1, 2))
             with torch.inference_mode():
                 t = torch.from_numpy(x).to(dev).permute(0, 3, 1, 2).float().div_(255.0)
                 t = ((t - mean) / std).contiguous(memory_format=torch.channels_last)
@@ -279,7 +172,7 @@ class GridPredictor:
     is served; ``regions`` (all regions the caller will ask for, in order) lets it count users.
 
     fetch_rgb(region) -> (h, w, 3) uint8: the working-px pixels of a region (e.g.
-    ``working_region(rgb, s, region)``); called once per ``predict`` for the bounding box of the
+    ``resample.resample_region(rgb, s, region)``); called once per ``predict`` for the bounding box of the
     tiles that still have to run. progress: called with the number of tiles just run.
     Memory: the region's maps ((C + 3) x h x w float32) + cached tiles ((C + 2) x tile² float16
     each; about one row of chunks' worth of border tiles).

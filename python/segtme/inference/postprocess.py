@@ -18,39 +18,17 @@ and a class probability (mean softmax of that class over the instance).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.morphology import disk
 from skimage.segmentation import watershed
 
-from ..params import params_from_mapping
+from ..models.config import PostprocessParams  # the typed parameters live with the model config
 
-
-@dataclass(frozen=True)
-class PostprocessParams:
-    """Post-processing knobs (pixels are working-resolution pixels).
-
-    fg_threshold: foreground probability threshold (0-1).
-    edge_threshold: HV-edge strength above which a pixel is not a marker (0-1).
-    smooth_sigma: Gaussian sigma (px) applied to the HV maps before the Sobel gradient.
-    min_marker_px: markers smaller than this (px) are dropped.
-    min_object_px: final instances smaller than this (px) are dropped.
-    marker_open_radius: radius (px) of the disk used to open the marker mask.
-    """
-
-    fg_threshold: float = 0.5
-    edge_threshold: float = 0.25
-    smooth_sigma: float = 1.0
-    min_marker_px: int = 6
-    min_object_px: int = 8
-    marker_open_radius: int = 1
-
-    @classmethod
-    def from_mapping(cls, d: Mapping[str, Any] | None) -> "PostprocessParams":
-        return params_from_mapping(cls, d, "post-processing")
+__all__ = ["PostprocessParams", "hv_watershed", "hv_edge_map", "fill_holes", "relabel_sequential",
+           "foreground_components", "classify_instances"]
 
 
 def _remove_small(lab: np.ndarray, min_px: int) -> np.ndarray:
@@ -186,13 +164,3 @@ def classify_instances(inst: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, 
     psum = np.bincount(labels, weights=chosen, minlength=n + 1)[1:]
     class_prob = (psum / np.maximum(area, 1)).astype(np.float32)
     return cls, class_prob
-
-
-def instances_from_outputs(
-    prob: np.ndarray, hv: np.ndarray, params: PostprocessParams | Mapping | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Convenience: (inst, class_id, class_prob) from softmax ``prob`` (C,H,W) and ``hv`` (2,H,W)."""
-    fg_prob = 1.0 - prob[0]
-    inst = hv_watershed(fg_prob, hv, params)
-    cls, cprob = classify_instances(inst, prob)
-    return inst, cls, cprob

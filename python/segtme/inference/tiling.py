@@ -30,6 +30,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .stitch import owns, split_owned
+
 # --------------------------------------------------------------------------- working-res grid
 
 
@@ -114,30 +116,9 @@ class StreamTile:
         return out
 
 
-def owns(core: Sequence[float], x: float, y: float) -> bool:
-    """Half-open core test: ``x0 <= x < x1 and y0 <= y < y1`` (full-res px)."""
-    x0, y0, x1, y1 = core
-    return x0 <= x < x1 and y0 <= y < y1
-
-
-def border_split(x: np.ndarray, y: np.ndarray, core: Sequence[float], tol: float, hold: float
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """How a tile / chunk reports the nuclei it found, given their centroids (x, y) and its
-    half-open ``core`` (same units): boolean masks ``(final, border, in_core)``.
-
-    final: centroid more than ``hold`` inside the core — the nucleus is this tile's alone.
-    border: centroid within ``hold`` inside or ``tol`` outside the core edge — a neighbour may
-    report the same nucleus with its centroid on the other side, so these go through
-    de-duplication (``pipeline.dedupe_across_chunks``). in_core: the plain ownership rule."""
-    x = np.asarray(x, np.float64)
-    y = np.asarray(y, np.float64)
-    x0, y0, x1, y1 = (float(v) for v in core)
-
-    def within(d: float) -> np.ndarray:
-        return (x >= x0 - d) & (x < x1 + d) & (y >= y0 - d) & (y < y1 + d)
-
-    final = within(-hold)
-    return final, within(tol) & ~final, within(0.0)
+# the ownership rule and the border split live in the one stitcher (``inference.stitch``);
+# ``border_split`` is its former name here, kept for callers not yet on ``stitch.split_owned``
+border_split = split_owned
 
 
 def _round_half_up(v: float) -> int:

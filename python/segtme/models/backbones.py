@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -67,6 +66,8 @@ class PyramidBackbone(nn.Module):
 class CNNPyramid(PyramidBackbone):
     def __init__(self, name: str, out_indices: Sequence[int] | None, pretrained: bool, **kwargs: Any):
         super().__init__()
+        import timm  # lazily: building a model needs timm, importing the registry does not
+
         extra = {"out_indices": tuple(out_indices)} if out_indices is not None else {}
         self.body = timm.create_model(name, features_only=True, pretrained=pretrained, **extra, **kwargs)
         self.channels = list(self.body.feature_info.channels())
@@ -91,6 +92,8 @@ class ViTTapPyramid(PyramidBackbone):
         super().__init__()
         if not (len(taps) == len(channels) == len(strides)):
             raise ValueError("vit_taps, pyramid_channels and pyramid_strides must have equal length")
+        import timm
+
         self.vit = timm.create_model(name, pretrained=pretrained, **_resolve_kwargs(kwargs))
         depth = len(self.vit.blocks)
         bad = [t for t in taps if not 0 <= t < depth]

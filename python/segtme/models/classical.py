@@ -23,12 +23,12 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from scipy import ndimage as ndi
 from torch import nn
 
 from ..params import params_from_mapping
+from ..stain import haematoxylin_od
 from .config import ModelConfig
-from .registry import register_family, register_preset
+from .registry import ModelContract, register_family, register_preset
 
 
 @dataclass(frozen=True)
@@ -57,15 +57,6 @@ class ClassicalParams:
         return params_from_mapping(cls, d, "classical", cast=float)
 
 
-def haematoxylin_channel(rgb: np.ndarray) -> np.ndarray:
-    """Haematoxylin optical density (H, W) float32 from colour deconvolution (``rgb2hed``),
-    rescaled to base-10 OD (skimage divides natural-log OD by ln(1e-6); times 6 gives log10 OD,
-    the unit QuPath's thresholds use)."""
-    from skimage.color import rgb2hed
-
-    return (rgb2hed(rgb[..., :3]).astype(np.float32)[..., 0] * np.float32(-np.log(1e-6) / np.log(10.0)))
-
-
 def _resize(a: np.ndarray, shape: tuple[int, int], order: int) -> np.ndarray:
     from skimage.transform import resize
 
@@ -78,12 +69,11 @@ def classical_instances(rgb: np.ndarray, mpp: float, work_mpp: float = 0.5, para
     """Nucleus instance map (int32, 0 = background, 1..N) of ``rgb`` (H, W, 3 uint8) at its
     input resolution ``mpp`` µm/px. The detection runs at ``work_mpp`` µm/px (QuPath's
     requested pixel size, 0.5 µm) and the labels are resized back (nearest neighbour)."""
+    from scipy import ndimage as ndi
     from skimage.feature import peak_local_max
     from skimage.filters import threshold_otsu
     from skimage.morphology import disk
-    from skimage.segmentation import watershed
-
-    from ..inference.postprocess import relabel_sequential
+    from skimage.segmentation import relabel_sequential, watershed
 
     p = params if isinstance(params, ClassicalParams) else ClassicalParams.from_mapping(params)
     if rgb.ndim != 3 or rgb.shape[2] < 3:
@@ -96,7 +86,7 @@ def classical_instances(rgb: np.ndarray, mpp: float, work_mpp: float = 0.5, para
     img = _resize(rgb[..., :3].astype(np.float32), (wh, ww), order=1).clip(0, 255).astype(np.uint8)
     px = 1.0 / work_mpp  # working px per µm
 
-    od = haematoxylin_channel(img)
+    od = np.maximum(haematoxylin_od(img), 0.0)  # rgb2hed's clip at 0, in base-10 OD
     # black padding (slide borders, mosaics) has a huge optical density: keep it out of the threshold
     valid = img.max(axis=2) > 20
     od[~valid] = 0.0
@@ -140,10 +130,10 @@ def classical_instances(rgb: np.ndarray, mpp: float, work_mpp: float = 0.5, para
     bad = (a_um2 < p.min_area_um2) | (a_um2 > p.max_area_um2)
     bad[0] = False
     inst[bad[inst]] = 0
-    inst = relabel_sequential(inst.astype(np.int32))
+    inst = relabel_sequential(inst.astype(np.int32))[0]
     if inst.shape != (H, W):
         inst = _resize(inst, (H, W), order=0)
-    return relabel_sequential(inst)
+    return relabel_sequential(inst)[0]
 
 
 class ClassicalNuclei(nn.Module):
@@ -175,7 +165,7 @@ class ClassicalNuclei(nn.Module):
         return ", ".join(f"{k}={v}" for k, v in asdict(self.params).items())
 
 
-@register_family("classical")
+@register_family("classical", contract=ModelContract(outputs=(), instances="hook", taxonomy="nucleus1"))
 def _build_classical(cfg: ModelConfig) -> nn.Module:
     return ClassicalNuclei(cfg)
 

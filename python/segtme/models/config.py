@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import SegTMEError
+from ..params import params_from_mapping
 from ..taxonomy import Taxonomy, get_taxonomy
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -22,6 +23,30 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class ModelConfigError(SegTMEError, ValueError):
     """A model config is malformed (missing or invalid field)."""
+
+
+@dataclass(frozen=True)
+class PostprocessParams:
+    """Post-processing knobs (pixels are working-resolution pixels).
+
+    fg_threshold: foreground probability threshold (0-1).
+    edge_threshold: HV-edge strength above which a pixel is not a marker (0-1).
+    smooth_sigma: Gaussian sigma (px) applied to the HV maps before the Sobel gradient.
+    min_marker_px: markers smaller than this (px) are dropped.
+    min_object_px: final instances smaller than this (px) are dropped.
+    marker_open_radius: radius (px) of the disk used to open the marker mask.
+    """
+
+    fg_threshold: float = 0.5
+    edge_threshold: float = 0.25
+    smooth_sigma: float = 1.0
+    min_marker_px: int = 6
+    min_object_px: int = 8
+    marker_open_radius: int = 1
+
+    @classmethod
+    def from_mapping(cls, d: Mapping[str, Any] | None) -> "PostprocessParams":
+        return params_from_mapping(cls, d, "post-processing")
 
 
 @dataclass
@@ -93,6 +118,15 @@ class ModelConfig:
         if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
             raise ModelConfigError(f"model config {self.name}: 'mean'/'std' need 3 values, std > 0")
         get_taxonomy(self.taxonomy)  # raises KeyError naming the taxonomy
+        try:
+            PostprocessParams.from_mapping(self.postprocess)
+        except ValueError as e:
+            raise ModelConfigError(f"model config {self.name}: {e}") from None
+
+    @property
+    def post(self) -> PostprocessParams:
+        """``postprocess`` (the JSON's mapping of overrides) as typed ``PostprocessParams``."""
+        return PostprocessParams.from_mapping(self.postprocess)
 
     @property
     def tax(self) -> Taxonomy:

@@ -1,9 +1,16 @@
-"""Model registry: families (builders) and named presets (configs), like timm's model files.
+"""Model registry: families (builders + their contract) and named presets (configs), timm's way.
 
-* ``register_family("uperhover")`` registers a builder ``(ModelConfig) -> nn.Module``.
-* ``register_preset(cfg)`` registers a named config (architecture only, weights optional).
+A leaf: it imports only ``models.config`` and ``runtime``. Family files register into it —
+``register_family("uperhover", contract=...)`` registers a builder ``(ModelConfig) -> nn.Module``
+with the ``ModelContract`` its modules keep; ``register_preset(cfg)`` a named config. The
+family files are listed in ``FAMILY_MODULES`` and imported on first use of the registry (the
+package ``segtme.models`` imports its own family files; a family living in another package,
+like PAGET's SegFormer, is imported by name, as timm loads plugins).
+
 * ``load_model(spec)`` takes a preset name, a shipped model name (``default``), or a path to a
   ``.json`` config / ``.safetensors`` weights file, builds the module and loads the weights.
+* ``contract(cfg)`` / ``LoadedModel.contract``: the one place callers learn what a model gives
+  (outputs, how nuclei are made, which pipeline runs it) — no ``hasattr`` or arch-string tests.
 
 Weights are only ever read from safetensors, or from a torch checkpoint with
 ``torch.load(weights_only=True)`` (the UNI2-h Hugging Face layout ships ``pytorch_model.bin``);
@@ -12,10 +19,13 @@ nothing is unpickled with arbitrary code execution.
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Union
+
+from .. import runtime  # noqa: F401,I001  (first: OpenMP waiting policy before torch loads)
 
 import torch
 from torch import nn
@@ -25,7 +35,56 @@ from .config import ModelConfig, ModelConfigError
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 
+#: modules that register families and presets, imported on first use (order = listing order)
+FAMILY_MODULES = ("segtme.models.zoo", "segtme.models.classical", "segtme.paget.model", "segtme.mitosis.model")
+
+#: how a family's nuclei are made (``ModelContract.instances``)
+INSTANCE_KINDS = ("maps", "hook", "none")
+#: which product path analyses with a family (``ModelContract.product``)
+PRODUCTS = ("nuclei", "paget")
+
+
+@dataclass(frozen=True)
+class ModelContract:
+    """What a family's modules promise; declared at ``register_family``, checked for every
+    preset by tests/test_presets.py, and the only thing callers dispatch on.
+
+    outputs: keys of ``forward(x)`` for x (B, 3, H, W) normalised RGB, each (B, n, H, W) at the
+        input size with n = ``cfg.head_channels()[key]``: "sem" (the taxonomy's classes,
+        logits), "hv" (2), or a family's own heads. Empty: no tensor forward.
+    instances: "maps" — nuclei come from the outputs (``inference.maps``); "hook" —
+        ``module.predict_instances(rgb, mpp) -> (inst, class_id, class_prob)`` on the input
+        grid (a rule-based model); "none" — the model gives no nuclei of its own.
+    product: "nuclei" (``pipeline.segment_source``) or "paget" (tissue map + nuclei from an
+        instance source, ``paget``).
+    taxonomy: the taxonomy name the family always predicts in, or None (the config's).
+    dense: outputs are per-pixel maps (B, n, H, W); False: one value per input, (B,) logits
+        (a crop classifier such as the mitosis teacher).
+    """
+
+    outputs: tuple[str, ...] = ("sem", "hv")
+    instances: str = "maps"
+    product: str = "nuclei"
+    taxonomy: str | None = None
+    dense: bool = True
+
+    def __post_init__(self) -> None:
+        if self.instances not in INSTANCE_KINDS:
+            raise ValueError(f"contract.instances must be one of {INSTANCE_KINDS}, got {self.instances!r}")
+        if self.product not in PRODUCTS:
+            raise ValueError(f"contract.product must be one of {PRODUCTS}, got {self.product!r}")
+        if self.instances == "maps" and "sem" not in self.outputs:
+            raise ValueError("a 'maps' contract needs a 'sem' output")
+
+    @property
+    def has_hv(self) -> bool:
+        return "hv" in self.outputs
+
+
+ContractSpec = Union[ModelContract, Callable[[ModelConfig], ModelContract], None]
+
 _FAMILIES: dict[str, Callable[[ModelConfig], nn.Module]] = {}
+_CONTRACTS: dict[str, ContractSpec] = {}
 _PRESETS: dict[str, ModelConfig] = {}
 
 
@@ -33,9 +92,14 @@ class WeightsError(SegTMEError, RuntimeError):
     """Weights are missing, unreadable or do not fit the model."""
 
 
-def register_family(arch: str) -> Callable:
+def register_family(arch: str, contract: ContractSpec = None) -> Callable:
+    """Decorator registering a builder for ``arch``. ``contract``: a ``ModelContract``, a
+    function of the config returning one, or None (then: ``outputs`` = the config's heads,
+    nuclei from the maps, the nucleus product)."""
+
     def deco(fn: Callable[[ModelConfig], nn.Module]) -> Callable[[ModelConfig], nn.Module]:
         _FAMILIES[arch] = fn
+        _CONTRACTS[arch] = contract
         return fn
 
     return deco
@@ -44,6 +108,17 @@ def register_family(arch: str) -> Callable:
 def register_preset(cfg: ModelConfig) -> ModelConfig:
     _PRESETS[cfg.name] = cfg
     return cfg
+
+
+def contract(cfg: ModelConfig) -> ModelContract:
+    """The contract of ``cfg``'s family (ModelConfigError for an unknown arch)."""
+    _ensure_builtin()
+    if cfg.arch not in _FAMILIES:
+        raise ModelConfigError(f"model {cfg.name}: unknown arch {cfg.arch!r}; known: {sorted(_FAMILIES)}")
+    spec = _CONTRACTS.get(cfg.arch)
+    if spec is None:
+        return ModelContract(outputs=tuple(cfg.heads), instances="maps" if "sem" in cfg.heads else "none")
+    return spec if isinstance(spec, ModelContract) else spec(cfg)
 
 
 def families() -> list[str]:
@@ -164,42 +239,14 @@ class LoadedModel:
     def taxonomy(self):
         return self.config.tax
 
-
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when this CPU computes bf16 natively (x86 ``avx512_bf16`` or ``amx_bf16`` flag in
-    /proc/cpuinfo); False when unknown (non-Linux) — then ``auto`` keeps fp32 on the CPU."""
-    global _NATIVE_BF16
-    if _NATIVE_BF16 is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-                flags = set()
-                for line in f:
-                    if line.startswith("flags"):
-                        flags = set(line.split(":", 1)[1].split())
-                        break
-            _NATIVE_BF16 = bool({"avx512_bf16", "amx_bf16"} & flags) and torch.backends.mkldnn.is_available()
-        except OSError:
-            _NATIVE_BF16 = False
-    return _NATIVE_BF16
+    @property
+    def contract(self) -> ModelContract:
+        """What this model gives (``registry.contract``)."""
+        return contract(self.config)
 
 
-_NATIVE_BF16: bool | None = None
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``"fp32"`` or ``"bf16"`` for ``precision`` (one of ``PRECISIONS``) on ``device``."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16"
-    if device.type == "cpu" and cpu_has_native_bf16():
-        return "bf16"
-    return "fp32"
+# the precision choice is a runtime knob (``segtme.runtime``); re-exported for callers here
+PRECISIONS, cpu_has_native_bf16, resolve_precision = runtime.PRECISIONS, runtime.cpu_has_native_bf16, runtime.resolve_precision
 
 
 def select_device(device: str | torch.device = "auto") -> torch.device:
@@ -279,7 +326,7 @@ def load_model(
         load_state_dict_strict(module, read_state_dict(wpath), str(wpath))
         source = str(wpath)
     elif wpath is None and not allow_random:
-        if cfg.arch == "classical":
+        if contract(cfg).instances == "hook" and not contract(cfg).outputs:
             source = "rule-based (no weights)"
         elif backbone_weights is not None or cfg.backbone_weights:
             bpath = find_uni2h_checkpoint(backbone_weights or cfg.backbone_weights)
@@ -313,7 +360,8 @@ def _ensure_builtin() -> None:
     if _BUILTIN_DONE:
         return
     _BUILTIN_DONE = True
-    from . import zoo  # noqa: F401  (registers built-in families and presets)
+    for name in FAMILY_MODULES:
+        importlib.import_module(name)
 
 
 # --------------------------------------------------------------------------- inference-time folding

@@ -1,0 +1,134 @@
+"""Process-wide runtime knobs in one place: OpenMP waiting, glibc malloc tuning, torch threads.
+
+A leaf module (imports only the standard library); whoever needs a knob imports it from here,
+never from the package root. Importing it applies two defaults that must be set before torch
+loads, so modules that import torch import this first (``models.registry``, ``inference.engine``):
+
+* ``OMP_WAIT_POLICY=PASSIVE`` unless set: with OpenMP's default *active* waiting, torch's worker
+  threads spin at every barrier, and when another process holds one of the cores (a shared or
+  busy machine) each parallel region waits for a time slice: forward passes measured 10-30x
+  slower than with one thread. Passive waiting costs little on an idle machine and removes that
+  cliff (docs/benchmarks.md). Only effective before libgomp is loaded.
+* glibc malloc tuning (``SEGTME_MALLOC_TUNING=0`` turns it off), see ``_tune_glibc_malloc``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if "torch" not in sys.modules:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+_LIBC = None
+
+
+def _libc():
+    """The C library (loaded once), or None when it is not glibc (e.g. musl) or not Linux."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            lib = ctypes.CDLL("libc.so.6")
+            _LIBC = lib if hasattr(lib, "mallopt") and hasattr(lib, "malloc_trim") else False
+        except OSError:
+            _LIBC = False
+    return _LIBC or None
+
+
+def _mallopt(mmap_threshold: int, trim_threshold: int) -> bool:
+    libc = _libc()
+    if libc is None:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    ok = libc.mallopt(m_mmap_threshold, int(mmap_threshold)) == 1
+    return libc.mallopt(m_trim_threshold, int(trim_threshold)) == 1 and ok
+
+
+def _tune_glibc_malloc() -> bool:
+    """Keep large tensor buffers in the heap instead of fresh ``mmap``s (Linux glibc only).
+
+    glibc serves every allocation above its mmap threshold (dynamic, at most 32 MiB) with a new
+    ``mmap`` and returns it with ``munmap`` when freed, so each forward pass page-faults its
+    large activations in again: a 67 MB ``torch.cat`` in the UperNet fusion measured 25 ms instead
+    of ~2 ms, and the default model's forward pass 1.65-1.7x slower (docs/benchmarks.md). A fixed
+    threshold of 256 MiB and a trim threshold of 512 MiB keep such buffers for reuse while the
+    model runs; ``release_free_memory`` (after a job's model stage) hands them back and returns
+    to glibc's usual large-block thresholds for the rest of the job, whose peak (the export) must
+    stay low. Set ``SEGTME_MALLOC_TUNING=0`` to leave malloc alone. Returns True when applied."""
+    if os.environ.get("SEGTME_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    return _mallopt(256 << 20, 512 << 20)
+
+
+MALLOC_TUNED = _tune_glibc_malloc()
+
+
+def keep_large_buffers() -> None:
+    """Before forward passes (``engine.forward_tiles`` calls it): keep large buffers in the heap
+    (see ``_tune_glibc_malloc``); two ``mallopt`` calls, microseconds."""
+    if MALLOC_TUNED:
+        _mallopt(256 << 20, 512 << 20)
+
+
+def release_free_memory() -> None:
+    """After a large job's model stage: return the heap's free memory to the OS (glibc
+    ``malloc_trim``) and go back to glibc's usual thresholds for large blocks (32 MiB mmap, the
+    top of its dynamic range, and 64 MiB trim). No-op when the tuning is off or not glibc."""
+    if not MALLOC_TUNED:
+        return
+    _mallopt(32 << 20, 64 << 20)
+    _libc().malloc_trim(0)
+
+
+def set_torch_threads(n: int | None) -> None:
+    """``torch.set_num_threads(n)`` when ``n`` is given (>= 1); None leaves torch's default."""
+    if n is None:
+        return
+    if int(n) < 1:
+        raise ValueError(f"threads must be >= 1, got {n}")
+    import torch
+
+    torch.set_num_threads(int(n))
+
+
+# --------------------------------------------------------------------------- precision
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bf16 natively (x86 ``avx512_bf16`` or ``amx_bf16`` flag in
+    /proc/cpuinfo); False when unknown (non-Linux) — then ``auto`` keeps fp32 on the CPU."""
+    global _NATIVE_BF16
+    if _NATIVE_BF16 is None:
+        import torch
+
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                flags = set()
+                for line in f:
+                    if line.startswith("flags"):
+                        flags = set(line.split(":", 1)[1].split())
+                        break
+            _NATIVE_BF16 = bool({"avx512_bf16", "amx_bf16"} & flags) and torch.backends.mkldnn.is_available()
+        except OSError:
+            _NATIVE_BF16 = False
+    return _NATIVE_BF16
+
+
+_NATIVE_BF16: bool | None = None
+
+
+def resolve_precision(precision: str, device) -> str:
+    """``"fp32"`` or ``"bf16"`` for ``precision`` (one of ``PRECISIONS``) on ``device`` (a
+    ``torch.device``): ``auto`` is bf16 on CUDA and on CPUs with native bf16, else fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"
+    return "fp32"
