@@ -7,11 +7,19 @@
 # (qupath-extension/src/main/java/qupath/ext/segtme/*.java) is NOT compiled here; users build the
 # whole extension with Gradle (see docs/qupath.md).
 #
-# Tests:
-#   TilePlannerTest      — the tile plan vs tests/data/tile_plan_examples.json (shared with Python)
-#   SegTMEClientTest     — the client against an in-process fake gRPC server
-#   EndToEndServerTest   — the client against the real Python server (`segtme serve --port 0`)
-#                          streaming a real image from $SEGTME_DATA_DIR (default ../shared/data)
+# Every QuPath-free class (qupath.ext.segtme.client.*, i.e. everything the QuPath layer delegates to: tile plan,
+# streaming client, target rule + nesting, re-run marker, workflow-step text, settings/token resolution) is
+# compiled with -Xlint:all -Werror and tested. Tests:
+#   TilePlannerTest          — the tile plan vs tests/data/tile_plan_examples.json (shared with Python)
+#   SegTMEClientTest         — the client against an in-process fake gRPC server
+#   SegTMEIdsTest            — the re-run marker (object IDs)
+#   TargetSelectorTest       — which annotations a run analyses; nesting; recorded selection-free rule
+#   RunSettingsTest          — script/GUI options, SEGTME_TOKEN, TLS CA file, one-line errors
+#   WorkflowScriptTest       — the Groovy text of the recorded workflow step
+#   EndToEndServerTest       — the client against the real Python server (`segtme serve --port 0`, fixture model)
+#                              streaming a real image from $SEGTME_DATA_DIR (default ../shared/data)
+#   DefaultModelEndToEndTest — the same with the shipped model (`segtme serve --model default`) over an annotation
+#                              spanning several tiles (SEGTME_E2E_TILE_SIZE, default 256 working px)
 #
 # Environment:
 #   SEGTME_CMD       command that starts the server (default: <repo>/.venv/bin/segtme)
@@ -19,6 +27,7 @@
 #   CI=true          data-dependent tests FAIL (not skip) when the data or server is missing
 #   JAVA_TEST_BUILD  build directory (default: <repo>/qupath-extension/build/ci, outside the sources)
 #   JUNIT_ARGS       extra console-launcher arguments, e.g. "--select-class qupath.ext.segtme.client.TilePlannerTest"
+#   SEGTME_E2E_TILE_SIZE  tile size (working px) of DefaultModelEndToEndTest (default 256)
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -70,7 +79,11 @@ find "$EXT/src/main/java/qupath/ext/segtme/client" -name '*.java' >> "$BUILD/mai
 if grep -l 'import qupath\.lib\|import qupath\.fx\|import javafx' $(grep '/client/' "$BUILD/main-sources.txt"); then
   echo "java_test: the client core must not import QuPath/JavaFX (files above)" >&2; exit 1
 fi
-javac -nowarn -encoding UTF-8 --release 17 -d "$BUILD/classes" -cp "$CP_MAIN" @"$BUILD/main-sources.txt"
+find "$BUILD/gen" -name '*.java' > "$BUILD/gen-sources.txt"
+find "$EXT/src/main/java/qupath/ext/segtme/client" -name '*.java' > "$BUILD/core-sources.txt"
+javac -nowarn -encoding UTF-8 --release 17 -d "$BUILD/classes" -cp "$CP_MAIN" @"$BUILD/gen-sources.txt"
+javac -Xlint:all -Werror -encoding UTF-8 --release 17 -d "$BUILD/classes" -cp "$BUILD/classes:$CP_MAIN" @"$BUILD/core-sources.txt"
+echo "java_test: compiled $(wc -l < "$BUILD/gen-sources.txt") generated stub files and $(wc -l < "$BUILD/core-sources.txt") client-core classes"
 find "$EXT/src/test/java" -name '*.java' > "$BUILD/test-sources.txt"
 javac -encoding UTF-8 --release 17 -d "$BUILD/test-classes" -cp "$BUILD/classes:$CP_MAIN:$LAUNCHER" @"$BUILD/test-sources.txt"
 

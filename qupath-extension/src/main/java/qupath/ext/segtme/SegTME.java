@@ -145,16 +145,13 @@ public final class SegTME {
         double mpp = cal.getAveragedPixelSizeMicrons();
         var source = new QuPathTileSource(server, settings.z(), settings.t());
         List<Result> results = new ArrayList<>();
+        List<AnnotationRegion> regions = new ArrayList<>(targets.size());
+        for (PathObject annotation : targets)  // every bad annotation is refused before the first job starts
+            regions.add(region(annotation, server.getWidth(), server.getHeight(), mpp));
         try (SegTMEClient client = new SegTMEClient(config)) {
             for (int k = 0; k < targets.size(); k++) {
                 PathObject annotation = targets.get(k);
-                var roi = annotation.getROI();
-                long x0 = Math.max(0, (long) Math.floor(roi.getBoundsX()));
-                long y0 = Math.max(0, (long) Math.floor(roi.getBoundsY()));
-                long x1 = Math.min(server.getWidth(), (long) Math.ceil(roi.getBoundsX() + roi.getBoundsWidth()));
-                long y1 = Math.min(server.getHeight(), (long) Math.ceil(roi.getBoundsY() + roi.getBoundsHeight()));
-                String geometry = GsonTools.getInstance().toJson(roi.getGeometry());
-                var region = new AnnotationRegion(x0, y0, x1 - x0, y1 - y0, geometry, annotation.getID().toString(), mpp);
+                var region = regions.get(k);
                 final int done = k, n = targets.size();
                 ProgressListener scaled = listener == null ? null : p -> listener.onProgress(new JobProgress(p.tilesSent(),
                         p.tilesDone(), p.tilesExpected(), p.nucleiSoFar(), (done + p.fraction()) / n,
@@ -179,6 +176,25 @@ public final class SegTME {
             }
         }
         return results;
+    }
+
+    /** The annotation's bounds clipped to the image (full-resolution px) and its geometry; refuses one outside the image. */
+    private static AnnotationRegion region(PathObject annotation, long width, long height, double mpp) {
+        var roi = annotation.getROI();
+        long x0 = Math.max(0, (long) Math.floor(roi.getBoundsX()));
+        long y0 = Math.max(0, (long) Math.floor(roi.getBoundsY()));
+        long x1 = Math.min(width, (long) Math.ceil(roi.getBoundsX() + roi.getBoundsWidth()));
+        long y1 = Math.min(height, (long) Math.ceil(roi.getBoundsY() + roi.getBoundsHeight()));
+        if (x1 <= x0 || y1 <= y0)
+            throw new IllegalArgumentException("annotation " + describe(annotation) + " lies outside the image ("
+                    + width + "x" + height + " px)");
+        String geometry = GsonTools.getInstance().toJson(roi.getGeometry());
+        return new AnnotationRegion(x0, y0, x1 - x0, y1 - y0, geometry, annotation.getID().toString(), mpp);
+    }
+
+    private static String describe(PathObject o) {
+        String name = o.getName() != null ? o.getName() : o.getPathClass() != null ? o.getPathClass().toString() : "";
+        return (name.isEmpty() ? "" : "'" + name + "' ") + o.getID();
     }
 
     /** {@code ifNone: 'whole-image'}: one unclassified rectangle annotation covering the image, on the run's plane. */

@@ -15,10 +15,6 @@ import org.locationtech.jts.geom.Polygon;
 import javax.imageio.ImageIO;
 import java.awt.image.BufferedImage;
 import java.awt.image.Raster;
-import java.io.BufferedReader;
-import java.io.IOException;
-import java.io.InputStreamReader;
-import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
@@ -49,7 +45,6 @@ import static org.junit.jupiter.api.Assertions.*;
 @TestInstance(TestInstance.Lifecycle.PER_CLASS)
 class EndToEndServerTest {
 
-    private static final Pattern LISTENING = Pattern.compile("^SEGTME_SERVER_LISTENING port=(\\d+)$");
     private static final String BOOTSTRAP = String.join("; ",
             "import sys",
             "from segtme.server import fixture_model as f",
@@ -57,8 +52,8 @@ class EndToEndServerTest {
             "from segtme.cli import main",
             "raise SystemExit(main(['serve', '--model', str(p)] + sys.argv[2:]))");
 
-    private Process process;
-    private final List<String> serverLog = new CopyOnWriteArrayList<>();
+    private ServerProcess server;
+    private List<String> serverLog = List.of();
     private SegTMEClient client;
     private BufferedImage image;
     private Raster labels;
@@ -93,61 +88,17 @@ class EndToEndServerTest {
             cmd.addAll(List.of(py, "-c", BOOTSTRAP, tmp.resolve("model").toString(),
                     "--port", "0", "--device", "cpu", "--max-batch", "2", "--no-warmup"));
         }
-        ProcessBuilder pb = new ProcessBuilder(cmd);
-        pb.environment().put("PYTHONUNBUFFERED", "1");
-        process = pb.start();
-        Thread err = new Thread(() -> drain(process.getErrorStream()), "segtme-server-stderr");
-        err.setDaemon(true);
-        err.start();
-        int port = awaitPort();
-        client = new SegTMEClient(ClientConfig.builder("127.0.0.1:" + port).build());
-    }
-
-    private void drain(java.io.InputStream in) {
-        try (var r = new BufferedReader(new InputStreamReader(in, StandardCharsets.UTF_8))) {
-            String line;
-            while ((line = r.readLine()) != null)
-                serverLog.add(line);
-        } catch (IOException ignored) {
-            // process ended
-        }
-    }
-
-    private int awaitPort() throws Exception {
-        var out = new BufferedReader(new InputStreamReader(process.getInputStream(), StandardCharsets.UTF_8));
-        var found = new java.util.concurrent.CompletableFuture<Integer>();
-        Thread t = new Thread(() -> {
-            try {
-                String line;
-                while ((line = out.readLine()) != null) {
-                    Matcher m = LISTENING.matcher(line.strip());
-                    if (m.matches())
-                        found.complete(Integer.parseInt(m.group(1)));
-                }
-                found.completeExceptionally(new IllegalStateException("server exited before listening"));
-            } catch (IOException e) {
-                found.completeExceptionally(e);
-            }
-        }, "segtme-server-stdout");
-        t.setDaemon(true);
-        t.start();
-        try {
-            return found.get(180, TimeUnit.SECONDS);
-        } catch (Exception e) {
-            fail("the server did not print SEGTME_SERVER_LISTENING: " + e + "\nserver log:\n" + String.join("\n", serverLog));
-            return -1;
-        }
+        server = new ServerProcess(cmd, 180);
+        serverLog = server.log;
+        client = new SegTMEClient(ClientConfig.builder("127.0.0.1:" + server.port).build());
     }
 
     @AfterAll
     void stopServer() throws Exception {
         if (client != null)
             client.close();
-        if (process != null) {
-            process.destroy();  // SIGTERM: the server drains and exits
-            if (!process.waitFor(20, TimeUnit.SECONDS))
-                process.destroyForcibly();
-        }
+        if (server != null)
+            server.close();
         if (tmp != null) {
             try (var s = Files.walk(tmp)) {
                 s.sorted(java.util.Comparator.reverseOrder()).forEach(p -> p.toFile().delete());
@@ -156,15 +107,15 @@ class EndToEndServerTest {
     }
 
     /** A concave annotation (full-res px) inside the 1000x1000 image, with a notch from the top. */
-    private static final double[][] ANNOTATION = {{120, 80}, {480, 80}, {520, 420}, {620, 90}, {900, 140},
+    static final double[][] ANNOTATION = {{120, 80}, {480, 80}, {520, 420}, {620, 90}, {900, 140},
             {930, 880}, {520, 930}, {90, 800}, {120, 80}};
 
-    private static Polygon annotationPolygon(GeometryFactory gf) {
+    static Polygon annotationPolygon(GeometryFactory gf) {
         Coordinate[] cs = Arrays.stream(ANNOTATION).map(p -> new Coordinate(p[0], p[1])).toArray(Coordinate[]::new);
         return gf.createPolygon(cs);
     }
 
-    private static String annotationGeoJson() {
+    static String annotationGeoJson() {
         StringBuilder sb = new StringBuilder("{\"type\":\"Polygon\",\"coordinates\":[[");
         for (int k = 0; k < ANNOTATION.length; k++)
             sb.append(k == 0 ? "" : ",").append("[").append(ANNOTATION[k][0]).append(",").append(ANNOTATION[k][1]).append("]");
