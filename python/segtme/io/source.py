@@ -208,8 +208,15 @@ class _Levels:
 
     def thumbnail(self, mpp: float, block: int = 2048) -> np.ndarray:
         """The whole slide at ``mpp`` µm/px (coarse: for tissue detection), read block by block
-        from the nearest level so memory stays ~ the thumbnail plus one block."""
+        from the nearest level so memory stays ~ the thumbnail plus one block (each block reads
+        at most ~4096² level px, also when the slide has no coarse level)."""
         _, (ow, oh) = self.working_grid(mpp)
+        k = self.best_level(mpp)
+        s_k = self.mpp * min(self.level_downsample(k)) / mpp  # thumbnail px per level-k px
+        if s_k < 1 / 8:
+            log.warning("%s: no pyramid level near %.3g µm/px (nearest %.3g); the thumbnail is read from "
+                        "%.0fx finer pixels (slow)", self.path, mpp, mpp * s_k, 1 / s_k)
+        block = max(16, min(int(block), int(4096 * s_k)))
         out = np.empty((oh, ow, 3), np.uint8)
         for wy in range(0, oh, block):
             for wx in range(0, ow, block):

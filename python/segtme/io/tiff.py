@@ -84,7 +84,17 @@ class TiffSource(_Levels):
                 raise InputError(f"{p}: TIFF has no images")
             series = self._tif.series[0]
             levels = list(getattr(series, "levels", None) or [series])
-            self._levels = [_Level(lv.keyframe if hasattr(lv, "keyframe") else lv.pages[0], p, limit) for lv in levels]
+            pages = [lv.keyframe if hasattr(lv, "keyframe") else lv.pages[0] for lv in levels]
+            if len(pages) == 1 and len(self._tif.pages) > 1:
+                # a pyramid tifffile did not group (generic TIFF with reduced pages): tiled pages
+                # of the same aspect and layout, each smaller than the last
+                base = pages[0]
+                for pg in self._tif.pages[1:]:
+                    pg = pg.keyframe if hasattr(pg, "keyframe") else pg
+                    if pg.is_tiled and pg.samplesperpixel == base.samplesperpixel and pg.dtype == base.dtype:
+                        pages.append(pg)
+            self._levels = [_Level(pg, p, limit) for pg in pages]
+            self._levels.sort(key=lambda lv: -lv.width)
             # keep only levels that really are reductions of level 0 (same aspect, smaller)
             lv0 = self._levels[0]
             keep = [lv0]
