@@ -23,7 +23,6 @@ import contextlib
 import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -38,9 +37,6 @@ from ..io.tissue import TissueMask, TissueParams, detect_tissue, full_mask
 
 log = logging.getLogger(__name__)
 
-#: working px per chunk edge / halo for slides (same defaults as ``pipeline.segment_image``)
-CHUNK_WORK = 1024
-HALO_WORK = 64
 #: working px of tissue-mask dilation when deciding which chunks to run (a nucleus on the
 #: tissue's edge is never lost to a skipped chunk)
 MASK_GROW_UM = 32.0
@@ -123,11 +119,13 @@ def _light(t: NucleiTable) -> NucleiTable:
 
 
 def _check_model(model) -> None:
+    """Slides need a tiled nucleus model (maps -> nuclei); refused up front otherwise."""
     cfg = model.config
-    if hasattr(model.module, "predict_instances"):
-        raise InputError(f"model {cfg.name} segments whole images only; slides need a tiled model (e.g. 'default')")
-    if getattr(cfg, "arch", "") == "paget_segformer":
-        raise InputError(f"model {cfg.name}: PAGET models are not supported on whole slides yet; use a nucleus model")
+    c = getattr(model, "contract", None)
+    if c is not None and c.product != "nuclei":
+        raise InputError(f"model {cfg.name}: {c.product} models are not supported on whole slides yet; use a nucleus model")
+    if (c is not None and c.instances == "hook") or hasattr(model.module, "predict_instances"):
+        raise InputError(f"model {cfg.name} segments whole images in one call; slides need a tiled model (e.g. 'default')")
 
 
 def segment_region(
@@ -140,64 +138,44 @@ def segment_region(
     opts: SlideOptions = SlideOptions(),
     progress: Callable[[int], None] | None = None,
 ) -> tuple[int, int]:
-    """Segment the level-0 ``box = (x0, y0, x1, y1)`` of ``src``: nuclei in level-0 px go to
-    ``sink`` chunk by chunk (final ones at once, seam candidates de-duplicated at the end).
+    """Segment the level-0 ``box = (x0, y0, x1, y1)`` of ``src`` with the pipeline's
+    ``segment_source`` (one tile grid, maps -> nuclei, the stitcher) on the slide's global
+    working grid (``io.source.SubSource``); nuclei, shifted to slide level-0 px, go to ``sink``
+    chunk by chunk as they become final.
 
-    keep_chunk(level-0 (x0, y0, x1, y1) of a chunk core) -> False skips that chunk (background):
-    its tiles never run unless a kept neighbour needs them. Returns (tiles run, tiles planned)."""
-    from ..inference.engine import GridPredictor
-    from ..inference.maps import Maps, nuclei_from_maps
-    from ..inference.stitch import Stitcher
-    from ..inference.tiling import chunk_grid
+    keep_chunk(level-0 (x0, y0, x1, y1) of a chunk core) -> False skips a background chunk, when
+    the pipeline supports chunk filtering (otherwise the whole box is segmented; boxes are
+    already cut to the tissue's pieces). Returns (tiles run, tiles planned) of this box."""
+    import inspect
+
+    from ..inference.options import InferenceOptions
+    from ..io.source import SubSource
+    from ..pipeline import count_tiles, segment_source
 
     cfg = model.config
-    s, _ = src.working_grid(cfg.mpp)
-    x0, y0, x1, y1 = box
-    gx0, gy0, gx1, gy1 = src.working_box((x0, y0, x1 - x0, y1 - y0), cfg.mpp)
-    ww, hw = gx1 - gx0, gy1 - gy0
-    chunk = int(opts.chunk_size or CHUNK_WORK)
-    halo = int(HALO_WORK if opts.halo is None else opts.halo)
-    chunks = chunk_grid(ww, hw, chunk, halo)
+    sub = SubSource(src, box)
+    ox, oy = sub.offset_l0(cfg.mpp)
+    ran = [0]
 
-    def l0(r) -> tuple[float, float, float, float]:
-        return ((gx0 + r[0]) / s, (gy0 + r[1]) / s, (gx0 + r[2]) / s, (gy0 + r[3]) / s)
+    def tick(n: int) -> None:
+        ran[0] += n
+        if progress is not None:
+            progress(n)
 
-    kept = [ch for ch in chunks if keep_chunk is None or keep_chunk(l0(ch.core))]
-    if not kept:
-        return 0, 0
-    tile = int(opts.tile or cfg.tile_size)
-    batch = opts.batch_size or max(1, (8 * 256 * 256) // (tile * tile))
+    def shifted(t: NucleiTable) -> None:
+        out = t.translated(ox, oy, mpp=src.mpp)
+        out.ids, out.mpp = t.ids, src.mpp
+        sink(out)
 
-    def fetch(r) -> np.ndarray:
-        return src.read_working((gx0 + r[0], gy0 + r[1], gx0 + r[2], gy0 + r[3]), cfg.mpp)
-
-    predictor = GridPredictor(model, hw, ww, fetch, [ch.region for ch in kept], opts.tile, opts.overlap, batch, progress)
-    planned = int(np.count_nonzero(getattr(predictor, "_users", np.zeros(0)) > 0))
-    stitcher = Stitcher(cfg.tax, src.mpp, sink=sink)
-    params = cfg.post
-
-    def post(ch, maps: Maps, rgb_work: np.ndarray) -> tuple[NucleiTable, tuple[float, ...]]:
-        rx0, ry0 = ch.region[:2]
-        t = nuclei_from_maps(maps, params, cfg.tax, work_mpp=cfg.mpp, rgb=rgb_work, scale=s,
-                             offset_xy=((gx0 + rx0) / s, (gy0 + ry0) / s), input_mpp=src.mpp)
-        return t, l0(ch.core)
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segtme-slide-post") as ex:
-        pending = None
-        for ch in kept:
-            maps = predictor.predict(ch.region)
-            rgb_work = fetch(ch.region)
-            fut = ex.submit(post, ch, maps, rgb_work)
-            del maps, rgb_work
-            if pending is not None:
-                t, core = pending.result()
-                stitcher.add(t, core, s)
-            pending = fut
-        if pending is not None:
-            t, core = pending.result()
-            stitcher.add(t, core, s)
-    stitcher.finish()
-    return int(predictor.tiles_run), planned
+    opt = InferenceOptions(tile=opts.tile, overlap=opts.overlap, chunk_size=opts.chunk_size, halo=opts.halo,
+                           batch_size=opts.batch_size, progress=tick)
+    kw: dict[str, Any] = {}
+    if keep_chunk is not None and "keep_chunk" in inspect.signature(segment_source).parameters:
+        kw["keep_chunk"] = lambda core: keep_chunk((core[0] + ox, core[1] + oy, core[2] + ox, core[3] + oy))
+    w, h = sub.size
+    planned = count_tiles((h, w), src.mpp, cfg, opts.chunk_size, opts.halo, opts.tile, opts.overlap)
+    segment_source(sub, model, opt, sink=shifted, **kw)
+    return ran[0], planned if not kw else ran[0]
 
 
 def _unit_feature(unit: Unit, report: dict | None, n: int, tissue_mm2: float) -> dict[str, Any]:

@@ -263,6 +263,59 @@ class ArraySource(_Levels):
         pass
 
 
+class SubSource(_Levels):
+    """A level-0 box ``(x0, y0, x1, y1)`` of another source, as a source of its own (size
+    ``(x1 - x0, y1 - y0)``, same MPP) on the parent's *global working grid*: its working px
+    ``X`` at ``mpp`` is the parent's ``X + floor(x0 * s + 0.5)``, so a region of a slide gives
+    exactly the pixels (and tiles) the whole slide would. Coordinates found in the sub-source
+    go back to the parent's level-0 px by adding ``offset_l0(mpp)`` (= the working origin / s,
+    within half a working px of ``(x0, y0)``)."""
+
+    def __init__(self, parent: "ImageSource", box: Sequence[int]) -> None:
+        x0, y0, x1, y1 = (int(v) for v in box)
+        W, H = parent.size
+        if not (0 <= x0 < x1 <= W and 0 <= y0 < y1 <= H):
+            raise InputError(f"region {tuple(box)} is not inside the {W}x{H} px slide")
+        self.parent = parent
+        self.box = (x0, y0, x1, y1)
+        self.path = parent.path
+        self.size = (x1 - x0, y1 - y0)
+        self.mpp = parent.mpp
+        self.mpp_source = parent.mpp_source
+        self.level_sizes = [self.size]
+
+    def _origin(self, mpp: float) -> tuple[int, int]:
+        gx0, gy0, _, _ = self.parent.working_box((self.box[0], self.box[1], 1, 1), mpp)
+        return gx0, gy0
+
+    def offset_l0(self, mpp: float) -> tuple[float, float]:
+        """Parent level-0 px of this source's working-grid origin at ``mpp`` (add to results)."""
+        s, _ = self.parent.working_grid(mpp)
+        gx0, gy0 = self._origin(mpp)
+        return gx0 / s, gy0 / s
+
+    def working_grid(self, mpp: float) -> tuple[float, tuple[int, int]]:
+        s, _ = self.parent.working_grid(mpp)
+        x0, y0, x1, y1 = self.parent.working_box((self.box[0], self.box[1], self.size[0], self.size[1]), mpp)
+        return s, (x1 - x0, y1 - y0)
+
+    def read_working(self, region: Sequence[int], mpp: float) -> np.ndarray:
+        gx0, gy0 = self._origin(mpp)
+        x0, y0, x1, y1 = (int(v) for v in region)
+        return self.parent.read_working((x0 + gx0, y0 + gy0, x1 + gx0, y1 + gy0), mpp)
+
+    def working_box(self, box: Box, mpp: float) -> tuple[int, int, int, int]:
+        gx0, gy0 = self._origin(mpp)
+        x0, y0, x1, y1 = self.parent.working_box((box[0] + self.box[0], box[1] + self.box[1], box[2], box[3]), mpp)
+        return x0 - gx0, y0 - gy0, x1 - gx0, y1 - gy0
+
+    def _read_level(self, k: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        return self.parent.read_level(0, x0 + self.box[0], y0 + self.box[1], x1 + self.box[0], y1 + self.box[1])
+
+    def close(self) -> None:  # the parent owns the file
+        pass
+
+
 # --------------------------------------------------------------------------- open
 
 
