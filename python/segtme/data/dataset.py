@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..errors import InputError
-from ..train.targets import hv_targets_dynamic, hv_targets_from_instances
+from .targets import hv_targets_dynamic, hv_targets_from_instances
 from .sample import FG_UNKNOWN, SampleRef
 from .transforms import AugmentConfig, augment, crop_working, working_size
 

@@ -101,11 +101,12 @@ def load_items(
     """
     p = Path(data)
     if p.suffix in (".toml", ".yaml", ".yml", ".json") and p.is_file():
-        from ..train.config import load_train_config
-        from ..train.trainer import split_refs
+        from ..data.specs import data_specs_from_dicts, read_config_file, split_refs
 
-        cfg = load_train_config(p)
-        for sp in cfg.data:
+        raw = read_config_file(p)
+        specs = data_specs_from_dicts(raw.get("data"))
+        seed = int(dict(raw.get("run") or {}).get("seed", 0))
+        for sp in specs:
             if mpp is not None:
                 sp.mpp = mpp
             if not Path(sp.path).is_absolute():
@@ -114,7 +115,7 @@ def load_items(
                 cand = (p.resolve().parent.parent / sp.path).resolve()
                 if cand.exists():
                     sp.path = str(cand)
-        train, _, val = split_refs(cfg.data, cfg.run.seed)
+        train, _, val = split_refs(specs, seed)
         if split == "val":
             refs = val
         elif split == "train":

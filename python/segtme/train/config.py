@@ -34,12 +34,11 @@ Relative paths are resolved against the current working directory.
 
 from __future__ import annotations
 
-import json
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..data.specs import DataSpec, data_specs_from_dicts, read_config_file  # noqa: F401  (re-exported: part of the config API)
 from ..errors import InputError
 
 
@@ -93,25 +92,6 @@ class OptimConfig:
 
 
 @dataclass
-class DataSpec:
-    path: str
-    kind: str = "folder"
-    name: str | None = None
-    mpp: float | None = None
-    default_mpp: float | None = None
-    classes: bool = True
-    class_map: dict[int, int] | None = None
-    split: str | None = None
-    repeat: Any = "auto"
-    use: str = "train"
-    val: list[str] = field(default_factory=list)
-    val_fraction: float = 0.0
-    exclude: list[str] = field(default_factory=list)
-    scales: list[int] | None = None
-    images_root: str | None = None
-
-
-@dataclass
 class TrainConfig:
     run: RunConfig
     model: dict[str, Any]
@@ -149,15 +129,7 @@ def train_config_from_dict(d: dict[str, Any], source: str | None = None) -> Trai
         raise InputError(f"config: unknown section(s) {sorted(unknown)}; known: {sorted(known)}")
     if "model" not in d or not isinstance(d["model"], dict):
         raise InputError("config: missing [model] section (preset = ... or config = ...)")
-    data = d.get("data") or []
-    if isinstance(data, dict):
-        data = [data]
-    specs = []
-    for i, ds in enumerate(data):
-        ds = dict(ds)
-        if "class_map" in ds and ds["class_map"] is not None:
-            ds["class_map"] = {int(k): int(v) for k, v in ds["class_map"].items()}
-        specs.append(_build(DataSpec, ds, f"data #{i}"))
+    specs = data_specs_from_dicts(d.get("data"))
     run = _build(RunConfig, dict(d.get("run", {})), "run")
     if run.metric_mode not in ("max", "min"):
         raise InputError("config [run]: metric_mode must be 'max' or 'min'")
@@ -168,26 +140,6 @@ def train_config_from_dict(d: dict[str, Any], source: str | None = None) -> Trai
     loss.setdefault("name", "uperhover")
     return TrainConfig(run=run, model=dict(d["model"]), data=specs, optim=optim, loss=loss,
                        augment=dict(d.get("augment", {})), postprocess=dict(d.get("postprocess", {})), source=source)
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Parse a TOML (.toml) or YAML (.yaml/.yml) file (JSON also accepted) into a dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"config file not found: {path}")
-    text = path.read_text()
-    try:
-        if path.suffix == ".toml":
-            return tomllib.loads(text)
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            return yaml.safe_load(text) or {}
-        if path.suffix == ".json":
-            return json.loads(text)
-    except Exception as e:  # tomllib.TOMLDecodeError, yaml.YAMLError, json errors
-        raise InputError(f"cannot parse config {path}: {e}") from None
-    raise InputError(f"config {path}: use a .toml, .yaml/.yml or .json file")
 
 
 def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:

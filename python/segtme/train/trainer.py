@@ -37,12 +37,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -53,128 +50,34 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data.dataset import CropDataset, EpochSampler
-from ..data.readers import read_dataset
-from ..data.sample import FG_UNKNOWN, IGNORE, SampleRef
+from ..data.specs import split_refs
 from ..data.transforms import AugmentConfig
 from ..errors import InputError
-from ..export.atomic import atomic_write, atomic_write_text
+from ..export.atomic import atomic_write_text
 from ..models.config import ModelConfig
-from ..models.registry import (
-    create_model,
-    find_uni2h_checkpoint,
-    load_backbone_weights,
-    load_state_dict_strict,
-    presets,
-    read_state_dict,
-    resolve_config,
-    select_device,
-)
-from .config import DataSpec, TrainConfig, load_train_config
+from ..models.registry import load_state_dict_strict
+from .checkpoints import save_safetensors, update_best
+from .config import TrainConfig, load_train_config
+from .distributed import DistInfo, init_distributed  # noqa: F401  (DistInfo re-exported)
 from .losses import build_loss
-from .state import load_run_state, optimizer_from_tensors, peek_run_state, plan_differences, plan_of, restore_python_numpy_rng, save_run_state
+from .modelinit import build_model_config, freeze_unused_parameters, init_model
+from .signals import install_stop_handlers, worker_ignores_signals
+from .state import (
+    load_run_state,
+    optimizer_from_tensors,
+    peek_run_state,
+    plan_differences,
+    plan_of,
+    restore_python_numpy_rng,
+    save_run_state,
+)
+from .validation import EVAL_METRICS, collate, validate_crops
+
+__all__ = ["Trainer", "train_from_config", "lr_factor", "collate", "split_refs", "save_safetensors",
+           "build_model_config", "init_model", "freeze_unused_parameters", "EVAL_METRICS"]
 
 log = logging.getLogger(__name__)
 
-MODEL_KEYS_NOT_CONFIG = ("preset", "config", "init_weights", "init_strict")
-#: what ``Trainer.evaluate`` can report (``[run] metric`` must be one of these)
-EVAL_METRICS = {"val_loss", "miou", "miou_nuclei", "fg_iou", "pq", "dq", "sq", "aji", "dice"}
-
-
-# --------------------------------------------------------------------------- model
-def build_model_config(model_section: dict[str, Any]) -> ModelConfig:
-    """ModelConfig from ``[model]``: a preset or a config JSON, plus ModelConfig-field overrides."""
-    m = dict(model_section)
-    preset, cfg_path = m.pop("preset", None), m.pop("config", None)
-    for k in MODEL_KEYS_NOT_CONFIG:
-        m.pop(k, None)
-    if preset and cfg_path:
-        raise InputError("[model]: give either preset or config, not both")
-    if preset:
-        if preset not in presets():
-            raise InputError(f"[model]: unknown preset {preset!r}; known: {sorted(presets())}")
-        base = presets()[preset]
-    elif cfg_path:
-        base, _ = resolve_config(str(cfg_path))
-    else:
-        if "name" not in m:
-            raise InputError("[model]: need preset = ..., config = ..., or an inline config with name")
-        return ModelConfig.from_dict(m)
-    bw = m.pop("backbone_weights", None)
-    cfg = base.replace(**m)
-    return cfg.replace(backbone_weights=bw) if bw is not None else cfg
-
-
-def init_model(cfg: ModelConfig, model_section: dict[str, Any]) -> tuple[nn.Module, str]:
-    """Fresh model (random heads) + optional full-model or backbone weights. Returns (module, source)."""
-    module = create_model(cfg.replace(weights=None))
-    src = "random-init"
-    iw = model_section.get("init_weights")
-    if iw:
-        sd = read_state_dict(iw)
-        if model_section.get("init_strict", True):
-            load_state_dict_strict(module, sd, str(iw))
-        else:
-            own = module.state_dict()
-            fit = {k: v for k, v in sd.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
-            module.load_state_dict(fit, strict=False)
-            log.info("init_weights %s: loaded %d/%d tensors (non-strict)", iw, len(fit), len(own))
-        src = f"init:{iw}"
-    bw = cfg.backbone_weights
-    if bw:
-        p = find_uni2h_checkpoint(None if bw == "auto" else bw)
-        load_backbone_weights(module, p)
-        src += f" + backbone:{p}"
-    return module, src
-
-
-# --------------------------------------------------------------------------- data
-def _matches(ref: SampleRef, names: list[str]) -> bool:
-    stem = ref.name.split("/", 1)[-1]
-    base = stem.rsplit("/", 1)[-1]
-    return ref.name in names or stem in names or base in names
-
-
-def split_refs(specs: list[DataSpec], seed: int) -> tuple[list[SampleRef], list[int | None], list[SampleRef]]:
-    """(train refs, per-ref repeat (None = auto), val refs) from the ``[[data]]`` entries."""
-    train, reps, val = [], [], []
-    for sp in specs:
-        kw: dict[str, Any] = {"name": sp.name}
-        if sp.kind == "folder":
-            kw.update(mpp=sp.mpp, default_mpp=sp.default_mpp, classes=sp.classes, class_map=sp.class_map, split=sp.split)
-        elif sp.kind == "pannuke":
-            kw.update(classes=sp.classes, class_map=sp.class_map)
-            if sp.mpp:
-                kw["mpp"] = sp.mpp
-        elif sp.kind == "pseudo":
-            kw.update(mpp=sp.mpp, images_root=sp.images_root)
-        elif sp.kind == "tcga_ut":
-            raise InputError(f"dataset {sp.path}: kind tcga_ut is unlabelled; pseudo-label it first (segtme pseudo-label)")
-        refs = [r for r in read_dataset(sp.kind, sp.path, **kw) if not _matches(r, sp.exclude)]
-        is_val = [_matches(r, sp.val) for r in refs]
-        missing = [n for n in sp.val if not any(_matches(r, [n]) for r in refs)]
-        if missing:
-            raise InputError(f"dataset {sp.path}: val name(s) {missing} match no sample")
-        if sp.val_fraction > 0:
-            rng = np.random.default_rng(seed)
-            cand = [i for i, v in enumerate(is_val) if not v]
-            k = max(1, round(sp.val_fraction * len(refs))) if len(refs) > 1 else 0
-            for i in rng.permutation(cand)[:k]:
-                is_val[int(i)] = True
-        if sp.use not in ("train", "val", "both"):
-            raise InputError(f"dataset {sp.path}: use must be train, val or both, got {sp.use!r}")
-        for r, v in zip(refs, is_val):
-            to_val = sp.use in ("val", "both") or v
-            to_train = sp.use == "both" or (sp.use == "train" and not v)
-            if to_val:
-                val.append(r)
-            if to_train:
-                train.append(r)
-                reps.append(None if sp.repeat in (None, "auto") else int(sp.repeat))
-    return train, reps, val
-
-
-def collate(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return {k: torch.stack([b[k] for b in batch]) for k in batch[0]}
 
 
 # --------------------------------------------------------------------------- schedule
@@ -190,98 +93,6 @@ def lr_factor(step: int, total: int, schedule: str, warmup: int = 0, power: floa
     t, T = step - warmup, max(1, total - warmup)
     frac = max(0.0, (T - t) / T)
     return frac if schedule == "linear" else frac ** power
-
-
-# --------------------------------------------------------------------------- distributed
-@dataclass
-class DistInfo:
-    world: int = 1
-    rank: int = 0
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-
-def init_distributed(device_pref: str, timeout_s: int) -> tuple[DistInfo, torch.device]:
-    """Initialise torch.distributed from torchrun's environment (no-op for one process)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    info = DistInfo(world, rank, local)
-    dev = select_device(device_pref)
-    if dev.type == "cuda":
-        dev = torch.device("cuda", local)
-        torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
-    return info, dev
-
-
-# --------------------------------------------------------------------------- state I/O
-def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save_file
-
-    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    with atomic_write(path) as tmp:
-        save_file(flat, str(tmp), metadata=metadata)
-
-
-def freeze_unused_parameters(model: nn.Module, tile: int, device: torch.device) -> list[str]:
-    """Probe one forward/backward (eval mode: BN statistics untouched) on a zero tile and set
-    ``requires_grad=False`` on parameters that get no gradient. Returns their names."""
-    was = model.training
-    model.eval()
-    x = torch.zeros(1, 3, tile, tile, device=device)
-    out = model(x)
-    total = sum(v.float().sum() for v in out.values())
-    params = [p for p in model.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(total, params, allow_unused=True)
-    model.train(was)
-    unused = {id(p) for p, g in zip(params, grads) if g is None}
-    names = []
-    for n, p in model.named_parameters():
-        if id(p) in unused:
-            p.requires_grad_(False)
-            names.append(n)
-    return names
-
-
-def _worker_ignores_signals(_worker_id: int) -> None:
-    """DataLoader workers leave SIGTERM/SIGINT to the main process, which finishes the step,
-    saves the state and then shuts the workers down."""
-    import signal
-
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _install_stop_handlers(trainer: "Trainer"):
-    """SIGTERM/SIGINT -> ``trainer.request_stop`` (main thread only); returns a restore function."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-
-    def handler(signum, _frame):
-        trainer.request_stop(signal.Signals(signum).name)
-
-    for s in old:
-        signal.signal(s, handler)
-
-    def restore() -> None:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-    return restore
 
 
 # --------------------------------------------------------------------------- trainer
@@ -425,7 +236,7 @@ class Trainer:
             self.sampler.set_epoch(epoch, start=pos * rc.batch_size)
             dl = DataLoader(self.train_ds, batch_size=rc.batch_size, sampler=self.sampler, drop_last=self.drop_last,
                             num_workers=rc.num_workers, collate_fn=collate, pin_memory=self.device.type == "cuda",
-                            persistent_workers=False, worker_init_fn=_worker_ignores_signals if rc.num_workers else None)
+                            persistent_workers=False, worker_init_fn=worker_ignores_signals if rc.num_workers else None)
             n = 0
             for batch in dl:
                 yield batch
@@ -479,7 +290,7 @@ class Trainer:
         n_run = 0
         t0 = time.time()
         self.interrupted = None
-        restore = _install_stop_handlers(self)
+        restore = install_stop_handlers(self)
         try:
             self._fit_loop(it, bar, stop_at_step, save_every, run_terms, n_run, t0)
         finally:
@@ -531,64 +342,16 @@ class Trainer:
                 break
 
     # ------------------------------------------------------------------ eval
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Validation metrics on the fixed validation crops (rank 0). Empty dict without val data."""
+        """Validation metrics on the fixed validation crops (rank 0). Empty dict without val data
+        (``train/validation.py``)."""
         if self.val_ds is None or len(self.val_ds) == 0:
             return {}
-        from ..eval.metrics import instance_metrics, miou, nanmean, semantic_confusion
-
-        C = self.model_cfg.num_classes
-        model = self.model
-        was_training = model.training
-        model.eval()
-        conf = np.zeros((C, C), np.int64)
-        conf_bin = np.zeros((2, 2), np.int64)
-        n_cls = 0
-        inst_rows: list[dict[str, float]] = []
-        losses: list[float] = []
-        dl = DataLoader(self.val_ds, batch_size=self.cfg.run.batch_size, shuffle=False, num_workers=0, collate_fn=collate)
         post = dict(self.model_cfg.postprocess)
         post.update(self.cfg.postprocess)
-        for batch in dl:
-            b = self._to_dev(batch)
-            with self.autocast():
-                out = model(b["image"])
-            losses.append(float(self.loss_fn(out, b)["total"]))
-            prob = torch.softmax(out["sem"].float(), 1).cpu().numpy()
-            hv = out["hv"].float().cpu().numpy() if "hv" in out else None
-            sem_t = batch["sem"].numpy()
-            for i in range(prob.shape[0]):
-                t = sem_t[i]
-                valid = t != IGNORE
-                pred = prob[i].argmax(0)
-                tb = ((t > 0) & valid).astype(np.int64)
-                # nucleus vs background by the same rule as post-processing (fg mass > 0.5),
-                # not by arg-max (6-way arg-max can pick background while fg mass is > 0.5)
-                pb = (prob[i][0] < 0.5).astype(np.int64)
-                conf_bin += semantic_confusion(tb[valid][None], pb[valid][None], 2)
-                if bool(batch["has_cls"][i]):
-                    known = valid & (t != FG_UNKNOWN)
-                    conf += semantic_confusion(t[known][None], pred[known][None], C)
-                    n_cls += 1
-                if hv is not None and self.cfg.run.eval_instances and bool(batch["has_inst"][i]):
-                    from ..inference.postprocess import hv_watershed
-
-                    pinst = hv_watershed(1.0 - prob[i][0], hv[i], post)
-                    pinst[~valid] = 0
-                    inst_rows.append(instance_metrics(batch["inst"][i].numpy(), pinst).to_dict())
-        if was_training:
-            model.train()
-        res: dict[str, float] = {"val_loss": float(np.mean(losses))}
-        mb = miou(conf_bin, include_background=True)
-        res["fg_iou"] = float(mb["IoU_1"])
-        res["miou"] = float(miou(conf, include_background=True)["mIoU"]) if n_cls else float(mb["mIoU"])
-        if n_cls:
-            res["miou_nuclei"] = float(miou(conf)["mIoU"])
-        if inst_rows:
-            for k in ("pq", "dq", "sq", "aji", "dice"):
-                res[k] = nanmean(r[k] for r in inst_rows)
-        return res
+        return validate_crops(self.model, self.val_ds, self.loss_fn, num_classes=self.model_cfg.num_classes,
+                              batch_size=self.cfg.run.batch_size, postprocess=post, device=self.device,
+                              autocast=self.autocast, eval_instances=self.cfg.run.eval_instances)
 
     # ------------------------------------------------------------------ files
     def _log_row(self, row: dict[str, Any]) -> None:
@@ -615,20 +378,15 @@ class Trainer:
         if metrics and rc.metric not in metrics:
             raise InputError(f"[run] metric {rc.metric!r} not among evaluation metrics {sorted(metrics)}")
         value = float(metrics[rc.metric]) if metrics else float(self.step)
-        if math.isnan(value):
-            value = -math.inf if rc.metric_mode == "max" else math.inf
-        sign = 1.0 if (rc.metric_mode == "max" or not metrics) else -1.0
-        cand = self.best + [{"step": self.step, "metric": rc.metric if metrics else "step", "value": value}]
-        cand.sort(key=lambda e: (-sign * e["value"], -e["step"]))
-        keep = cand[: rc.keep_best]
-        if any(e["step"] == self.step for e in keep):
+        keep, drop, save_now = update_best(self.best, self.step, value, rc.metric if metrics else "step",
+                                           rc.metric_mode if metrics else "max", rc.keep_best)
+        if save_now:
             stem = f"ckpt-step{self.step:07d}"
             self.save_model(self.ckpt_dir, stem)
             keep = [dict(e, json=f"{stem}.json") if e["step"] == self.step else e for e in keep]
-        for e in cand:
-            if e not in keep and "json" in e:
-                for suf in (".json", ".safetensors"):
-                    (self.ckpt_dir / (e["json"][:-5] + suf)).unlink(missing_ok=True)
+        for e in drop:
+            for suf in (".json", ".safetensors"):
+                (self.ckpt_dir / (e["json"][:-5] + suf)).unlink(missing_ok=True)
         self.best = keep
         atomic_write_text(self.ckpt_dir / "best.json", json.dumps(
             {"metric": rc.metric, "mode": rc.metric_mode, "best": self.best[0]["json"] if self.best else None,
