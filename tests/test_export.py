@@ -107,7 +107,10 @@ def test_geojson_detection_rules(table_and_rgb):
         assert isinstance(m, dict) and all(isinstance(v, float) and np.isfinite(v) for v in m.values())
         assert m["Nucleus: Area µm^2"] == pytest.approx(t.area_px[i] * t.mpp**2, rel=1e-4)
         assert {"Nucleus: Perimeter µm", "Nucleus: Circularity", "Nucleus: Solidity", "Nucleus: Eccentricity",
-                "Nucleus: Hematoxylin OD mean", "Class probability"} <= set(m)
+                "Nucleus: Max caliper µm", "Nucleus: Min caliper µm", "Nucleus: Hematoxylin OD mean",
+                "Nucleus: Eosin OD std dev", "Class probability"} <= set(m)
+        assert not any("axis" in k for k in m)  # QuPath says caliper, not major/minor axis
+        assert m["Nucleus: Min caliper µm"] <= m["Nucleus: Max caliper µm"]
         # coordinates are input (full-res) px: the polygon holds the centroid region
         xy = np.array(f["geometry"]["coordinates"][0])
         assert (xy >= -1e-6).all() and (xy[:, 0] <= rgb.shape[1] + 1e-6).all()
@@ -160,8 +163,9 @@ def test_overlay_and_csv(table_and_rgb, tmp_path):
     assert np.asarray(PILImage.open(tmp_path / "o.png")).shape == rgb.shape
     write_nuclei_csv(tmp_path / "n.csv", t)
     rows = list(csv.DictReader((tmp_path / "n.csv").open(encoding="utf-8")))
-    assert len(rows) == len(t) and rows[0]["class"] in t.taxonomy.names
-    assert float(rows[0]["area_um2"]) == pytest.approx(t.area_px[0] * t.mpp**2, rel=1e-4)
+    assert len(rows) == len(t) and rows[0]["Classification"] in t.taxonomy.names
+    assert float(rows[0]["Nucleus: Area µm^2"]) == pytest.approx(t.area_px[0] * t.mpp**2, rel=1e-4)
+    assert float(rows[0]["Centroid X µm"]) == pytest.approx(t.centroid[0, 0] * t.mpp, rel=1e-4)
 
 
 def test_streamed_geojson_is_byte_identical_to_the_two_step_path(table_and_rgb, tmp_path):

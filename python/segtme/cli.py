@@ -15,10 +15,18 @@ from . import __version__
 from .errors import SegTMEError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line error style (``error: ...``, exit 2) instead of the usage
+    block, for every subcommand (``--mpp abc``, a missing argument, an unknown flag)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import commands
 
-    p = argparse.ArgumentParser(prog="segtme", description="SegTME: nuclei, cell types and TME reports for H&E")
+    p = _Parser(prog="segtme", description="SegTME: nuclei, cell types and TME reports for H&E")
     p.add_argument("--version", action="version", version=f"segtme {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")

@@ -5,14 +5,33 @@ tissue regions as classified QuPath annotations (first in the FeatureCollection)
 File > Import objects brings both into QuPath; overlay.png tints the tissue regions under the
 nucleus outlines; tme.json uses the 13-class (paget13) features and tokens.
 
-All outputs are written atomically, and only after the whole analysis succeeded: a failure
-leaves no new files behind (a pre-existing output file is left untouched).
+Order of work: every flag is checked, the output folder is created and a staging folder made in
+it (so a bad ``--out`` fails in a second, not after the analysis), then the image is read, the
+model loaded, the image analysed and the outputs written into the staging folder and moved into
+place atomically. A failure, Ctrl-C or SIGTERM leaves no new files behind (a pre-existing output
+file is left untouched); staging folders of runs killed with SIGKILL are removed by the next run
+into the same folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
+
+EXAMPLES = """\
+examples:
+  segtme analyze slide_region.png --mpp 0.25
+  segtme analyze he.tif --out results/he --cells --cell-expansion 4 --gzip
+  segtme analyze he.png --mpp 0.5 --model paget_s --no-overlay
+
+outputs (in --out): nuclei.geojson (QuPath: File > Import objects, or drag onto the image),
+nuclei.csv (one row per nucleus; 'Object ID' = the GeoJSON object id), overlay.png (a
+preview with a legend; longest edge capped by --overlay-size) and tme.json (TME report).
+The TME report is not a QuPath object unless --report-annotation is given: an image-sized
+annotation would become the parent of your own annotations on Objects > Annotations... >
+Resolve hierarchy.
+"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,85 +41,172 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Segment and classify nuclei in an H&E image (PNG/JPEG/TIFF). Writes nuclei.geojson "
         "(QuPath: File > Import objects), overlay.png, nuclei.csv and tme.json into --out. With a PAGET model "
         "(paget_s / paget_h) nuclei.geojson also contains the tissue regions as classified annotations.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("image", help="PNG, JPEG or TIFF image")
-    p.add_argument("--mpp", type=float, default=None,
-                   help="microns per pixel of the image (required unless the TIFF has resolution tags)")
+    p.add_argument("--mpp", default=None, metavar="MPP",
+                   help="microns per pixel of the image (required unless the file records it)")
     p.add_argument("--model", default="default", help="model name (see `segtme models`) or path to a .json/.safetensors")
     p.add_argument("--weights", default=None, help="weights .safetensors for the model (overrides the config's)")
     p.add_argument("--instance-source", default=None,
                    help="PAGET-H only: model giving the nucleus instances (default: the config's, i.e. the shipped "
                    "'default' UperHoVer); a model name or .json/.safetensors path, or 'classical'")
-    p.add_argument("--out", default=None, help="output directory (default: <image stem>_segtme next to the image)")
-    p.add_argument("--cells", action="store_true", help="write QuPath cell objects (nucleus + 5 µm expansion) instead of detections")
+    p.add_argument("--out", default=None, help="output folder (default: <image stem>_segtme next to the image)")
+    p.add_argument("--cells", action="store_true",
+                   help="write QuPath cell objects (nucleus grown by --cell-expansion, with Cell: and Cytoplasm: "
+                   "measurements) instead of detections")
+    p.add_argument("--cell-expansion", default=None, metavar="UM",
+                   help="with --cells: distance in µm a nucleus is grown by, stopping where cells meet "
+                   "(QuPath's cell expansion; default 5)")
     p.add_argument("--gzip", action="store_true", help="write nuclei.geojson.gz")
+    p.add_argument("--no-overlay", action="store_true", help="do not write overlay.png")
+    p.add_argument("--overlay-size", default="2048", metavar="PX",
+                   help="longest edge of overlay.png in px (a preview; 0 = full size; default 2048)")
+    p.add_argument("--overlay-fill", action="store_true", help="fill nuclei with their class colour in overlay.png")
+    p.add_argument("--report-annotation", action="store_true",
+                   help="also write the TME report as an image-sized QuPath annotation in nuclei.geojson "
+                   "(QuPath's 'Resolve hierarchy' then makes it the parent of your annotations)")
     p.add_argument("--narrative", default="template", help="narrative backend for the TME report (default: template)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="forward-pass arithmetic: auto = bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32")
-    p.add_argument("--tile", type=int, default=None, help="tile size in working px (default: the model's)")
-    p.add_argument("--overlap", type=int, default=None, help="tile overlap in working px (default: the model's)")
-    p.add_argument("--batch", type=int, default=None, help="tiles per forward pass (default: 8 x 256² working px per batch)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--tile", default=None, metavar="PX", help="tile size in working px (default: the model's)")
+    p.add_argument("--overlap", default=None, metavar="PX", help="tile overlap in working px (default: the model's)")
+    p.add_argument("--batch", default=None, metavar="N", help="tiles per forward pass (default: 8 x 256² working px per batch)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or stage lines")
     p.set_defaults(func=run)
+
+
+def _int_flag(value: str | None, flag: str, minimum: int) -> int | None:
+    """``value`` as an int >= ``minimum`` (None stays None), else InputError."""
+    from ..errors import InputError
+
+    if value is None:
+        return None
+    try:
+        v = int(str(value).strip())
+    except ValueError:
+        raise InputError(f"{flag} must be a whole number, got {value!r}") from None
+    if v < minimum:
+        raise InputError(f"{flag} must be at least {minimum}, got {v}")
+    return v
+
+
+def _float_flag(value: str, flag: str, lo: float, hi: float, unit: str) -> float:
+    from ..errors import InputError
+
+    try:
+        v = float(str(value).strip())
+    except ValueError:
+        raise InputError(f"{flag} must be a number ({unit}), got {value!r}") from None
+    if not math.isfinite(v) or not lo <= v <= hi:
+        raise InputError(f"{flag} must be between {lo:g} and {hi:g} {unit}, got {value!r}")
+    return v
+
+
+def check_flags(args: argparse.Namespace) -> dict:
+    """Validate every flag before any work; returns the parsed numbers. InputError on the first
+    bad one (one line naming the flag and the value)."""
+    from ..errors import InputError
+    from ..inference.imageio import validate_mpp
+
+    out = {
+        "batch": _int_flag(args.batch, "--batch", 1),
+        "tile": _int_flag(args.tile, "--tile", 16),
+        "overlap": _int_flag(args.overlap, "--overlap", 0),
+        "mpp": validate_mpp(args.mpp, "--mpp") if args.mpp is not None else None,
+        "cell_expansion": 5.0 if args.cell_expansion is None else _float_flag(args.cell_expansion, "--cell-expansion",
+                                                                              0.0, 100.0, "µm"),
+        "overlay_size": _int_flag(args.overlay_size, "--overlay-size", 0),
+    }
+    if out["tile"] is not None and out["overlap"] is not None and 2 * out["overlap"] >= out["tile"]:
+        raise InputError(f"--overlap {out['overlap']} must be less than half of --tile {out['tile']}")
+    if out["overlay_size"] and out["overlay_size"] < 64:
+        raise InputError(f"--overlay-size must be 0 (full size) or at least 64 px, got {out['overlay_size']}")
+    if args.cell_expansion is not None and not args.cells:
+        raise InputError("--cell-expansion applies to cell objects; add --cells")
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
     import logging
 
     from ..errors import InputError, SegTMEError
-    from ..export.bundle import write_outputs
-    from ..inference.imageio import read_image, validate_mpp
+    from ..export.bundle import ExportOptions, write_outputs
+    from ..export.outdir import OutputFolder, signals_cleanup
+    from ..export.overlay import OverlayOptions
+    from ..export.provenance import Provenance
+    from ..inference.imageio import read_image
     from ..models.registry import load_model
     from ..pipeline import analyze, count_tiles
+    from ._progress import RunProgress
 
     log = logging.getLogger("segtme.analyze")
+    flags = check_flags(args)
     image_path = Path(args.image)
+    if not image_path.exists():
+        raise InputError(f"{image_path}: file not found")
+    if image_path.is_dir():
+        raise InputError(f"{image_path} is a folder, not an image file")
     out = Path(args.out) if args.out else image_path.with_name(image_path.stem + "_segtme")
-    if args.batch is not None and args.batch <= 0:
-        raise InputError(f"--batch must be positive, got {args.batch}")
-    if args.mpp is not None:
-        validate_mpp(args.mpp, "--mpp")
+    prog = RunProgress(enabled=not args.no_progress)
 
-    img = read_image(image_path)  # validates the file before the (slow) model load
-    mpp = args.mpp if args.mpp is not None else img.mpp
-    if mpp is None:
-        raise InputError(f"{image_path}: the image has no resolution information; pass --mpp (microns per pixel)")
-    try:
-        model = load_model(args.model, args.device, weights=args.weights, precision=args.precision)
-    except ValueError as e:  # invalid --device
-        if isinstance(e, SegTMEError):
-            raise
-        raise InputError(str(e)) from None
-    if args.instance_source is not None:
-        from ..paget.model import is_paget, paget_mode
+    folder = OutputFolder.prepare(out, "--out")  # before any slow work: a bad --out fails here
+    if folder.stale_removed:
+        log.info("removed %d staging folder(s) of interrupted runs in %s", folder.stale_removed, out)
+    with signals_cleanup(folder):
+        prog.stage(f"reading {image_path}")
+        img = read_image(image_path)
+        mpp = flags["mpp"] if flags["mpp"] is not None else img.mpp
+        if mpp is None:
+            raise InputError(f"{image_path}: the image has no resolution information; pass --mpp (microns per pixel)")
+        mpp_source = "user (--mpp)" if flags["mpp"] is not None else (getattr(img, "mpp_source", "") or "file")
+        prog.stage(f"{img.size[0]}x{img.size[1]} px at {mpp:g} µm/px ({mpp_source}); loading model {args.model}")
+        try:
+            model = load_model(args.model, args.device, weights=args.weights, precision=args.precision)
+        except ValueError as e:  # invalid --device
+            if isinstance(e, SegTMEError):
+                raise
+            raise InputError(str(e)) from None
+        if args.instance_source is not None:
+            from ..paget.model import is_paget, paget_mode
 
-        if not (is_paget(model.config) and paget_mode(model.config) == "panoptic"):
-            raise InputError(f"--instance-source applies to PAGET-H models only; {model.config.name!r} is not one")
+            if not (is_paget(model.config) and paget_mode(model.config) == "panoptic"):
+                raise InputError(f"--instance-source applies to PAGET-H models only; {model.config.name!r} is not one")
 
-    bar = None
-    progress = None
-    if not args.no_progress:
-        from tqdm import tqdm
+        total = count_tiles(img.rgb.shape, mpp, model.config, tile=flags["tile"], overlap=flags["overlap"])
+        progress = prog.counter(total, "tile", "segmenting")
+        try:
+            res = analyze(
+                img.rgb, mpp, model, narrative_backend=args.narrative,
+                output_type="cell" if args.cells else "detection",
+                tile=flags["tile"], overlap=flags["overlap"], batch_size=flags["batch"], progress=progress,
+                instance_source=args.instance_source,
+            )
+        finally:
+            prog.close()
+        res.nuclei.meta["source"] = str(image_path)
+        res.notes[:0] = img.notes
+        prog.stage(f"{len(res.nuclei)} nuclei; TME report {'built' if res.report is not None else 'not available'}")
 
-        total = count_tiles(img.rgb.shape, mpp, model.config, tile=args.tile, overlap=args.overlap)
-        bar = tqdm(total=total, unit="tile", desc="segmenting", disable=None)
-        progress = bar.update
-    try:
-        res = analyze(
-            img.rgb, mpp, model, narrative_backend=args.narrative,
-            output_type="cell" if args.cells else "detection",
-            tile=args.tile, overlap=args.overlap, batch_size=args.batch, progress=progress,
-            instance_source=args.instance_source,
+        params = {
+            "output_type": "cell" if args.cells else "detection",
+            "cell_expansion_um": flags["cell_expansion"] if args.cells else None,
+            "tile": flags["tile"] or model.config.tile_size,
+            "overlap": flags["overlap"] if flags["overlap"] is not None else model.config.tile_overlap,
+            "batch": flags["batch"], "device": str(model.device), "precision": args.precision,
+            "narrative": args.narrative, "model_mpp": model.config.mpp,
+            "instance_source": args.instance_source,
+        }
+        prov = Provenance.for_run(model, str(image_path.resolve()), mpp, mpp_source, params)
+        opts = ExportOptions(
+            gzip=args.gzip, cells=args.cells, cell_expansion_um=flags["cell_expansion"], overlay=not args.no_overlay,
+            overlay_options=OverlayOptions(max_size=flags["overlay_size"] or None, fill=args.overlay_fill),
+            report_annotation=args.report_annotation,
         )
-    finally:
-        if bar is not None:
-            bar.close()
-    res.nuclei.meta["source"] = str(image_path)
-    res.notes[:0] = img.notes
-
-    # all files staged and then moved into place (no partial outputs); overlay in a worker thread
-    written = write_outputs(res, out, img.rgb, gzip=args.gzip)
+        # all files staged and then moved into place (no partial outputs); overlay in a worker thread
+        written = write_outputs(res, folder, img.rgb, options=opts, provenance=prov, status=prog.stage)
 
     counts: dict[str, int] = {}
     for c in res.nuclei.class_names:
@@ -112,8 +218,14 @@ def run(args: argparse.Namespace) -> int:
                 for f in res.tissue_features}
         print(f"{len(res.tissue_features)} tissue annotation(s) in nuclei.geojson: "
               + (", ".join(f"{k} {v:.0f} µm²" for k, v in area.items() if v is not None) or "none"))
+    from ..export.overlay import preview_scale
+
     for p in written:
-        print(f"wrote {p}")
+        note = ""
+        if p.name == "overlay.png":
+            f = preview_scale(img.rgb.shape, opts.overlay_options.max_size)
+            note = f" (preview at {f:.0%} of full size; --overlay-size 0 for full size)" if f != 1.0 else " (full size)"
+        print(f"wrote {p}{note}")
     if res.report is None:
         log.info("TME report not written (segtme.tme.report is not available)")
     return 0

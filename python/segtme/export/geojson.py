@@ -8,10 +8,18 @@ coordinates (origin top-left, pixel corner convention); ``properties.objectType`
 ``nucleusGeometry`` at the Feature level (QuPath reads it from there). ``isLocked`` is written
 as false (QuPath reads it when present).
 
-Measurement names follow QuPath's cell-detection names with units in the names
-(``Nucleus: Area µm^2``, ``Nucleus: Perimeter µm``, ...) when the MPP is known and ``px``
-versions (``Nucleus: Area px^2``) when it is not. Values that are not finite are left out (JSON
-has no NaN).
+Measurement names are QuPath's cell-detection names with units in the names
+(``Nucleus: Area µm^2``, ``Nucleus: Max caliper µm``, ``Nucleus: Hematoxylin OD mean``, ``Cell: …``,
+``Cytoplasm: …``, ``Nucleus/Cell area ratio``; see ``inference.measurements``) when the MPP is
+known and ``px`` versions (``Nucleus: Area px^2``) when it is not. Values that are not finite are
+left out (JSON has no NaN).
+
+Provenance (``export.provenance``) goes into the FeatureCollection's ``properties.segtme``
+(QuPath ignores foreign members); each object carries only the short run id
+``properties.segtmeRun``. The TME report is *not* an object by default: an image-sized
+annotation would become the parent of a user's own annotations on QuPath's *Resolve hierarchy*;
+its measurements are in ``properties.segtme.tme`` unless ``report_annotation=True`` asks for
+the annotation.
 """
 
 from __future__ import annotations
@@ -19,9 +27,8 @@ from __future__ import annotations
 import gzip as _gzip
 import json
 import math
-import uuid
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -32,56 +39,78 @@ MICRON = "µm"
 
 
 def measurement_names(mpp: float | None) -> dict[str, str]:
-    """Table column -> QuPath measurement name (µm units when ``mpp`` is known, else px)."""
-    u = MICRON if mpp else "px"
-    return {
-        "area": f"Nucleus: Area {u}^2",
-        "perimeter": f"Nucleus: Perimeter {u}",
-        "circularity": "Nucleus: Circularity",
-        "major_axis": f"Nucleus: Major axis {u}",
-        "minor_axis": f"Nucleus: Minor axis {u}",
-        "eccentricity": "Nucleus: Eccentricity",
-        "solidity": "Nucleus: Solidity",
-        "hematoxylin_od": "Nucleus: Hematoxylin OD mean",
-        "class_prob": "Class probability",
-    }
+    """Nucleus table column -> QuPath measurement name (µm units when ``mpp`` is known, else px)."""
+    from ..inference.measurements import shape_names, stain_names
+
+    names = dict(shape_names("Nucleus", mpp))
+    names.update(stain_names("Nucleus"))
+    names["class_prob"] = CLASS_PROBABILITY
+    return names
 
 
-def _measurement_columns(table: NucleiTable) -> list[tuple[str, list[float]]]:
-    """(QuPath name, per-nucleus values as Python floats) for every measurement column
-    (lengths in µm when ``table.mpp`` is known, else px); NaN where undefined."""
+#: name of the class-probability measurement (mean softmax of the assigned class)
+CLASS_PROBABILITY = "Class probability"
+#: further ``NucleiTable.extra`` columns written when present -> measurement name
+OTHER_MEASUREMENTS = {"mitosis_prob": "Mitosis: probability", "mitosis_atypical_prob": "Mitosis: atypical probability"}
+
+
+def measurement_columns(table: NucleiTable, cells: Any = None) -> list[tuple[str, np.ndarray]]:
+    """(QuPath name, (N,) float values) of every measurement of the table's nuclei — shape,
+    haematoxylin / eosin OD statistics (those measured), class probability — and, when
+    ``cells`` (an ``inference.cells.CellTable`` of the same rows) is given, the ``Cell:`` /
+    ``Cytoplasm:`` group and ``Nucleus/Cell area ratio``. Lengths in µm when ``table.mpp`` is
+    known, else px; NaN where undefined."""
+    from ..inference.measurements import circularity
+
     names = measurement_names(table.mpp)
     m = float(table.mpp) if table.mpp else 1.0
     area = np.asarray(table.area_px, np.float64)
     perim = np.asarray(table.perimeter_px, np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        circ = np.where(perim > 0, np.minimum(1.0, 4.0 * math.pi * area / np.where(perim > 0, perim, 1.0) ** 2), np.nan)
-    cols = {
+    ex = table.extra
+    cols: dict[str, np.ndarray] = {
         "area": area * m * m,
         "perimeter": perim * m,
-        "circularity": circ,
-        "major_axis": np.asarray(table.major_axis_px, np.float64) * m,
-        "minor_axis": np.asarray(table.minor_axis_px, np.float64) * m,
-        "eccentricity": np.asarray(table.eccentricity, np.float64),
-        "solidity": np.asarray(table.solidity, np.float64),
-        "hematoxylin_od": np.asarray(table.hematoxylin_od, np.float64),
-        "class_prob": np.asarray(table.class_prob, np.float64),
+        "circularity": circularity(area, perim),
     }
-    return [(names[k], v.tolist()) for k, v in cols.items()]
-
-
-def _measurements_at(cols: list[tuple[str, list[float]]], i: int) -> dict[str, float]:
-    out = {}
-    for name, vals in cols:
-        v = vals[i]
-        if math.isfinite(v):
-            out[name] = round(v, 6)
+    if "max_caliper_px" in ex:
+        cols["max_caliper"] = np.asarray(ex["max_caliper_px"], np.float64) * m
+        cols["min_caliper"] = np.asarray(ex["min_caliper_px"], np.float64) * m
+    cols["eccentricity"] = np.asarray(table.eccentricity, np.float64)
+    cols["solidity"] = np.asarray(table.solidity, np.float64)
+    measured_od = "hematoxylin_od_sum" in ex
+    for k in names:
+        if "_od_" not in k:
+            continue
+        if k == "hematoxylin_od_mean":
+            if measured_od or np.any(table.hematoxylin_od):
+                cols[k] = np.asarray(table.hematoxylin_od, np.float64)
+        elif k in ex:
+            cols[k] = np.asarray(ex[k], np.float64)
+    cols["class_prob"] = np.asarray(table.class_prob, np.float64)
+    out = [(names[k], v) for k, v in cols.items()]
+    out += [(name, np.asarray(ex[k], np.float64)) for k, name in OTHER_MEASUREMENTS.items() if k in ex]
+    if cells is not None:
+        out += [(k, np.asarray(v, np.float64)) for k, v in cells.measurements.items()]
     return out
+
+
+def _prepared(cols: list[tuple[str, np.ndarray]]) -> list[tuple[str, list, list]]:
+    """Columns as (name, rounded Python floats, finite flags) for fast per-object dicts."""
+    out = []
+    for name, v in cols:
+        v = np.asarray(v, np.float64)
+        fin = np.isfinite(v)
+        out.append((name, np.round(np.where(fin, v, 0.0), 6).tolist(), fin.tolist()))
+    return out
+
+
+def _measurements_at(cols: list[tuple[str, list, list]], i: int) -> dict[str, float]:
+    return {name: vals[i] for name, vals, fin in cols if fin[i]}
 
 
 def nucleus_measurements(table: NucleiTable, i: int) -> dict[str, float]:
     """QuPath measurements of nucleus ``i`` (lengths in µm when ``table.mpp`` is known, else px)."""
-    return _measurements_at(_measurement_columns(table.subset(np.array([i]))), 0)
+    return _measurements_at(_prepared(measurement_columns(table.subset(np.array([i])))), 0)
 
 
 def _ring(poly: np.ndarray, ndigits: int = 3) -> list[list[float]]:
@@ -177,10 +206,11 @@ def _geometry(g) -> dict[str, Any]:
 
 
 def cell_polygons(table: NucleiTable, expansion_px: float, nuclei: list | None = None) -> list:
-    """Cell outlines: each nucleus grown by ``expansion_px`` (input px), limited to its Voronoi
-    region of the nucleus centroids so that neighbouring cells do not overlap (QuPath's cell
-    expansion likewise stops where cells meet). Returns shapely geometries (None where the
-    nucleus polygon is degenerate)."""
+    """Cell outlines by the *Voronoi* method (kept for comparison; the export uses label
+    expansion, ``inference.cells.build_cells``): each nucleus grown by ``expansion_px`` (input
+    px), limited to its Voronoi region of the nucleus centroids (box envelope) so that
+    neighbouring cells do not overlap. Returns shapely geometries (None where the nucleus polygon
+    is degenerate). Not clipped to the image."""
     import shapely
     from shapely.geometry import MultiPoint
 
@@ -191,7 +221,11 @@ def cell_polygons(table: NucleiTable, expansion_px: float, nuclei: list | None =
     if len(table) == 1:
         return grown
     pts = [tuple(c) for c in np.asarray(table.centroid)]
-    vor = shapely.voronoi_polygons(MultiPoint(pts), extend_to=MultiPoint(pts).buffer(1e6))
+    # a box envelope just beyond the nuclei: buffering the points by a huge distance made GEOS
+    # build enormous polygons (2000 nuclei: 136 s, 8.8 GB; with the box: 0.01 s)
+    x0, y0, x1, y1 = MultiPoint(pts).bounds
+    pad = 2 * float(expansion_px) + 1
+    vor = shapely.voronoi_polygons(MultiPoint(pts), extend_to=shapely.box(x0 - pad, y0 - pad, x1 + pad, y1 + pad))
     cells = list(vor.geoms)
     tree = shapely.STRtree(cells)
     valid = [k for k, n in enumerate(nuclei) if n is not None]
@@ -220,16 +254,41 @@ def nuclei_to_features(
     output_type: str = "detection",
     *,
     cell_expansion_um: float = 5.0,
+    cells: Any = None,
     id_seed: int | None = None,
+    ids: Sequence[str] | None = None,
+    run: str | None = None,
 ) -> list[dict[str, Any]]:
     """One QuPath Feature per nucleus (coordinates = the table's input/full-res px).
 
-    output_type: "detection" (geometry = nucleus) or "cell" (geometry = nucleus grown by
-    ``cell_expansion_um`` — QuPath's default 5 µm; 10 px when the MPP is unknown — and
-    ``nucleusGeometry`` = nucleus). Nuclei with degenerate polygons (< 3 vertices / zero area)
-    are skipped. ``id_seed``: make the UUIDs reproducible (tests); default random uuid4.
+    output_type: "detection" (geometry = nucleus) or "cell" (geometry = the cell of ``cells``, an
+    ``inference.cells.CellTable`` of the same rows — built here from the nuclei alone, shapes
+    only, with ``cell_expansion_um`` when not given — and ``nucleusGeometry`` = nucleus).
+    Nuclei with degenerate polygons (< 3 vertices / zero area) are skipped. ``ids``: the objects'
+    UUIDs (e.g. shared with the CSV); else generated (``id_seed``: reproducible). ``run``: short
+    provenance id written as ``properties.segtmeRun``.
     """
-    return list(iter_features(table, output_type, cell_expansion_um=cell_expansion_um, id_seed=id_seed))
+    return list(iter_features(table, output_type, cell_expansion_um=cell_expansion_um, cells=cells,
+                              id_seed=id_seed, ids=ids, run=run))
+
+
+def _cells_for(table: NucleiTable, cell_expansion_um: float):
+    """Shape-only cells of a table (no image at hand)."""
+    from ..inference.cells import DEFAULT_EXPANSION_PX, CellOptions, build_cells
+
+    size = table.meta.get("image_size")
+    if not size:
+        xy = np.concatenate([np.asarray(p).reshape(-1, 2) for p in table.polygons]) if len(table) else np.zeros((1, 2))
+        size = (int(np.ceil(xy[:, 0].max())) + 1, int(np.ceil(xy[:, 1].max())) + 1)
+    return build_cells(table, None, CellOptions(expansion_um=cell_expansion_um, expansion_px=DEFAULT_EXPANSION_PX),
+                       image_size=tuple(size))
+
+
+def object_ids(n: int, id_seed: int | None = None) -> list[str]:
+    """``n`` UUID4 strings (reproducible for an ``id_seed``)."""
+    from .ids import uuid4_strings
+
+    return uuid4_strings(n, np.random.default_rng(id_seed) if id_seed is not None else None)
 
 
 def iter_features(
@@ -237,49 +296,58 @@ def iter_features(
     output_type: str = "detection",
     *,
     cell_expansion_um: float = 5.0,
+    cells: Any = None,
     id_seed: int | None = None,
+    ids: Sequence[str] | None = None,
+    run: str | None = None,
     batch: int = 4096,
 ) -> Iterator[dict[str, Any]]:
     """``nuclei_to_features`` as a generator (same Features, same order, same ids for the same
-    ``id_seed``). Detections are built ``batch`` nuclei at a time, so a writer that consumes the
-    generator holds only one batch of Python Features in memory; cells need the Voronoi partition
-    of all centroids, so their polygons are computed up front."""
+    ``id_seed`` / ``ids``), built ``batch`` nuclei at a time, so a writer that consumes it holds
+    only one batch of Python Features in memory."""
     if output_type not in ("detection", "cell"):
         raise ValueError(f"output_type must be 'detection' or 'cell', got {output_type!r}")
     tax = table.taxonomy
-    rng = np.random.default_rng(id_seed) if id_seed is not None else None
     classif = [(c.name, [int(v) for v in c.color]) for c in tax.classes]
     n = len(table)
-    nuclei_all = cells = None
-    if output_type == "cell":
-        nuclei_all = _valid_polygons(table.polygons)
-        exp_px = cell_expansion_um / table.mpp if table.mpp else 10.0
-        cells = cell_polygons(table, exp_px, nuclei_all)
-        batch = max(n, 1)
-    for b0 in range(0, n, max(1, int(batch))):
-        b1 = min(n, b0 + max(1, int(batch)))
-        sub = table.subset(np.arange(b0, b1))
-        nuclei = nuclei_all[b0:b1] if nuclei_all is not None else _oriented_rings(sub.polygons)
-        cols = _measurement_columns(sub)
+    if ids is None:
+        ids = object_ids(n, id_seed)
+    elif len(ids) != n:
+        raise ValueError(f"ids: {len(ids)} given for {n} nuclei")
+    if output_type == "cell" and cells is None:
+        cells = _cells_for(table, cell_expansion_um)
+    if cells is not None and len(cells) != n:
+        raise ValueError(f"cells: {len(cells)} rows for {n} nuclei")
+    step = max(1, int(batch))
+    for b0 in range(0, n, step):
+        b1 = min(n, b0 + step)
+        rows = np.arange(b0, b1)
+        sub = table.subset(rows)
+        csub = cells.subset(rows) if cells is not None else None
+        nuclei = _oriented_rings(sub.polygons)
+        cell_rings = _oriented_rings(csub.polygons) if output_type == "cell" else None
+        cols = _prepared(measurement_columns(sub, csub))
         class_ids = np.asarray(sub.class_id).tolist()
         for j, g in enumerate(nuclei):
             if g is None:
                 continue
-            i = b0 + j
             name, color = classif[int(class_ids[j])]
-            fid = str(uuid.UUID(bytes=rng.bytes(16), version=4)) if rng is not None else str(uuid.uuid4())
-            f: dict[str, Any] = {"type": "Feature", "id": fid}
-            if cells is not None:
-                f["geometry"] = _geometry(cells[i] if cells[i] is not None else g)
-                f["nucleusGeometry"] = _geometry(g)
+            f: dict[str, Any] = {"type": "Feature", "id": ids[b0 + j]}
+            if cell_rings is not None:
+                c = cell_rings[j]
+                f["geometry"] = _geometry_of(c if c is not None else g)
+                f["nucleusGeometry"] = _geometry_of(g)
             else:
                 f["geometry"] = _geometry_of(g)
-            f["properties"] = {
+            props: dict[str, Any] = {
                 "objectType": output_type,
                 "classification": {"name": name, "color": list(color)},
                 "isLocked": False,
                 "measurements": _measurements_at(cols, j),
             }
+            if run is not None:
+                props["segtmeRun"] = run
+            f["properties"] = props
             yield f
 
 
@@ -289,20 +357,51 @@ def feature_collection(
     *,
     report: dict | None = None,
     cell_expansion_um: float = 5.0,
+    cells: Any = None,
     id_seed: int | None = None,
+    ids: Sequence[str] | None = None,
     annotations: Sequence[dict[str, Any]] = (),
+    provenance: dict[str, Any] | None = None,
+    report_annotation: bool = False,
 ) -> dict[str, Any]:
-    """A QuPath-readable FeatureCollection of the nuclei. When a TME ``report`` is given and
-    ``segtme.tme.report.report_measurements`` exists, one extra ``annotation`` Feature covering
-    the analysed image (``table.meta["image_size"]``) carries the report's measurements.
-    ``annotations``: ready-made annotation Features placed first (PAGET tissue regions), so one
-    File > Import objects brings tissue regions and nuclei into QuPath together."""
+    """A QuPath-readable FeatureCollection of the nuclei (``annotations`` — PAGET tissue regions —
+    first, so one File > Import objects brings both). ``provenance`` (a ``Provenance.to_dict()``)
+    and the TME ``report``'s measurements go into ``properties.segtme``; with
+    ``report_annotation`` the report is also an image-sized annotation (QuPath's *Resolve
+    hierarchy* then makes it the parent of every object inside, a user's annotations included)."""
+    run = (provenance or {}).get("run")
     feats = list(annotations) + nuclei_to_features(table, output_type, cell_expansion_um=cell_expansion_um,
-                                                   id_seed=id_seed)
-    rep = _report_feature(table, report)
-    if rep is not None:
-        feats.append(rep)
-    return {"type": "FeatureCollection", "features": feats}
+                                                   cells=cells, id_seed=id_seed, ids=ids, run=run)
+    if report_annotation:
+        rep = _report_feature(table, report)
+        if rep is not None:
+            feats.append(rep)
+    return {**_collection_head(table, provenance, report), "features": feats}
+
+
+def _collection_head(table: NucleiTable, provenance: dict[str, Any] | None, report: dict | None) -> dict[str, Any]:
+    """``{"type": "FeatureCollection"[, "properties": {"segtme": {...}}]}``."""
+    head: dict[str, Any] = {"type": "FeatureCollection"}
+    seg: dict[str, Any] = dict(provenance or {})
+    tme = _report_measurements(report)
+    if tme:
+        seg["tme"] = tme
+    if seg:
+        head["properties"] = {"segtme": seg}
+    return head
+
+
+def _report_measurements(report: dict | None) -> dict[str, float]:
+    if report is None:
+        return {}
+    try:
+        from ..tme.report import report_measurements  # type: ignore[import-not-found]
+    except ImportError:
+        return {}
+    try:
+        return {k: float(v) for k, v in report_measurements(report).items() if _finite(v)}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return {}
 
 
 def _report_feature(table: NucleiTable, report: dict | None) -> dict[str, Any] | None:
@@ -311,17 +410,13 @@ def _report_feature(table: NucleiTable, report: dict | None) -> dict[str, Any] |
     size = table.meta.get("image_size")
     if report is None or not size:
         return None
-    try:
-        from ..tme.report import report_measurements  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    meas = {k: float(v) for k, v in report_measurements(report).items() if _finite(v)}
+    meas = _report_measurements(report)
     w, h = size
     return {
         "type": "Feature",
-        "id": str(uuid.uuid4()),
+        "id": object_ids(1)[0],
         "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [w, 0], [w, h], [0, h], [0, 0]]]},
-        "properties": {"objectType": "annotation", "name": "SegTME TME report", "isLocked": False,
+        "properties": {"objectType": "annotation", "name": "SegTME TME report", "isLocked": True,
                        "measurements": meas},
     }
 
@@ -334,23 +429,108 @@ def write_nuclei_geojson(
     report: dict | None = None,
     annotations: Sequence[dict[str, Any]] = (),
     cell_expansion_um: float = 5.0,
+    cells: Any = None,
     id_seed: int | None = None,
+    ids: Sequence[str] | None = None,
+    provenance: dict[str, Any] | None = None,
+    report_annotation: bool = False,
     gzip: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> Path:
     """``write_geojson(path, feature_collection(table, ...))`` without ever building the whole
     collection: Features are generated (``iter_features``) and written in batches through the
     atomic temporary file, so memory stays at one batch of Features for any number of nuclei.
-    The file has the same content as the two-step path (byte-identical for the same ``id_seed``
-    apart from the report Feature's random id)."""
+    Same content as the two-step path (byte-identical for the same ids). ``progress``: called
+    with the number of nucleus Features written so far, after each batch. For slides written
+    chunk by chunk, see ``GeoJSONStreamWriter``."""
+    with GeoJSONStreamWriter(path, _collection_head(table, provenance, report), gzip=gzip) as w:
+        w.add_features(annotations)
+        w.add_nuclei(table, output_type, cells=cells, cell_expansion_um=cell_expansion_um, id_seed=id_seed, ids=ids,
+                     run=(provenance or {}).get("run"), progress=progress)
+        if report_annotation:
+            rep = _report_feature(table, report)
+            if rep is not None:
+                w.add_features([rep])
+    return w.path
 
-    def features() -> Iterator[dict[str, Any]]:
-        yield from annotations
-        yield from iter_features(table, output_type, cell_expansion_um=cell_expansion_um, id_seed=id_seed)
-        rep = _report_feature(table, report)
-        if rep is not None:
-            yield rep
 
-    return _write_pieces(path, _iter_feature_pieces(features()), gzip)
+class GeoJSONStreamWriter:
+    """A FeatureCollection written incrementally and atomically: ``add_features`` /
+    ``add_nuclei`` may be called any number of times (e.g. once per slide chunk); the file
+    appears (atomic rename) only when the ``with`` block exits without an exception.
+
+    head: the collection's members before ``features`` (default ``{"type": "FeatureCollection"}``;
+    put provenance in ``properties``). gzip: compress (``.gz`` appended to the name if missing)."""
+
+    def __init__(self, path: str | Path, head: dict[str, Any] | None = None, *, gzip: bool = False) -> None:
+        p = Path(path)
+        if gzip and p.suffix != ".gz":
+            p = p.with_name(p.name + ".gz")
+        self.path = p
+        self._head = {"type": "FeatureCollection"} if head is None else head
+        self._gzip = gzip
+        self._first = True
+        self._count = 0
+
+    def __enter__(self) -> "GeoJSONStreamWriter":
+        self._cm = atomic_write(self.path, "wb")
+        f = self._cm.__enter__()
+        self._raw = f
+        self._z = _gzip.GzipFile(fileobj=f, mode="wb", mtime=0) if self._gzip else None
+        h = _ENC.encode(self._head)
+        self._write(h[:-1] + ("," if self._head else "") + '"features":[')
+        return self
+
+    def _write(self, text: str) -> None:
+        (self._z or self._raw).write(text.encode("utf-8"))
+
+    def add_features(self, features: Iterable[dict[str, Any]], batch: int = 2000) -> int:
+        """Append ready-made Features; returns how many."""
+        buf: list[str] = []
+        k = 0
+        for f in features:
+            buf.append(_ENC.encode(f))
+            k += 1
+            if len(buf) >= batch:
+                self._flush(buf)
+                buf = []
+        if buf:
+            self._flush(buf)
+        return k
+
+    def _flush(self, buf: list[str]) -> None:
+        self._write(("" if self._first else ",") + ",".join(buf))
+        self._first = False
+        self._count += len(buf)
+
+    def add_nuclei(self, table: NucleiTable, output_type: str = "detection", *, progress: Callable[[int], None] | None = None,
+                   batch: int = 4096, **kw: Any) -> int:
+        """Append the nuclei of ``table`` (``iter_features`` keywords: cells, ids, id_seed, run,
+        cell_expansion_um); returns how many Features were written."""
+        k = 0
+        buf: list[dict[str, Any]] = []
+        for f in iter_features(table, output_type, batch=batch, **kw):
+            buf.append(f)
+            if len(buf) >= batch:
+                k += self.add_features(buf)
+                buf = []
+                if progress is not None:
+                    progress(k)
+        if buf:
+            k += self.add_features(buf)
+        if progress is not None:
+            progress(k)
+        return k
+
+    def __exit__(self, et, ev, tb) -> bool:
+        try:
+            if et is None:
+                self._write("]}")
+            if self._z is not None:
+                self._z.close()
+        finally:
+            self._cm.__exit__(et, ev, tb)
+        return False
 
 
 def _finite(v: Any) -> bool:

@@ -26,6 +26,19 @@ NUMERIC_COLUMNS: dict[str, str] = {
     "hematoxylin_od": "optical density (mean haematoxylin OD after colour deconvolution)",
 }
 
+#: optional per-nucleus columns kept in ``NucleiTable.extra`` (all length N). Keys ending in
+#: ``_px`` are lengths in input px (scaled by ``translated``); the OD statistics are unitless
+#: (``sum``: over the pixels of the measured resolution, the model's working MPP) —
+#: see ``inference.measurements`` for the QuPath names.
+EXTRA_COLUMNS: dict[str, str] = {
+    "max_caliper_px": "px (largest Feret diameter of the outline)",
+    "min_caliper_px": "px (smallest width of the convex hull)",
+    **{f"{s}_od_{q}": "optical density" for s in ("hematoxylin", "eosin")
+       for q in ("mean", "sum", "std", "max", "min", "range") if not (s == "hematoxylin" and q == "mean")},
+    "mitosis_prob": "probability 0-1 (segtme.mitosis.detect.mark_mitoses)",
+    "mitosis_atypical_prob": "probability 0-1 (segtme.mitosis.detect.mark_mitoses)",
+}
+
 
 @dataclass
 class NucleiTable:
@@ -54,12 +67,17 @@ class NucleiTable:
     hematoxylin_od: np.ndarray
     mpp: float | None = None
     meta: dict = field(default_factory=dict)
+    #: further measurement columns (``EXTRA_COLUMNS`` keys; absent when not measured)
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.ids)
         for name in ("class_id", "centroid", "polygons", *NUMERIC_COLUMNS):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"NucleiTable: column {name} has {len(getattr(self, name))} rows, expected {n}")
+        for name, col in self.extra.items():
+            if len(col) != n:
+                raise ValueError(f"NucleiTable: extra column {name} has {len(col)} rows, expected {n}")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -89,6 +107,7 @@ class NucleiTable:
             self.taxonomy, self.ids[idx], self.class_id[idx], self.centroid[idx].reshape(-1, 2),
             [self.polygons[i] for i in idx],
             *(getattr(self, c)[idx] for c in NUMERIC_COLUMNS), mpp=self.mpp, meta=dict(self.meta),
+            extra={k: np.asarray(v)[idx] for k, v in self.extra.items()},
         )
 
     def translated(self, dx: float, dy: float, scale: float = 1.0, mpp: float | None = None) -> "NucleiTable":
@@ -102,6 +121,7 @@ class NucleiTable:
             self.class_prob.copy(), self.area_px * s * s, self.perimeter_px * s, self.major_axis_px * s,
             self.minor_axis_px * s, self.eccentricity.copy(), self.solidity.copy(), self.hematoxylin_od.copy(),
             mpp=mpp if mpp is not None else (self.mpp / s if self.mpp else None), meta=dict(self.meta),
+            extra={k: (np.asarray(v) * s if k.endswith("_px") else np.array(v, copy=True)) for k, v in self.extra.items()},
         )
 
     @staticmethod
@@ -112,13 +132,17 @@ class NucleiTable:
         ids = np.concatenate([t.ids for t in tables]) if tables else np.zeros(0, np.int64)
         if renumber:
             ids = np.arange(1, len(ids) + 1, dtype=np.int64)
+        # extra columns present in every non-empty table (an empty table may lack them)
+        full = [t for t in tables if len(t)] or tables[:1]
+        keys = [k for k in full[0].extra if all(k in t.extra for t in full)]
+        extra = {k: np.concatenate([np.asarray(t.extra[k], np.float64) for t in full]) for k in keys}
         return NucleiTable(
             t0.taxonomy, ids,
-            np.concatenate([t.class_id for t in tables]).astype(np.int32),
-            np.concatenate([t.centroid.reshape(-1, 2) for t in tables]),
-            [p for t in tables for p in t.polygons],
-            *(np.concatenate([getattr(t, c) for t in tables]) for c in NUMERIC_COLUMNS),
-            mpp=t0.mpp, meta=dict(t0.meta),
+            np.concatenate([t.class_id for t in full]).astype(np.int32),
+            np.concatenate([t.centroid.reshape(-1, 2) for t in full]),
+            [p for t in full for p in t.polygons],
+            *(np.concatenate([getattr(t, c) for t in full]) for c in NUMERIC_COLUMNS),
+            mpp=t0.mpp, meta=dict(t0.meta), extra=extra,
         )
 
     def to_records(self) -> list[dict]:
@@ -149,13 +173,11 @@ class NucleiTable:
 # --------------------------------------------------------------------------- building the table
 def hematoxylin_od(rgb: np.ndarray) -> np.ndarray:
     """Haematoxylin optical density per pixel: (..., 3) uint8 RGB -> (...) float32 (e.g. (H, W, 3)
-    -> (H, W), or (P, 3) -> (P,)). OD = -log10(I / 255) per channel,
-    projected on the Ruifrok & Johnston H&E(DAB) stain matrix (``skimage.color.hed_from_rgb``),
-    the same quantity QuPath reports as "Hematoxylin OD"."""
-    from skimage.color import hed_from_rgb
+    -> (H, W), or (P, 3) -> (P,)); the package's one colour deconvolution (``segtme.stain``),
+    the quantity QuPath reports as "Hematoxylin OD"."""
+    from ..stain import haematoxylin_od
 
-    od = -np.log10(np.maximum(rgb.astype(np.float32), 1.0) / 255.0)
-    return (od @ hed_from_rgb.astype(np.float32))[..., 0]
+    return haematoxylin_od(np.asarray(rgb, np.uint8))
 
 
 def _drop_collinear(c: np.ndarray) -> np.ndarray:
@@ -260,34 +282,19 @@ def build_nuclei_table(
     if cid.size and (cid.min() < 0 or cid.max() >= taxonomy.num_classes):
         raise ValueError(f"class ids {int(cid.min())}..{int(cid.max())} outside taxonomy {taxonomy.name} (0..{taxonomy.num_classes - 1})")
 
+    from .measurements import moments, polygon_shape, stain_columns
+
+    extra: dict[str, np.ndarray] = {}
     hod = None
     if rgb is not None:
         if rgb.shape[:2] != lab.shape:
             raise ValueError(f"rgb shape {rgb.shape[:2]} differs from instance map shape {lab.shape}")
-        m = lab > 0
-        h = hematoxylin_od(rgb[m])  # nucleus pixels only, (P, 3) -> (P,)
-        area_all = np.bincount(lab[m], minlength=n + 1)[1:]
-        hod = np.bincount(lab[m], weights=h, minlength=n + 1)[1:] / np.maximum(area_all, 1)
+        st = stain_columns(lab, n, np.asarray(rgb, np.uint8))  # nucleus pixels only, one sort
+        hod = st.pop("hematoxylin_od_mean")
+        extra.update(st)
 
-    # vectorised moments (same definitions as skimage regionprops: inertia-tensor axes)
-    m = lab > 0
-    li = lab[m]
-    ys, xs = np.nonzero(m)
-    area = np.bincount(li, minlength=n + 1)[1:].astype(np.float64)
-    sx = np.bincount(li, xs, n + 1)[1:] / area
-    sy = np.bincount(li, ys, n + 1)[1:] / area
-    dx = xs - sx[li - 1]
-    dy = ys - sy[li - 1]
-    cxx = np.bincount(li, dx * dx, n + 1)[1:] / area
-    cyy = np.bincount(li, dy * dy, n + 1)[1:] / area
-    cxy = np.bincount(li, dx * dy, n + 1)[1:] / area
-    tr = (cxx + cyy) / 2
-    det = np.sqrt(np.maximum(((cxx - cyy) / 2) ** 2 + cxy**2, 0))
-    l1, l2 = tr + det, np.maximum(tr - det, 0)
-    cen = np.stack([sx + 0.5, sy + 0.5], axis=1)
-    major = 4 * np.sqrt(l1)
-    minor = 4 * np.sqrt(l2)
-    ecc = np.sqrt(np.clip(1 - np.divide(l2, l1, out=np.ones_like(l1), where=l1 > 0), 0, 1))
+    mo = moments(lab, n)  # vectorised (same definitions as skimage regionprops)
+    cen = np.stack([mo["cx"], mo["cy"]], axis=1)
 
     polys = outer_contours(lab, n)  # all nuclei at once; same polygons as the loop below
     if polys is None:  # segments that do not chain into rings: never expected, kept for safety
@@ -296,17 +303,16 @@ def build_nuclei_table(
     geoms = shapely.polygons(
         shapely.linearrings(np.concatenate(rings), indices=np.repeat(np.arange(n), [len(r) for r in rings]))
     )
-    perim = shapely.length(geoms)  # closed-ring length (0 for the degenerate placeholders)
-    parea = shapely.area(geoms)
-    harea = shapely.area(shapely.convex_hull(geoms))
-    solidity = np.divide(parea, harea, out=np.ones(n), where=harea > 0)
+    sh = polygon_shape(geoms)  # closed-ring perimeter, solidity, calipers (0 for degenerate rings)
+    extra["max_caliper_px"] = sh["max_caliper"]
+    extra["min_caliper_px"] = sh["min_caliper"]
     cols = {
-        "area_px": area,
-        "perimeter_px": perim,
-        "major_axis_px": major,
-        "minor_axis_px": minor,
-        "eccentricity": ecc,
-        "solidity": np.clip(solidity, 0, 1),
+        "area_px": mo["area"],
+        "perimeter_px": sh["perimeter"],
+        "major_axis_px": mo["major"],
+        "minor_axis_px": mo["minor"],
+        "eccentricity": mo["eccentricity"],
+        "solidity": sh["solidity"],
     }
     return NucleiTable(
         taxonomy=taxonomy,
@@ -317,5 +323,6 @@ def build_nuclei_table(
         class_prob=cp.astype(np.float64),
         hematoxylin_od=hod if hod is not None else np.zeros(n),
         mpp=mpp,
+        extra=extra,
         **cols,
     )

@@ -1,0 +1,269 @@
+"""Cells from nuclei by label expansion, with QuPath's cell and cytoplasm measurements.
+
+QuPath's cell detection grows each nucleus by ``cellExpansionMicrons`` (default 5 µm) with a
+watershed on the distance map, so that a pixel goes to the nearest nucleus within that distance
+and neighbouring cells meet without overlapping. ``build_cells`` does the same with
+``skimage.segmentation.expand_labels`` on a label raster of the nuclei at the *measurement
+resolution* (default: the model's working MPP, like QuPath's "requested pixel size"; never finer
+than the input), measures cells and cytoplasm there (``inference.measurements``) and traces the
+cell outlines (``inference.contours.outer_contours``). Because the raster is the image, cells are
+clipped to it; because every pixel has one label, cells never overlap.
+
+Large images are processed in windows of ``window`` measurement px with a halo (expansion + the
+largest nucleus): a nucleus's cell is made by the window whose core holds its centroid, from all
+nuclei near it; cells of different windows that still overlap by a tie of the distance map at a
+window seam are made disjoint afterwards. Memory: one window's raster, distance map and RGB.
+
+Coordinates: input px (the table's), pixel-corner convention. Areas of cells are pixel counts at
+the measurement resolution converted to input px^2.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .measurements import circularity, label_stats, moments, polygon_shape, polygons_from_rings, shape_names, stain_names
+from .nuclei import NucleiTable
+
+#: QuPath's default cell expansion
+DEFAULT_EXPANSION_UM = 5.0
+#: expansion in input px when the MPP is unknown
+DEFAULT_EXPANSION_PX = 10.0
+DEFAULT_WINDOW = 2048
+
+
+@dataclass(frozen=True)
+class CellOptions:
+    """expansion_um: distance a nucleus is grown by (µm; QuPath's ``cellExpansionMicrons``);
+    expansion_px: used instead when the MPP is unknown (input px).
+    measure_mpp: µm/px of the measurement raster (None: the table's model MPP
+    ``meta["model_mpp"]``, else 0.5 — QuPath's default requested pixel size); never finer than
+    the input. window: measurement px per processing window (memory bound)."""
+
+    expansion_um: float = DEFAULT_EXPANSION_UM
+    expansion_px: float = DEFAULT_EXPANSION_PX
+    measure_mpp: float | None = None
+    window: int = DEFAULT_WINDOW
+
+
+@dataclass
+class CellTable:
+    """One cell per row of the nuclei table it was built from (same order).
+
+    polygons: (K, 2) float arrays, (x, y) input px (empty array when a nucleus got no cell).
+    measurements: QuPath name -> (N,) float (µm units when the table's MPP is known).
+    meta: expansion and measurement resolution used."""
+
+    polygons: list[np.ndarray]
+    measurements: dict[str, np.ndarray]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.polygons)
+
+    def subset(self, idx: np.ndarray) -> "CellTable":
+        idx = np.asarray(idx, np.int64)
+        return CellTable([self.polygons[i] for i in idx], {k: v[idx] for k, v in self.measurements.items()},
+                         dict(self.meta))
+
+
+def _rasterise(polys: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """Label raster (1..len(polys)) of polygons in corner-convention px of the raster: a pixel
+    belongs to a polygon when its centre is inside (exact for outlines traced on this grid)."""
+    from skimage.draw import polygon as draw_polygon
+
+    lab = np.zeros(shape, np.int32)
+    for k, p in enumerate(polys):
+        if len(p) < 3:
+            continue
+        rr, cc = draw_polygon(p[:, 1] - 0.5, p[:, 0] - 0.5, shape)
+        lab[rr, cc] = k + 1
+    return lab
+
+
+def _region_rgb(image: np.ndarray, box_in: tuple[float, float, float, float], size: tuple[int, int]) -> np.ndarray:
+    """RGB of the input-px box (x0, y0, x1, y1) resampled to ``size`` (w, h) by area averaging
+    (PIL BOX), or cropped when no resampling is needed."""
+    x0, y0, x1, y1 = box_in
+    w, h = size
+    if abs((x1 - x0) - w) < 1e-6 and abs((y1 - y0) - h) < 1e-6 and float(x0).is_integer() and float(y0).is_integer():
+        return np.ascontiguousarray(image[int(y0) : int(y0) + h, int(x0) : int(x0) + w])
+    from PIL import Image
+
+    H, W = image.shape[:2]
+    x1, y1 = min(float(x1), float(W)), min(float(y1), float(H))  # the last measurement px may overhang
+    a, b = max(0, int(math.floor(x0))), max(0, int(math.floor(y0)))
+    c, d = min(W, int(math.ceil(x1))), min(H, int(math.ceil(y1)))
+    crop = Image.fromarray(np.ascontiguousarray(image[b:d, a:c]))
+    return np.asarray(crop.resize((w, h), Image.Resampling.BOX, box=(x0 - a, y0 - b, x1 - a, y1 - b)))
+
+
+def build_cells(
+    table: NucleiTable,
+    image: np.ndarray | None = None,
+    options: CellOptions = CellOptions(),
+    *,
+    image_size: tuple[int, int] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> CellTable:
+    """Cells of every nucleus of ``table`` (see the module docstring).
+
+    image: the input image (H, W, 3) uint8 the table's coordinates refer to (for the cell and
+    cytoplasm OD measurements), or None (shape measurements only; then ``image_size`` or
+    ``table.meta["image_size"]`` gives the image extent (w, h) in input px)."""
+    import shapely
+    from skimage.segmentation import expand_labels
+
+    from .contours import outer_contours
+
+    n = len(table)
+    if image is not None:
+        W_in, H_in = int(image.shape[1]), int(image.shape[0])
+    else:
+        size = image_size or table.meta.get("image_size")
+        if not size:
+            raise ValueError("build_cells needs the image or its size (w, h)")
+        W_in, H_in = int(size[0]), int(size[1])
+    mpp = table.mpp
+    if mpp:
+        m_mpp = options.measure_mpp or table.meta.get("model_mpp") or 0.5
+        r = min(1.0, float(mpp) / float(m_mpp))  # measurement px per input px
+        exp_in = float(options.expansion_um) / float(mpp)
+    else:
+        r = 1.0
+        exp_in = float(options.expansion_px)
+    exp_m = exp_in * r
+    Wm, Hm = max(1, round(W_in * r)), max(1, round(H_in * r))
+    polys_m = [np.asarray(p, np.float64).reshape(-1, 2) * r for p in table.polygons]
+
+    cell_polys: list[np.ndarray] = [np.zeros((0, 2)) for _ in range(n)]
+    cell_area = np.zeros(n)
+    cell_ecc = np.full(n, np.nan)
+    cyto_area = np.zeros(n)
+    stain_keys = list(stain_names("Cell"))
+    cell_st = {k: np.full(n, np.nan) for k in stain_keys}
+    cyto_st = {k: np.full(n, np.nan) for k in stain_keys}
+    window_of = np.full(n, -1, np.int64)
+    if n:
+        lens = np.array([len(p) for p in polys_m])
+        flat = np.concatenate([p if len(p) else np.zeros((1, 2)) for p in polys_m])
+        starts = np.r_[0, np.cumsum(np.maximum(lens, 1))[:-1]]
+        bx0 = np.minimum.reduceat(flat[:, 0], starts)
+        by0 = np.minimum.reduceat(flat[:, 1], starts)
+        bx1 = np.maximum.reduceat(flat[:, 0], starts)
+        by1 = np.maximum.reduceat(flat[:, 1], starts)
+        ext = float(max((bx1 - bx0).max(), (by1 - by0).max()))
+        cm = np.asarray(table.centroid, np.float64) * r
+        halo = int(math.ceil(exp_m + ext + 2))
+        step = max(64, int(options.window))
+        wins = [(x, y) for y in range(0, Hm, step) for x in range(0, Wm, step)]
+        for w_i, (cx0, cy0) in enumerate(wins):
+            cx1, cy1 = min(Wm, cx0 + step), min(Hm, cy0 + step)
+            own = np.flatnonzero((cm[:, 0] >= cx0) & (cm[:, 0] < cx1) & (cm[:, 1] >= cy0) & (cm[:, 1] < cy1)
+                                 & (lens >= 3))
+            if not len(own):
+                continue
+            rx0, ry0 = max(0, cx0 - halo), max(0, cy0 - halo)
+            rx1, ry1 = min(Wm, cx1 + halo), min(Hm, cy1 + halo)
+            sel = np.flatnonzero((bx1 >= rx0) & (bx0 <= rx1) & (by1 >= ry0) & (by0 <= ry1) & (lens >= 3))
+            origin = np.array([rx0, ry0], np.float64)
+            lab = _rasterise([polys_m[i] - origin for i in sel], (ry1 - ry0, rx1 - rx0))
+            cells = expand_labels(lab, distance=exp_m) if exp_m > 0 else lab
+            k = len(sel)
+            local = np.zeros(n, np.int64)
+            local[sel] = np.arange(1, k + 1)
+            own_l = local[own]  # 1-based local labels of the owned nuclei
+            mo = moments(cells, k)
+            cell_area[own] = mo["area"][own_l - 1] / (r * r)
+            cell_ecc[own] = mo["eccentricity"][own_l - 1]
+            cyto = np.where(lab == 0, cells, 0)
+            cyto_area[own] = np.bincount(cyto.ravel(), minlength=k + 1)[own_l] / (r * r)
+            if image is not None:
+                from ..stain import hed_od
+
+                rgb = _region_rgb(image, (rx0 / r, ry0 / r, rx1 / r, ry1 / r), (rx1 - rx0, ry1 - ry0))
+                od = hed_od(rgb)[..., :2]
+                for lab_map, dst in ((cells, cell_st), (cyto, cyto_st)):
+                    st = label_stats(lab_map, k, od)
+                    for j, s in enumerate(("hematoxylin", "eosin")):
+                        for q in ("mean", "std", "max", "min"):
+                            dst[f"{s}_od_{q}"][own] = st[q][own_l - 1, j]
+            rings = outer_contours(cells, k)
+            if rings is None:
+                from .nuclei import _outlines_one_by_one
+
+                rings = _outlines_one_by_one(cells)
+            for i, li in zip(own, own_l):
+                ring = rings[li - 1]
+                if len(ring) >= 3:
+                    cell_polys[i] = (ring + origin) / r
+            window_of[own] = w_i
+            if progress is not None:
+                progress(f"cells: window {w_i + 1}/{len(wins)}")
+
+    geoms = polygons_from_rings(cell_polys)
+    nuc = polygons_from_rings(table.polygons)
+    has = np.array([len(p) >= 3 for p in cell_polys], bool)
+    geoms = _repair(geoms, nuc, has, window_of)
+    for i in np.flatnonzero(has):
+        g = geoms[i]
+        cell_polys[i] = np.asarray(g.exterior.coords)[:-1] if g is not None and not g.is_empty else np.zeros((0, 2))
+    sh = polygon_shape(geoms) if n else {k: np.zeros(0) for k in ("perimeter", "solidity", "max_caliper", "min_caliper")}
+    m = float(mpp) if mpp else 1.0
+    names = shape_names("Cell", mpp)
+    meas: dict[str, np.ndarray] = {
+        names["area"]: cell_area * m * m,
+        names["perimeter"]: sh["perimeter"] * m,
+        names["circularity"]: circularity(cell_area, sh["perimeter"]),
+        names["max_caliper"]: sh["max_caliper"] * m,
+        names["min_caliper"]: sh["min_caliper"] * m,
+        names["eccentricity"]: cell_ecc,
+    }
+    if image is not None:
+        meas.update({stain_names("Cell")[k]: v for k, v in cell_st.items()})
+        meas.update({stain_names("Cytoplasm")[k]: v for k, v in cyto_st.items()})
+    with np.errstate(divide="ignore", invalid="ignore"):
+        meas["Nucleus/Cell area ratio"] = np.where(cell_area > 0, np.minimum(np.asarray(table.area_px) / cell_area, 1.0),
+                                                   np.nan)
+    for k in meas:
+        meas[k] = np.where(has, meas[k], np.nan)
+    return CellTable(cell_polys, meas, {"cell_expansion_um": float(options.expansion_um) if mpp else None,
+                                        "cell_expansion_px": exp_in, "measure_mpp": (float(mpp) / r) if mpp else None,
+                                        "windows": int(window_of.max() + 1) if n else 0})
+
+
+def _repair(geoms: np.ndarray, nuc: np.ndarray, has: np.ndarray, window_of: np.ndarray) -> np.ndarray:
+    """Cells as valid single Polygons that cover their nucleus and do not overlap a cell of
+    another window (ties of the distance map at window seams): vectorised checks, shapely set
+    operations only for the few cells that need them."""
+    import shapely
+
+    geoms = geoms.copy()
+    bad = has & ~shapely.is_valid(geoms)
+    for i in np.flatnonzero(bad):
+        geoms[i] = _largest(shapely.make_valid(geoms[i]))
+    miss = has & ~shapely.covers(geoms, nuc)
+    for i in np.flatnonzero(miss):
+        geoms[i] = _largest(shapely.union(geoms[i], shapely.make_valid(nuc[i])))
+    if has.any() and window_of[has].max() > window_of[has].min():
+        idx = np.flatnonzero(has)
+        tree = shapely.STRtree(geoms[idx])
+        a, b = tree.query(geoms[idx], predicate="overlaps")
+        sel = (a < b) & (window_of[idx[a]] != window_of[idx[b]])
+        for i, j in zip(idx[a[sel]], idx[b[sel]]):
+            inter = shapely.intersection(geoms[i], geoms[j])
+            if shapely.area(inter) > 0:
+                geoms[j] = _largest(shapely.union(shapely.difference(geoms[j], geoms[i]), nuc[j]))
+    return geoms
+
+
+def _largest(g):
+    """The largest Polygon part of a geometry (a Polygon is returned as is)."""
+    if g is None or g.geom_type == "Polygon":
+        return g
+    parts = [p for p in getattr(g, "geoms", []) if p.geom_type == "Polygon" and p.area > 0]
+    return max(parts, key=lambda p: p.area) if parts else g
