@@ -13,7 +13,7 @@ from segtme.narrative.backends import NarrativeBackend
 from segtme.narrative.template import template_narrative
 from segtme.narrative.verify import verify_narrative
 from segtme.tme import translate_tme_to_bio_tokens
-from segtme.tme.report import report_from_features
+from segtme.report import report_from_features
 
 # raw_data of the bundled sample's report: `segtme analyze` of segtme.samples.sample_path() at 0.5 µm/px with
 # the shipped default model (consep4), see scripts/demo.sh
