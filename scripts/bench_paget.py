@@ -20,6 +20,13 @@ Paper reference: PAGET-S 4.3 ± 0.1 ms per 384² tile on one Tesla V100-SXM2-32G
 per 768² tile; PAGET-H 407 ms (Table 7).
 
     python scripts/bench_paget.py [--variants b5,b0] [--tiles 3] [--runs 3] [--out runs/bench_paget]
+
+Region mode (issue #18 item 4): PAGET-H (shipped ``paget_h``: student + default instances +
+mitosis teacher) against the default model, end to end as ``segtme analyze`` runs them (analysis
++ every output file), each run in a fresh process for its own peak RSS, on a mosaic of real
+MoNuSeg H&E at 0.5 µm/px (``bench_inference.make_mosaic``):
+
+    python scripts/bench_paget.py --region 10000 --runs 1 --out docs/bench_paget
 """
 
 from __future__ import annotations
@@ -67,8 +74,103 @@ def timeit(fn, tiles: int, runs: int, warmup: int) -> tuple[float, float]:
     return statistics.mean(per_run), (statistics.stdev(per_run) if len(per_run) > 1 else 0.0)
 
 
+# ----------------------------------------------------------------------------- region mode
+def _bench_inference():
+    """scripts/bench_inference.py as a module (its mosaic, peak-RSS and export helpers)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_inference", REPO / "scripts" / "bench_inference.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _child_region(png: str, mpp: float, model: str, threads: int, *, q) -> None:
+    """One end-to-end ``segtme analyze`` product run (analysis + every output file) in a fresh
+    process: time and peak RSS (VmHWM) of this process alone."""
+    import segtme  # noqa: F401  (first, as the CLI does)
+
+    torch.set_num_threads(threads)
+    import tempfile
+
+    import segtme.pipeline as pipeline
+    from segtme.export.bundle import write_outputs
+    from segtme.inference import imageio
+    from segtme.models import load_model
+
+    bi = _bench_inference()
+    lm = load_model(model, "cpu")
+    base = bi._peak_rss_mib()
+    t0 = time.perf_counter()
+    res = pipeline.analyze(png, mpp=mpp, model=lm)
+    t1 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as d:
+        write_outputs(res, d, imageio.read_image(png).rgb)
+    total = time.perf_counter() - t0
+    mit = res.nuclei.meta.get("mitosis") or {}
+    q.put({"model": model, "weights": lm.source, "total_s": total, "analyze_s": t1 - t0, "export_s": total - (t1 - t0),
+           "n_nuclei": len(res.nuclei), "peak_rss_mib": bi._peak_rss_mib(), "base_rss_mib": base,
+           "tissue_annotations": len(getattr(res, "tissue_features", None) or []), "mitosis": mit,
+           "chunks": res.nuclei.meta.get("chunks")})
+
+
+def region_main(args) -> int:
+    """PAGET-H vs the default model end to end on a ``--region``² mosaic of real H&E at 0.5 µm/px
+    (target: PAGET-H within 1.5x of the default's time, peak RSS <= 2.5 GiB)."""
+    import multiprocessing as mp
+    import tempfile
+
+    from PIL import Image
+
+    from segtme.export.atomic import atomic_write_text
+
+    bi = _bench_inference()
+    rgb, src = bi.make_mosaic(args.region, 0.5)
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        png = str(Path(d) / "mosaic.png")
+        Image.fromarray(rgb).save(png)
+        del rgb
+        ctx = mp.get_context("spawn")
+        for rep in range(args.runs):
+            for model in ("default", args.paget_model):
+                q = ctx.Queue()
+                p = ctx.Process(target=_child_region, args=(png, 0.5, model, args.threads), kwargs={"q": q})
+                p.start()
+                out = q.get()
+                p.join()
+                out["run"] = rep + 1
+                rows.append(out)
+                print(json.dumps(out, default=str), flush=True)
+    by = {m: [r for r in rows if r["model"] == m] for m in ("default", args.paget_model)}
+    med = {m: statistics.median(r["total_s"] for r in v) for m, v in by.items()}
+    peak = {m: max(r["peak_rss_mib"] for r in v) for m, v in by.items()}
+    ratio = med[args.paget_model] / med["default"]
+    lines = [f"# PAGET-H vs default, {args.region}² px at 0.5 µm/px ({args.region * 0.5 / 1000:.1f} mm square), "
+             f"{args.threads} threads, {args.runs} run(s) each, end to end (analysis + all outputs)", "",
+             "| model | total s (median) | analyze s | export s | nuclei | peak RSS MiB |", "|---|---|---|---|---|---|"]
+    for m, v in by.items():
+        r = v[-1]
+        lines.append(f"| {m} | {med[m]:.1f} | {r['analyze_s']:.1f} | {r['export_s']:.1f} | {r['n_nuclei']} | {peak[m]:.0f} |")
+    lines += ["", f"PAGET-H / default time: **{ratio:.2f}x** (target <= 1.5x); PAGET-H peak RSS "
+              f"**{peak[args.paget_model] / 1024:.2f} GiB** (target <= 2.5 GiB)", "",
+              f"mosaic: {src}; machine: {os.cpu_count()} cores shared (load {os.getloadavg()}), torch {torch.__version__}"]
+    text = "\n".join(lines)
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "bench_paget_region.md", text + "\n")
+    atomic_write_text(out / "bench_paget_region.json", json.dumps({"rows": rows, "ratio": ratio, "peak_mib": peak}, indent=1,
+                                                                  default=str))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--region", type=int, default=0,
+                    help="region mode: PAGET-H vs default end to end on a REGION² mosaic at 0.5 µm/px (e.g. 10000)")
+    ap.add_argument("--paget-model", default="paget_h", help="region mode: the PAGET model (default paget_h)")
+    ap.add_argument("--threads", type=int, default=2, help="region mode: torch threads per run")
     ap.add_argument("--variants", default="b5,b0", help="MiT variants of PAGET-S to time (b0..b5)")
     ap.add_argument("--tiles", type=int, default=3)
     ap.add_argument("--runs", type=int, default=3)
@@ -76,6 +178,8 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=str(REPO / "runs" / "bench_paget"))
     args = ap.parse_args()
+    if args.region:
+        return region_main(args)
 
     from segtme.export.atomic import atomic_write_text
     from segtme.inference.engine import forward_tiles

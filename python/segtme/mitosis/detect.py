@@ -40,7 +40,9 @@ def load_mitosis_model(spec: Any = "mitosis", device: str = "cpu"):
     from ..models.registry import LoadedModel, load_model
 
     lm = spec if isinstance(spec, LoadedModel) else load_model(spec, device)
-    if lm.config.arch != "mitosis_cnn":
+    from .model import is_mitosis
+
+    if not is_mitosis(lm.config):
         raise InputError(f"model {lm.config.name!r} is not a mitosis model (arch {lm.config.arch!r})")
     return lm
 
@@ -55,7 +57,7 @@ def classify_nuclei(lm: Any, rgb: np.ndarray, mpp: float, centroids_xy: np.ndarr
     size = int(lm.config.tile_size)
     s = float(mpp) / float(lm.config.mpp)
     if abs(s - 1.0) >= 1e-6:  # resample once, then gather windows chunk by chunk
-        from ..inference.engine import resample
+        from ..inference.resample import resample
 
         rgb, xy = resample(rgb, s), xy * s
     from .crops import centred_windows

@@ -84,4 +84,8 @@ MITOSIS = register_preset(
 
 
 def is_mitosis(cfg: ModelConfig) -> bool:
-    return cfg.arch == "mitosis_cnn"
+    """The family's contract is the mitosis classifier's (per-crop "mitosis" / "atypical" logits)."""
+    from ..models.registry import contract
+
+    c = contract(cfg)
+    return not c.dense and tuple(c.outputs) == OUTPUTS

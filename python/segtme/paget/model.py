@@ -132,7 +132,10 @@ PAGET_H_B0 = _preset("paget_h_b0", "b0", "panoptic", "PAGET-H with a MiT-B0 enco
 
 
 def is_paget(cfg: ModelConfig) -> bool:
-    return cfg.arch == "paget_segformer"
+    """The family's contract says it makes the PAGET product."""
+    from ..models.registry import contract
+
+    return contract(cfg).product == "paget"
 
 
 def paget_mode(cfg: ModelConfig) -> str:

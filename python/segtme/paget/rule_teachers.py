@@ -24,10 +24,12 @@ def _px(um: float, mpp: float | None) -> float:
 
 
 def stain_od(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(haematoxylin OD, eosin OD) per pixel via scikit-image's H&E-DAB colour deconvolution."""
-    from skimage.color import rgb2hed
+    """(haematoxylin, eosin) per pixel from the one stain OD (``segtme.stain.hed_od``, Ruifrok &
+    Johnston), in scikit-image ``rgb2hed`` units (``max(OD, 0) / SKIMAGE_HED_UNIT``) so the rule
+    thresholds keep their meaning."""
+    from ..stain import SKIMAGE_HED_UNIT, hed_od
 
-    hed = rgb2hed(rgb)
+    hed = np.maximum(hed_od(rgb)[..., :2], 0.0) / SKIMAGE_HED_UNIT
     return hed[..., 0].astype(np.float32), hed[..., 1].astype(np.float32)
 
 

@@ -13,42 +13,21 @@ import numpy as np
 
 from ..errors import InputError
 from ..models.registry import LoadedModel
-from .geometry import resize_labels
 from .outputs import PagetResult, paget_result_from_prob
 
 
-def _sequential_with_classes(inst: np.ndarray, cls_by_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Relabel to 1..N (sorted original ids) and carry each instance's class along."""
-    ids = np.unique(inst[inst > 0])
-    lut = np.zeros(int(inst.max(initial=0)) + 1, np.int32)
-    lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
-    return lut[inst], np.asarray(cls_by_id)[ids - 1] if len(ids) else np.zeros(0, np.int32)
-
-
 def instance_map_from_model(lm: LoadedModel, rgb: np.ndarray, mpp: float | None) -> tuple[np.ndarray, np.ndarray]:
-    """Nucleus instances of ``rgb`` from a SegTME model, on ``rgb``'s own pixel grid.
+    """Nucleus instances of ``rgb`` from a SegTME nucleus model, on ``rgb``'s own pixel grid,
+    through the one contract dispatch (``inference.instances.predict_instances``: hook models
+    called directly, maps models tiled at their MPP + the one maps -> nuclei step + nearest back).
 
-    Returns ``(inst (H, W) int32 1..N, class_id (N,) int32 in the model's taxonomy)``. Models with
-    ``predict_instances(rgb, mpp)`` (the classical baseline) are called directly; HV models run
-    tiled at their working MPP (``engine.predict_maps``), are post-processed with the HV
-    watershed, and the instance map is brought back to the input grid (nearest neighbour)."""
-    from ..inference.engine import predict_maps, to_working
+    Returns ``(inst (H, W) int32 1..N, class_id (N,) int32 in the model's taxonomy)``."""
+    from ..inference.instances import predict_instances
 
     if mpp is None:
         raise InputError("the instance source needs the image MPP (µm/px)")
-    if hasattr(lm.module, "predict_instances"):
-        inst, cls, _ = lm.module.predict_instances(rgb, mpp)
-        inst = np.asarray(inst, np.int32)
-        n = int(inst.max(initial=0))
-        cls = np.asarray(cls, np.int32) if len(cls) == n else np.ones(n, np.int32)
-        return _sequential_with_classes(inst, cls) if n else (inst, np.zeros(0, np.int32))
-    rgb_w, s = to_working(rgb, mpp, lm.config)
-    maps = predict_maps(lm, rgb_w)
-    inst_w, cls = instances_from_maps(maps.prob, maps.hv, lm.config)
-    if s == 1.0:
-        return inst_w, cls
-    inst = resize_labels(inst_w, rgb.shape[:2], 1.0 / s)
-    return _sequential_with_classes(inst, cls) if cls.size else (inst, cls)
+    ins = predict_instances(lm, rgb, mpp)
+    return np.asarray(ins.inst, np.int32), np.asarray(ins.class_id, np.int32)
 
 
 def predict_semantic(lm: LoadedModel, rgb: np.ndarray, mpp: float, *, batch_size: int = 8,
@@ -70,7 +49,9 @@ def _resolve_instance_source(src: Any, device: str, allow_random: bool) -> Any:
     exists (stated in the result's meta)."""
     from ..models.registry import load_model, shipped_models
 
-    if src is None or isinstance(src, LoadedModel) or hasattr(src, "instances"):
+    from .teachers import InstanceSource
+
+    if src is None or isinstance(src, (LoadedModel, InstanceSource)):
         return src
     spec = str(src)
     if spec == "default" and "default" not in shipped_models():
@@ -79,23 +60,16 @@ def _resolve_instance_source(src: Any, device: str, allow_random: bool) -> Any:
 
 
 def instances_from_maps(prob: np.ndarray, hv: np.ndarray | None, cfg: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Nucleus instances from an instance-source model's maps on its own working grid.
-
-    prob: (C, h, w) softmax; hv: (2, h, w) or None (then connected components of the
-    foreground). Both paths go through the shared post-processing (``inference.postprocess``:
-    ``hv_watershed`` / ``foreground_components``), so the small-object filter
-    (``min_object_px``) applies with and without an HV head. Parameters come from
-    ``cfg.postprocess`` (as ``pipeline``).
+    """Nucleus instances from an instance-source model's maps on its own working grid, through
+    the one maps -> nuclei step (``inference.maps.instances_from_maps`` with ``cfg.post``: HV
+    watershed, or without an HV head the foreground components — both with the small-object
+    filter). prob: (C, h, w) softmax; hv: (2, h, w) or None.
     Returns ``(inst (h, w) int32 1..N, class_id (N,) int32 in the model's taxonomy)``."""
-    from ..inference.postprocess import (PostprocessParams, classify_instances, foreground_components, hv_watershed,
-                                         relabel_sequential)
+    from ..inference.maps import Maps
+    from ..inference.maps import instances_from_maps as one_step
 
-    params = PostprocessParams.from_mapping(cfg.postprocess)
-    fg = 1.0 - prob[0]
-    inst_w = hv_watershed(fg, hv, params) if hv is not None else foreground_components(fg, params)
-    inst_w = relabel_sequential(np.asarray(inst_w, np.int32))
-    cls, _ = classify_instances(inst_w, prob)
-    return inst_w, cls
+    ins = one_step(Maps(prob, hv), cfg.post)
+    return np.asarray(ins.inst, np.int32), np.asarray(ins.class_id, np.int32)
 
 
 def instances_to_grid(inst: np.ndarray, out_shape: tuple[int, int], s: float) -> np.ndarray:
@@ -106,6 +80,8 @@ def instances_to_grid(inst: np.ndarray, out_shape: tuple[int, int], s: float) ->
 
     if inst.shape == tuple(out_shape) and abs(s - 1.0) < 1e-9:
         return relabel_sequential(np.asarray(inst, np.int32))
+    from .geometry import resize_labels
+
     return relabel_sequential(resize_labels(np.asarray(inst, np.int32), out_shape, s))
 
 
@@ -113,9 +89,9 @@ def source_instances(src: Any, rgb_w: np.ndarray, wm: float) -> tuple[np.ndarray
     """PAGET-H instances of a working-resolution image from an ``InstanceSource`` (``instances``)
     or a SegTME ``LoadedModel`` (run with its own tiling, see ``instance_map_from_model``), on the
     grid of ``rgb_w``. Returns (inst, description)."""
-    if hasattr(src, "instances"):
-        from .teachers import TeacherInput
+    from .teachers import InstanceSource, TeacherInput
 
+    if isinstance(src, InstanceSource):
         inst_w = np.asarray(src.instances(TeacherInput(rgb_w, wm)).inst, np.int32)
         if inst_w.shape != rgb_w.shape[:2]:
             raise InputError(f"instance source returned {inst_w.shape}, expected {rgb_w.shape[:2]}")
@@ -275,11 +251,11 @@ def analyze_paget(
     LoadedModel, or None."""
     from ..inference.imageio import validate_mpp
     from ..models.registry import load_model
-    from .model import is_paget, paget_mode
+    from .model import paget_mode
 
     mpp = validate_mpp(mpp, "mpp")
     lm = model if isinstance(model, LoadedModel) else load_model(model, device, allow_random=allow_random)
-    if not is_paget(lm.config):
+    if lm.contract.product != "paget":
         raise InputError(f"model {lm.config.name!r} is not a PAGET model (arch {lm.config.arch!r})")
     mode = mode or paget_mode(lm.config)
     if mode not in ("semantic", "panoptic"):
