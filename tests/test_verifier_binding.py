@@ -237,3 +237,25 @@ def test_every_perturbation_kind_is_generated_and_detected(seed, mpp):
     for p in ps:
         assert p.text != tn.text
         assert not verify_narrative(p.text, b).ok, (p.kind, p.description)
+
+
+LLM_STYLE = ("This region contains 309 nuclei, dominated by neoplastic cells (276, 89.3%), with few inflammatory "
+             "cells (5; 1.6%) and 27 connective nuclei (8.7%). The tumour is immune cold (immune desert), with an "
+             "immune infiltration fraction f_II of 0.02; the tumour-stroma fraction is 0.91. Inflammatory cells lie on "
+             "average 7.5 µm from the nearest tumour nucleus (minimum 5.7 µm). Mixing is low (entropy 0.31 bits), "
+             "a segregated architecture. Neoplastic nuclei are enlarged (mean area 39.0 µm²). All 5 inflammatory "
+             "nuclei are within 15.7 µm of a tumour nucleus: the infiltrate is tumour-engaged.")
+
+
+def test_llm_style_paraphrase_is_grounded_and_its_swaps_are_not():
+    _, b = demo_bio()
+    res = verify_narrative(LLM_STYLE, b)
+    assert res.ok, res.failed_summary()
+    assert [c.quantity for c in res.claims if c.kind == "number"] == [
+        "N_total", "N_Neoplastic", "r_Neoplastic", "N_Inflammatory", "r_Inflammatory", "N_Connective", "r_Connective",
+        "f_II", "f_TS", "mean_dist_Inflammatory_to_Neoplastic_um", "min_dist_Inflammatory_to_Neoplastic_um",
+        "mean_spatial_entropy", "mean_area_Neoplastic_um2", "count_engaged_immune", "engagement_radius_um"]
+    for old, new in (("(276, 89.3%)", "(5, 1.6%)"), ("average 7.5 µm", "average 5.7 µm"), ("immune cold", "immune hot"),
+                     ("(minimum 5.7 µm)", "(minimum 7.5 µm)"), ("27 connective", "27 dead"), ("39.0 µm²", "39.0 px²")):
+        assert old in LLM_STYLE
+        assert not verify_narrative(LLM_STYLE.replace(old, new), b).ok, new

@@ -186,9 +186,20 @@ _HARD = re.compile(r"(?<!\d)[.!?](?!\d)|[;\n]|(?<=\d)\.(?=\s|$)")
 
 
 def clause_spans(text: str) -> list[tuple[int, int]]:
-    """(start, end) of the clauses: split at sentence ends (not decimal points), ';' and newlines."""
+    """(start, end) of the clauses: split at sentence ends (not decimal points), newlines and ';' outside
+    parentheses ("(5; 1.6%)" stays one clause)."""
     out, s = [], 0
+    depth = [0] * (len(text) + 1)
+    d = 0
+    for i, ch in enumerate(text):
+        if ch == "(":
+            d += 1
+        elif ch == ")":
+            d = max(0, d - 1)
+        depth[i] = d
     for m in _HARD.finditer(text):
+        if m.group(0) == ";" and depth[m.start()] > 0:
+            continue
         if m.start() > s:
             out.append((s, m.start()))
         s = m.end()
@@ -419,7 +430,8 @@ def _bind(n: NumberMention, raw: Mapping[str, Any], text: str, clause: tuple[int
         n.quantity, n.subject, n.reason = key, subject or key, reason
 
     # 1. twin: "276 neoplastic (89.3%)", "7.5 µm (15.1 px)"
-    if prev is not None and prev.quantity and re.fullmatch(r"\s*(?:[A-Za-z][\w\-]*\s+){0,3}\(\s*", left):
+    if prev is not None and prev.quantity and (re.fullmatch(r"\s*(?:[A-Za-z][\w\-]*\s+){0,3}\(\s*", left) or (
+            fam == "share" and prev.family == "count" and re.fullmatch(r"\s*[,;/]\s*(?:i\.e\.\s*|or\s+)?", left))):
         pq = prev.quantity
         if fam == "share" and prev.family == "count":
             share = _twin_share(prev.numerator or pq)
