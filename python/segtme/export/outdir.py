@@ -108,6 +108,13 @@ class OutputFolder:
         ``path`` and the reason. Removes stale staging folders of killed runs first."""
         out = Path(path)
         shown = str(out)
+        try:
+            return cls._prepare(out, shown, what)
+        except OSError as e:  # e.g. a stat() of a name too long
+            raise InputError(f"cannot use output folder {what} {shown}: {_reason(e)}") from None
+
+    @classmethod
+    def _prepare(cls, out: Path, shown: str, what: str) -> "OutputFolder":
         if out.exists() and not out.is_dir():
             raise InputError(f"{what} {shown} is a file, not a folder")
         for parent in out.parents:
