@@ -36,7 +36,7 @@ from typing import Any, Mapping, Sequence
 from ..tme.tokens import INDETERMINATE
 from .template import Citation, TemplateNarrative, template_narrative
 from .verify import verify_narrative
-from .vocabulary import axis_rules
+from .vocabulary import GENERIC_LABELS, axis_rules
 
 __all__ = ["KINDS", "Perturbed", "perturbations", "AdversarialResult", "evaluate", "format_table"]
 
@@ -46,7 +46,6 @@ KINDS: tuple[str, ...] = ("swap_classes", "swap_min_mean", "shift_rounding", "un
 _CENSUS = ("Neoplastic", "Inflammatory", "Connective", "Dead", "Epithelial", "Other")
 _CENSUS_PROSE = {"Dead": "dead", "Epithelial": "non-neoplastic epithelial", "Other": "other"}
 _UNKNOWN_CLASSES = ("macrophages", "mast cells", "giant cells", "plasma cells", "mitotic figures", "lymphocytes")
-_GENERIC = {"moderate", "mixed", "present", "absent", "mixed tissue", "mixed location"}
 
 
 @dataclass(frozen=True)
@@ -76,13 +75,6 @@ def _shown(c: Citation) -> str:
 def _fmt_like(c: Citation, x: float) -> str:
     s = f"{x:.{c.decimals}f}"
     return s + ("%" if c.unit == "%" else f" {c.unit}" if c.unit else "")
-
-
-def _true_text(c: Citation, value: float | None) -> str | None:
-    """How ``value`` would be cited with c's rounding/unit (None: no value)."""
-    if value is None:
-        return None
-    return _fmt_like(c, 100.0 * value if c.unit == "%" else value)
 
 
 def _close(c: Citation, cited: float, value: float | None) -> bool:
@@ -209,7 +201,7 @@ def _negate(tn: TemplateNarrative, bio: Mapping[str, Any], rng: random.Random) -
         out.append(Perturbed("negate", _edit(tn.text, [(c.start, c.start, "not ")]), f"{c.key} negated in its header"))
     for c in rng.sample(toks, min(1, len(toks))):
         out.append(Perturbed("negate", _edit(tn.text, [(c.start, c.start, "no ")]), f"token {c.text} negated"))
-    cands = [c for c in labels if c.text.lower() not in _GENERIC] + toks
+    cands = [c for c in labels if c.text.lower() not in GENERIC_LABELS] + toks
     for c in rng.sample(cands, min(1, len(cands))):
         s = f" There is no {c.text[0].lower() + c.text[1:]}." if c.text[:1].isupper() else f" There is no {c.text}."
         out.append(Perturbed("negate", tn.text + s, f"sentence negating {c.key}"))

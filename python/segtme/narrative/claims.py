@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 __all__ = ["NumberMention", "parse_numbers", "clause_spans", "unit_of", "CLASS_LEXICON"]
 
@@ -117,7 +117,7 @@ def unit_of(u: str | None) -> str | None:
     if not u:
         return None
     s = re.sub(r"\s+", " ", u.strip().lower().replace("μ", "µ"))
-    if s in ("%", "percent", "per cent", "percent") or s.startswith("per cent"):
+    if s in ("%", "percent", "per cent"):
         return "%"
     sq = s.endswith(("²", "^2", "2", "squared"))
     if s.startswith(("µm", "um", "micron", "micromet")):
@@ -208,7 +208,7 @@ def clause_spans(text: str) -> list[tuple[int, int]]:
     return out
 
 
-def _find_numbers(text: str, masked: Iterable[tuple[int, int]]) -> list[NumberMention]:
+def _find_numbers(text: str) -> list[NumberMention]:
     out = []
     for m in _NUM_RE.finditer(text):
         s, e = m.span()
@@ -378,7 +378,7 @@ def parse_numbers(text: str, raw: Mapping[str, Any], masked: list[tuple[int, int
 
     masked: spans already claimed as phenotype phrases (their words are not class words)."""
     masked = list(masked)
-    nums = _find_numbers(text, masked)
+    nums = _find_numbers(text)
     nums = [n for n in nums if not any(s <= n.start < e for s, e in masked)]
     # verbatim raw_data reason strings: numbers inside are quotes of that reason
     reasons: list[tuple[str, str]] = []

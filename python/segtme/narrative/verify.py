@@ -39,7 +39,7 @@ from typing import Any, Mapping
 
 from ..tme.tokens import INDETERMINATE
 from .claims import NumberMention, key_family, parse_numbers
-from .vocabulary import _GENERIC_LABELS, HEADER_SEP, all_axes, axis_rules, phenotype_vocabulary, phrase_regex
+from .vocabulary import GENERIC_LABELS, HEADER_SEP, all_axes, axis_rules, phenotype_vocabulary, phrase_regex
 
 __all__ = ["Claim", "VerificationResult", "verify_narrative", "PHENOTYPE_VOCABULARY"]
 
@@ -158,7 +158,7 @@ def _label_matchers() -> dict[str, list[tuple[re.Pattern, str, str]]]:
     out: dict[str, list[tuple[re.Pattern, str, str]]] = {}
     for axis in all_axes():
         cands = [(ax, lab) for ax, lab in rules if ax == axis] + [(axis, INDETERMINATE)]
-        cands += [(ax, lab) for ax, lab in rules if ax != axis and lab.lower() in _GENERIC_LABELS]
+        cands += [(ax, lab) for ax, lab in rules if ax != axis and lab.lower() in GENERIC_LABELS]
         cands.sort(key=lambda p: -len(p[1]))
         out[axis] = [(re.compile(r"(not\s+|no\s+)?" + phrase_regex(lab)[len(r"(?<![\w\-/])"):], re.I), ax, lab)
                      for ax, lab in cands]

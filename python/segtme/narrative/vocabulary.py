@@ -21,7 +21,7 @@ from functools import lru_cache
 from ..tme.tokens import AXES, INDETERMINATE, RULES
 from .template import extra_axis_rules
 
-__all__ = ["phenotype_vocabulary", "axis_rules", "all_axes", "HEADER_SEP", "phrase_regex"]
+__all__ = ["phenotype_vocabulary", "axis_rules", "all_axes", "HEADER_SEP", "GENERIC_LABELS", "phrase_regex"]
 
 _SYNONYMS: dict[tuple[str, str], tuple[str, ...]] = {
     ("Composition", "High tumour purity"): ("high tumor purity", "high purity", "high tumour cellularity"),
@@ -51,7 +51,7 @@ _SYNONYMS: dict[tuple[str, str], tuple[str, ...]] = {
     ("Immune location", "Stroma-confined"): ("stroma confined", "confined to the stroma", "confined to stroma"),
 }
 #: labels that are claims only in the "Axis: Label" header form
-_GENERIC_LABELS = {"moderate", "mixed", "present", "absent", "mixed tissue", "mixed location"}
+GENERIC_LABELS = {"moderate", "mixed", "present", "absent", "mixed tissue", "mixed location"}
 #: "Axis: Label", "Axis is Label", "Axis was Label", "Axis = Label"
 HEADER_SEP = r"\s*(?::|=|\bis\b|\bwas\b|\bshows\b)\s*"
 
@@ -87,7 +87,7 @@ def phenotype_vocabulary() -> tuple[tuple[str, tuple[tuple, ...]], ...]:
 
     for (axis, label), tokens in axis_rules().items():
         target = ("label", axis, label)
-        if label.lower() not in _GENERIC_LABELS:
+        if label.lower() not in GENERIC_LABELS:
             add(label, target)
         for syn in _SYNONYMS.get((axis, label), ()):
             add(syn, target)
