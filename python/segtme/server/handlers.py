@@ -177,8 +177,6 @@ class SegTMEServicer(pb_grpc.SegTMEServicer):
         )
 
     def AnalyzeImage(self, request, context):
-        from ..inference.tiling import plan_stream_tiles
-
         t0 = time.perf_counter()
         self._acquire_slot(context)
         token = JobToken("analyze")
@@ -203,24 +201,15 @@ class SegTMEServicer(pb_grpc.SegTMEServicer):
                 raise invalid(f"width*height = {w}x{h} exceeds max_image_pixels ({self.limits.max_image_pixels}); "
                               "stream it with DetectTME instead")
             rgb = decode_pixels(request.encoding, request.pixels, w, h, "image", self.limits.max_image_pixels)
-            cfg = runner.cfg
-            plan = plan_stream_tiles((0, 0, w, h), (w, h), spec.image_mpp, cfg.mpp, cfg.tile_size, cfg.tile_overlap)
-            job = TileJob(runner, spec, token, self.limits)
-            pending: list[tuple[Submitted, str]] = []
-            for k, st in enumerate(plan):
-                rx, ry, rw, rh = st.region
-                dt = DecodedTile(k, rx, ry, 1.0, st.core, np.ascontiguousarray(rgb[ry:ry + rh, rx:rx + rw]))
-                if len(pending) >= self.limits.max_inflight_tiles_per_stream:
-                    job.collect(*pending.pop(0))
-                pending.append((job.submit(dt, f"image tile {k}"), f"image tile {k}"))
+            if runner.paget_mode is None:
+                table = self._analyze_whole(rgb, spec, runner, token)
+                tissue: list[dict] = []
+            else:
+                job = TileJob(runner, spec, token, self.limits)
+                table, tissue = self._analyze_tiles(rgb, spec, runner, job)
             del rgb
-            for p in pending:
-                job.collect(*p)
-            pending.clear()
-            table = job.table()
             table.meta["image_size"] = [w, h]
-            tissue = job.tissue(table)
-            report = build_report(table, spec.narrative_backend, tissue if job.paget_mode else None)
+            report = build_report(table, spec.narrative_backend, tissue if runner.paget_mode else None)
             from ..export.geojson import dumps, nuclei_to_features
 
             # PAGET: tissue annotations (objectType "annotation") first, then the nuclei
@@ -251,6 +240,50 @@ class SegTMEServicer(pb_grpc.SegTMEServicer):
             self._log_job("AnalyzeImage", spec, job, status, t0, context)
             job = None
             _after_job()
+
+    def _analyze_whole(self, rgb: np.ndarray, spec: JobSpec, runner: ModelRunner, token: JobToken):
+        """AnalyzeImage for nucleus models: exactly ``segtme analyze``'s path
+        (``pipeline.segment_image``: one blended tile grid, the one maps -> nuclei step, the one
+        stitcher), run in this handler thread; the job's token is checked after every model tile
+        (a cancelled call stops at the next tile)."""
+        from ..errors import InputError
+        from ..inference.options import InferenceOptions
+        from ..pipeline import segment_image
+
+        def progress(_n: int) -> None:
+            if token.cancelled:
+                raise Cancelled(token.name)
+
+        try:
+            table = segment_image(rgb, spec.image_mpp, runner.model, InferenceOptions(progress=progress))
+        except InputError as e:
+            raise invalid(f"image: {e}") from None
+        cfg = runner.cfg
+        table.mpp = spec.image_mpp
+        table.meta.update(model=cfg.name, model_mpp=cfg.mpp, input_mpp=spec.image_mpp, job_id=spec.job_id,
+                          annotation_id=spec.annotation_id)
+        return table
+
+    def _analyze_tiles(self, rgb: np.ndarray, spec: JobSpec, runner: ModelRunner, job: TileJob):
+        """AnalyzeImage for PAGET models: the image cut by the stream plan and run through the
+        job's tiles (the model's shared batcher), as DetectTME does."""
+        from ..inference.tiling import plan_stream_tiles
+
+        h, w = rgb.shape[:2]
+        cfg = runner.cfg
+        plan = plan_stream_tiles((0, 0, w, h), (w, h), spec.image_mpp, cfg.mpp, cfg.tile_size, cfg.tile_overlap)
+        pending: list[tuple[Submitted, str]] = []
+        for k, st in enumerate(plan):
+            rx, ry, rw, rh = st.region
+            dt = DecodedTile(k, rx, ry, 1.0, st.core, np.ascontiguousarray(rgb[ry:ry + rh, rx:rx + rw]))
+            if len(pending) >= self.limits.max_inflight_tiles_per_stream:
+                job.collect(*pending.pop(0))
+            pending.append((job.submit(dt, f"image tile {k}"), f"image tile {k}"))
+        for p in pending:
+            job.collect(*p)
+        pending.clear()
+        table = job.table()
+        return table, job.tissue(table)
 
     # ------------------------------------------------------------------ DetectTME
     def DetectTME(self, request_iterator, context):

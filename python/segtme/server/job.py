@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..inference.nuclei import NucleiTable
+from ..inference.stitch import Stitcher
 from .batcher import Cancelled, JobToken
 from .limits import ServerLimits
 from .requests import DecodedTile, JobSpec, RequestError, TileLedger, invalid
@@ -47,10 +48,14 @@ class TileJob:
         self.spec = spec
         self.token = token
         self.limits = limits
+        #: the job's final nuclei, in the order they became final (full-res px)
         self.tables: list[NucleiTable] = []
-        #: nuclei near a core edge, held for de-duplication: (table, centroid in own core, tile k)
-        self.border: list[tuple[NucleiTable, np.ndarray, int]] = []
         self.cores: list[tuple[int, int, int, int]] = []
+        #: nucleus models: the one stitcher (``inference.stitch.Stitcher``) decides ownership and
+        #: de-duplicates seam nuclei; its sink receives each tile's final nuclei at once
+        self.stitcher = Stitcher(runner.cfg.tax, spec.image_mpp, sink=self._sink, keep=False)
+        self._fresh: list[NucleiTable] = []
+        self._finishing = False
         self._border_table: NucleiTable | None = None
         self.paget_mode = runner.paget_mode
         self.nucleus_tissue: list[np.ndarray] = []
@@ -116,12 +121,16 @@ class TileJob:
             self.inflight.release()
         wt = sub.wt
         if self.paget_mode is None:
-            # nuclei near a core edge (either side) wait for de-duplication (``border_table``);
-            # the others are final now (streamed at once with ``per_tile_results``)
-            t, held, held_in_core = tile_nuclei(wt, out, self.runner.cfg, self.spec.image_mpp, self.spec.geometry)
-            self.border.append((held, held_in_core, len(self.cores)))
+            # nuclei near a core edge (either side) wait in the stitcher for de-duplication
+            # (``border_table``); the others are final now (streamed at once with ``per_tile_results``)
+            found = tile_nuclei(wt, out, self.runner.cfg, self.spec.image_mpp, self.spec.geometry)
+            self._fresh = []
+            self.stitcher.add(found, wt.tile.core, wt.full_scale)
             self.cores.append(wt.tile.core)
-            self.nuclei += len(t) + int(held_in_core.sum())  # progress count (held copies may still merge)
+            t = NucleiTable.concat(self._fresh, renumber=False) if self._fresh else NucleiTable.empty(
+                self.runner.cfg.tax, self.spec.image_mpp)
+            self._fresh = []
+            self.nuclei = self.stitcher.count  # progress: final nuclei so far (held ones follow at the end)
         else:
             inst = None
             if self.paget_mode == "panoptic":
@@ -132,9 +141,24 @@ class TileJob:
             self.nucleus_tissue.append(pt_.nucleus_tissue)
             self.tissue_pieces.extend(pt_.tissue_features)
             self.nuclei += len(t)
-        self.tables.append(t)
+            self.tables.append(t)
         self.tiles_done += 1
         return t
+
+    def _sink(self, t: NucleiTable) -> None:
+        """Stitcher sink: final nuclei of the tile being added, or (at ``finish``) the
+        de-duplicated border nuclei — of which those outside every core of the job are dropped
+        (the cores partition the region the client asked for)."""
+        if self._finishing and len(t) and self.cores:
+            cx, cy = t.centroid[:, 0], t.centroid[:, 1]
+            hit = np.zeros(len(t), bool)
+            for x0, y0, x1, y1 in self.cores:
+                hit |= (cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1)
+            t = t.subset(hit)
+            self._border_table = t
+        if len(t):
+            self.tables.append(t)
+            self._fresh.append(t)
 
     def _instances(self, sub: Submitted, iout: dict | None, field_name: str) -> np.ndarray:
         """PAGET-H instance map of a tile on the student's valid working grid."""
@@ -143,7 +167,7 @@ class TileJob:
         if r.instance_runner is not None and iout is not None and sub.iwt is not None:
             return paget_instances(sub.iwt, iout, r.instance_runner.cfg, (h, w), sub.wt.s)
         if r.instance_direct is not None:
-            from ..paget.product import source_instances
+            from ..paget.runner import source_instances
 
             try:
                 inst, _ = source_instances(r.instance_direct, np.ascontiguousarray(sub.wt.padded[:h, :w]), r.cfg.mpp)
@@ -154,40 +178,23 @@ class TileJob:
                            f"model {r.cfg.name!r} is PAGET-H but the server has no instance source for it")
 
     def border_table(self) -> NucleiTable:
-        """The held-back nuclei near core edges, each nucleus once: two neighbouring tiles'
-        copies (centroids within ``pipeline.BORDER_TOL_WORK`` of the shared edge, either side) merge when
-        their polygons overlap with IoU >= 0.3 (``pipeline.dedupe_across_chunks``; the copy in
-        its own tile's core wins); a copy outside every core of the job is dropped (the cores
-        partition the annotation's bounds). Computed once, at the end of the job."""
-        if self._border_table is not None:
-            return self._border_table
-        cfg = self.runner.cfg
-        parts = [p for p in self.border if len(p[0])]
-        if not parts:
-            self._border_table = NucleiTable.empty(cfg.tax, self.spec.image_mpp)
-            return self._border_table
-        from ..pipeline import dedupe_across_chunks
-
-        t = NucleiTable.concat([p[0] for p in parts], renumber=False)
-        in_core = np.concatenate([p[1] for p in parts])
-        tile_of = np.concatenate([np.full(len(p[0]), p[2]) for p in parts])
-        keep = dedupe_across_chunks(t, tile_of, in_core)
-        out = np.flatnonzero(keep & ~in_core)
-        if len(out):
-            cx, cy = t.centroid[out, 0], t.centroid[out, 1]
-            hit = np.zeros(len(out), bool)
-            for x0, y0, x1, y1 in self.cores:
-                hit |= (cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1)
-            keep[out[~hit]] = False
-        self._border_table = t.subset(keep)
+        """The held-back nuclei near core edges, each nucleus once (``Stitcher.finish``: two
+        neighbouring tiles' copies merge when their outlines overlap with IoU >= 0.3, the copy in
+        its own tile's core wins); a copy outside every core of the job is dropped. Computed once,
+        at the end of the job."""
+        if self._border_table is None:
+            self._finishing = True
+            self.stitcher.finish()
+            if self._border_table is None:
+                self._border_table = NucleiTable.empty(self.runner.cfg.tax, self.spec.image_mpp)
         return self._border_table
 
     def table(self) -> NucleiTable:
         """All nuclei of the job: each tile's final nuclei plus ``border_table``, numbered 1..N."""
         cfg = self.runner.cfg
+        if self.paget_mode is None:
+            self.border_table()  # appends the de-duplicated border nuclei to self.tables
         tables = list(self.tables)
-        if self.paget_mode is None and self.border:
-            tables.append(self.border_table())
         tables = [x for x in tables if len(x)]
         t = NucleiTable.concat(tables, renumber=True) if tables else NucleiTable.empty(cfg.tax, self.spec.image_mpp)
         t.mpp = self.spec.image_mpp
@@ -202,7 +209,8 @@ class TileJob:
         Other models: []."""
         if self.paget_mode is None:
             return []
-        from ..paget.product import attach_tissue_context, merge_tissue_features
+        from ..paget.geometry import merge_tissue_features
+        from ..paget.outputs import attach_tissue_context
 
         merged = merge_tissue_features(self.tissue_pieces, clip=self.spec.geometry, mpp=self.spec.image_mpp)
         order = {c.name: c.id for c in self.runner.cfg.tax.classes}

@@ -13,21 +13,19 @@ from .requests import RequestError
 
 
 def build_report(table: NucleiTable, backend: str, tissue: list[dict] | None = None) -> dict:
-    """TME report over all nuclei of the job (``tme.report.build_tme_report``).
+    """TME report over all nuclei of the job: ``pipeline.build_report`` (the CLI's; backend
+    "none" = no narrative), made strict JSON.
 
     tissue: PAGET tissue annotations sent with the job (their number goes into the report).
-    backend "none": the report without a narrative (computed with the template backend, whose
-    text, verifier result and backend names are then removed). A backend the server cannot run
-    (e.g. ``transformers`` without ``SEGTME_NARRATOR_MODEL``) -> FAILED_PRECONDITION."""
+    A backend the server cannot run -> FAILED_PRECONDITION (normally refused on the first
+    message already, ``requests.check_narrative_backend``)."""
     from ..narrative.backends import NarrativeBackendError
-    from ..tme.report import build_tme_report
+    from ..pipeline import build_report as pipeline_report
 
     try:
-        report = build_tme_report(table, narrative_backend="template" if backend == "none" else backend)
+        report = pipeline_report(table, backend)
     except NarrativeBackendError as e:
         raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, f"narrative_backend {backend!r}: {e}") from None
-    if backend == "none":
-        report.update(narrative="", narrative_backend="none", narrative_backend_used="none", verifier=None)
     if tissue is not None:
         # PAGET: how many tissue annotations were sent (lets a client check it received them all)
         report["tissue_annotations_total"] = len(tissue)
@@ -54,14 +52,14 @@ def narrate_report(features_json: str, backend: str, taxonomy: str = "") -> dict
     run -> FAILED_PRECONDITION; ``backend`` "none" as in ``build_report``."""
     from ..errors import InputError
     from ..narrative.backends import NarrativeBackendError
-    from ..tme.report import report_from_features
+    from ..report import report_from_features
     from .requests import check_narrative_backend, decode_json, invalid
 
     check_narrative_backend(backend, "narrative_backend")
     features = decode_json(features_json or "", "features_json")
     if not isinstance(features, dict):
         raise invalid("features_json must be a JSON object (the raw_data dict)")
-    kw: dict[str, Any] = {"narrative_backend": "template" if backend == "none" else backend}
+    kw: dict[str, Any] = {"narrative_backend": backend}
     if taxonomy:
         from ..taxonomy import get_taxonomy
 
@@ -76,6 +74,4 @@ def narrate_report(features_json: str, backend: str, taxonomy: str = "") -> dict
     except (InputError, ValueError, KeyError, TypeError, AttributeError, IndexError, OverflowError,
             ZeroDivisionError) as e:
         raise invalid(f"features_json: {type(e).__name__}: {e}") from None
-    if backend == "none":
-        report.update(narrative="", narrative_backend="none", narrative_backend_used="none", verifier=None)
     return report

@@ -76,7 +76,7 @@ def attach_instance_sources(runners: dict[str, ModelRunner], aliases: dict[str, 
     runners naming it) with its own batcher; a model without a batched forward pass (the
     classical baseline, which also stands in for ``default`` when no default model is shipped)
     runs in each job's thread."""
-    from ..paget.product import _resolve_instance_source
+    from ..paget.runner import _resolve_instance_source
 
     extra: dict[str, ModelRunner] = {}
     for r in runners.values():

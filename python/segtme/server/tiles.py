@@ -36,10 +36,12 @@ class WorkTile:
 
 
 def to_work_tile(tile: DecodedTile, image_mpp: float, cfg: ModelConfig, field: str) -> WorkTile:
-    """Rescale from the tile's resolution (``image_mpp * d``) to ``cfg.mpp`` and pad short edge
-    tiles to the model tile size (reflect, bottom/right, like the engine) so tiles batch together.
-    A tile larger than the model tile is padded to a multiple of ``cfg.pad_multiple`` only."""
+    """Rescale from the tile's resolution (``image_mpp * d``) to ``cfg.mpp`` (``engine.to_working``
+    = the one resampler, ``inference.resample``) and pad short edge tiles to the model tile size
+    (``resample.pad_to``: reflect, bottom/right — the one padding) so tiles batch together. A
+    tile larger than the model tile is padded to a multiple of ``cfg.pad_multiple`` only."""
     from ..inference.engine import to_working
+    from ..inference.resample import pad_to
 
     try:
         rgb_work, s = to_working(tile.rgb, image_mpp * tile.d, cfg)
@@ -49,43 +51,27 @@ def to_work_tile(tile: DecodedTile, image_mpp: float, cfg: ModelConfig, field: s
     T, m = int(cfg.tile_size), int(cfg.pad_multiple)
     H = max(T, h + (-h) % m)
     W = max(T, w + (-w) % m)
-    if (H, W) != (h, w):
-        mode = "reflect" if (H - h) < h and (W - w) < w else "edge"
-        padded = np.pad(rgb_work, ((0, H - h), (0, W - w), (0, 0)), mode=mode)
-    else:
-        padded = rgb_work
+    padded = pad_to(rgb_work, (H, W))
     return WorkTile(tile, np.ascontiguousarray(padded), (h, w), s, s / tile.d)
 
 
 def tile_nuclei(wt: WorkTile, out: dict[str, np.ndarray], cfg: ModelConfig, image_mpp: float,
-                geometry=None) -> tuple[NucleiTable, NucleiTable, np.ndarray]:
-    """Nuclei of one tile in full-resolution px whose centroid lies inside ``geometry`` (if
-    given), split by the tile's core (half-open) as ``segment_image`` splits chunks
-    (``tiling.border_split`` with ``pipeline.BORDER_TOL_WORK`` / ``BORDER_HOLD_WORK``, converted
-    from working px): (final nuclei — centroid well inside the core, this tile's alone —, border
-    nuclei — centroid near the core edge, either side —, which border nuclei are in the core).
-    The border nuclei go through de-duplication across tiles at the end of the job
-    (``pipeline.dedupe_across_chunks``: two tiles may place one nucleus's centroid on either side
-    of their shared core edge); final + in-core border nuclei = the ownership rule of
-    docs/INTERFACES.md."""
-    from ..inference.tiling import border_split
-    from ..pipeline import BORDER_HOLD_WORK, BORDER_TOL_WORK, nuclei_from_maps
+                geometry=None) -> NucleiTable:
+    """Nuclei of one tile (the one maps -> nuclei step, ``inference.maps.nuclei_from_maps``) in
+    full-resolution px (``x_full = tile.x + x_work / full_scale``), keeping those whose centroid
+    lies inside ``geometry`` when given. Which tile owns each nucleus is the job's stitcher's
+    decision (``inference.stitch.Stitcher``, fed with the tile's core)."""
+    from ..inference.maps import Maps, nuclei_from_maps
 
     h, w = wt.valid
-    prob = out["prob"][:, :h, :w]
-    hv = out["hv"][:, :h, :w] if "hv" in out else None
-    rgb_work = wt.padded[:h, :w]
-    table = nuclei_from_maps(prob, hv, rgb_work, cfg, wt.full_scale, (wt.tile.x, wt.tile.y), image_mpp)
-    x, y = table.centroid[:, 0], table.centroid[:, 1]
-    fin, bor, in_core = border_split(x, y, wt.tile.core, BORDER_TOL_WORK / wt.full_scale,
-                                     BORDER_HOLD_WORK / wt.full_scale)
+    maps = Maps(prob=out["prob"][:, :h, :w], hv=out["hv"][:, :h, :w] if "hv" in out else None)
+    table = nuclei_from_maps(maps, cfg.post, cfg.tax, work_mpp=cfg.mpp, rgb=wt.padded[:h, :w],
+                             scale=wt.full_scale, offset_xy=(wt.tile.x, wt.tile.y), input_mpp=image_mpp)
     if geometry is not None and len(table):
         import shapely
 
-        inside = shapely.intersects_xy(geometry, x, y)
-        fin &= inside
-        bor &= inside
-    return table.subset(fin), table.subset(bor), in_core[bor]
+        table = table.subset(shapely.intersects_xy(geometry, table.centroid[:, 0], table.centroid[:, 1]))
+    return table
 
 
 def owned(table: NucleiTable, core: tuple[int, int, int, int], geometry=None) -> np.ndarray:
@@ -122,7 +108,7 @@ def paget_instances(iwt: WorkTile, iout: dict[str, np.ndarray], icfg: ModelConfi
     """PAGET-H: the instance-source model's output for one tile (its own working tile ``iwt``)
     -> instance map on the PAGET working grid (``out_shape``; ``s_out`` = PAGET working px per
     tile px, so PAGET px per instance px = ``s_out / iwt.s``)."""
-    from ..paget.product import instances_from_maps, instances_to_grid
+    from ..paget.runner import instances_from_maps, instances_to_grid
 
     h, w = iwt.valid
     prob = iout["prob"][:, :h, :w]
@@ -139,7 +125,8 @@ def tile_paget(wt: WorkTile, out: dict[str, np.ndarray], cfg: ModelConfig, image
     grid of ``wt``."""
     import shapely
 
-    from ..paget.product import merge_tissue_features, paget_result_from_prob
+    from ..paget.geometry import merge_tissue_features
+    from ..paget.outputs import paget_result_from_prob
 
     h, w = wt.valid
     res = paget_result_from_prob(
