@@ -14,13 +14,23 @@ def register(sub: argparse._SubParsersAction) -> None:
             "a Markdown table and JSON aggregates. DATA is a dataset folder (images/ + labels/<stem>_inst.png "
             "[+ _class.json]) or a training config (.toml) whose held-out 'val' lists define --split val."
         ),
+        epilog=(
+            "examples:\n"
+            "  segtme eval --model default --data ../shared/data/monuseg-train --default-mpp 0.25\n"
+            "  segtme eval --model default --data configs/default_model.toml --split val --out eval_out\n"
+            "  segtme eval --model my.json --data my_folder --mpp 0.5 --limit 5 --no-baseline\n\n"
+            "Images whose index.json has no MPP need --default-mpp (those images) or --mpp (all images)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", "-m", default="default", help="model name, preset, or .json/.safetensors path (default: default)")
     p.add_argument("--weights", default=None, help="weights file for an architecture-only preset")
     p.add_argument("--data", "-d", required=True, action="append",
                    help="dataset folder or training config; repeat for several")
     p.add_argument("--split", default="val", choices=["val", "train", "all"], help="for a config: which split (default: val = held out)")
-    p.add_argument("--mpp", type=float, default=None, help="µm/px of every image (for folders without MPP)")
+    p.add_argument("--mpp", default=None, metavar="MPP", help="µm/px of every image (overrides the dataset's)")
+    p.add_argument("--default-mpp", default=None, metavar="MPP",
+                   help="µm/px of the images whose metadata has none (e.g. 0.25 for 40x MoNuSeg)")
     p.add_argument("--names", nargs="*", default=None, help="only these image names/stems")
     p.add_argument("--limit", type=int, default=None, help="first N images only")
     p.add_argument("--out", "-o", default=None, help="output folder (per_image.csv, summary.md, summary.json)")
@@ -43,11 +53,24 @@ def run(args: argparse.Namespace) -> int:
     from ..eval.evaluate import evaluate, load_items, markdown_table, write_outputs
     from ..models import load_model
 
+    from ..inference.imageio import validate_mpp
+
     if args.overlays and not args.out:
         raise InputError("--overlays needs --out DIR")
+    mpp = validate_mpp(args.mpp, "--mpp") if args.mpp is not None else None
+    default_mpp = validate_mpp(args.default_mpp, "--default-mpp") if args.default_mpp is not None else None
+    if args.limit is not None and args.limit <= 0:
+        raise InputError(f"--limit must be positive, got {args.limit}")
     items = []
     for d in args.data:
-        items += load_items(d, args.split, mpp=args.mpp, names=args.names, limit=args.limit)
+        try:
+            items += load_items(d, args.split, mpp=mpp, names=args.names, limit=args.limit, default_mpp=default_mpp)
+        except InputError as e:
+            if "no MPP" not in str(e):
+                raise
+            what = str(e).split(";")[0]
+            raise InputError(f"{what}; pass --default-mpp MPP for the images without one (e.g. 0.25 at 40x) "
+                             "or --mpp MPP for all images") from None
     if args.perturb is not None:
         from ..eval.perturb import parse_perturbations, perturbed_items
 

@@ -6,7 +6,15 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list models and where their weights are (or that they are missing)")
+    p = sub.add_parser(
+        "models",
+        help="list models and where their weights are (or that they are missing)",
+        description="List the shipped models (with their weights files) and the registered presets "
+        "(architectures you can train or load with --weights): name, architecture, backbone, working MPP "
+        "(µm/px the model expects; images are resampled to it) and where the weights are.",
+        epilog="examples:\n  segtme models\n  segtme analyze he.png --mpp 0.25 --model default   # a name from the list",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.set_defaults(func=run)
 
 

@@ -11,10 +11,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="TME features/tokens/narrative from an instance map and a class map",
         description="Run analyze_tme_from_maps on INST (2D integer ids, 0 = background) and CLS (2D class ids "
         "of --taxonomy) and write the TME report (raw_data, interpretation, generated_tokens, narrative, verifier).",
+        epilog="examples:\n"
+        "  segtme tme --inst inst.png --cls cls.png --mpp 0.25 --out tme.json\n"
+        "  segtme tme --inst inst.npy --cls cls.npy --taxonomy consep4   # report JSON on stdout",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--inst", required=True, help="instance map (.png 16-bit/8-bit label image, .tif, or .npy)")
     p.add_argument("--cls", required=True, help="class map, same size (.png, .tif, or .npy)")
-    p.add_argument("--mpp", type=float, default=None, help="µm per pixel of the maps (default: unknown)")
+    p.add_argument("--mpp", default=None, metavar="MPP", help="µm per pixel of the maps (default: unknown)")
     p.add_argument("--taxonomy", default="pannuke6", help="class set of --cls (pannuke6, consep4, paget13, ...)")
     p.add_argument("--out", default=None, help="write the report JSON here (default: print to stdout)")
     p.add_argument("--narrative-backend", default="template", choices=["template", "transformers", "openai"])
@@ -66,9 +70,20 @@ def run(args: argparse.Namespace) -> int:
     from ..tme.features import nuclei_table_from_maps
     from ..tme.report import build_tme_report
 
+    from ..inference.imageio import validate_mpp
+
+    mpp = validate_mpp(args.mpp, "--mpp") if args.mpp is not None else None
+    if args.out:
+        from pathlib import Path
+
+        out = Path(args.out)
+        if out.is_dir():
+            raise InputError(f"--out {out} is a folder; give a file name, e.g. {out / 'tme.json'}")
+        if not out.parent.is_dir():
+            raise InputError(f"output directory {out.parent} does not exist")
     inst = read_label_map(args.inst)
     cls = read_label_map(args.cls)
-    table = nuclei_table_from_maps(inst, cls, mpp=args.mpp, taxonomy=args.taxonomy)
+    table = nuclei_table_from_maps(inst, cls, mpp=mpp, taxonomy=args.taxonomy)
     opts: dict = {}
     if args.narrative_backend == "transformers":
         opts["model_dir"] = args.model_dir

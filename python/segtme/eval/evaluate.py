@@ -86,6 +86,7 @@ def load_items(
     names: Sequence[str] | None = None,
     limit: int | None = None,
     gt_taxonomy: str = "consep4",
+    default_mpp: float | None = None,
 ) -> list[EvalItem]:
     """Images to evaluate.
 
@@ -96,6 +97,7 @@ def load_items(
         folder: ``all``/``val`` take every image (a folder has no held-out list of its own) unless
         its ``index.json`` has a ``split`` field, which is then filtered.
     mpp: override the µm/px of every image (folders without MPP need it).
+    default_mpp: µm/px of the images whose metadata has none (the others keep theirs).
     names: keep only these sample names or stems. limit: first N images.
     gt_taxonomy: taxonomy of the ground-truth classes when present (CoNSeP: ``consep4``).
     """
@@ -109,6 +111,8 @@ def load_items(
         for sp in specs:
             if mpp is not None:
                 sp.mpp = mpp
+            if default_mpp is not None and sp.default_mpp is None:
+                sp.default_mpp = default_mpp
             if not Path(sp.path).is_absolute():
                 # relative paths are resolved against the config's directory's parent (repo root)
                 # first, then the current directory
@@ -127,7 +131,7 @@ def load_items(
     elif p.is_dir():
         from ..data.readers import read_folder
 
-        refs = read_folder(p, mpp=mpp, split=None if split in ("all", "val") else split)
+        refs = read_folder(p, mpp=mpp, default_mpp=default_mpp, split=None if split in ("all", "val") else split)
     else:
         raise InputError(f"--data {data}: not a dataset folder or a training config file")
     if names:
