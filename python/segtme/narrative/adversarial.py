@@ -10,6 +10,9 @@ not generated):
 ``swap_classes``   two classes' numbers exchanged: "276 neoplastic (89.3%), 5 inflammatory
                    (1.6%)" -> "5 neoplastic (1.6%), 276 inflammatory (89.3%)", or the shares
                    in two axis clauses exchanged
+``swap_subject``   the class named for a number replaced by another class, the number kept
+                   ("connective nuclei are 8.7%" -> "inflammatory nuclei are 8.7%"; the mean
+                   neoplastic -> connective nuclear area; the distance's direction reversed)
 ``swap_min_mean``  the minimum distance cited as the mean ("on average 5.7 µm"), or both swapped
 ``shift_rounding`` one number moved one unit of its last decimal away from the value
                    (89.3% -> 89.4% for 89.32%), i.e. across its rounding boundary
@@ -40,8 +43,8 @@ from .vocabulary import GENERIC_LABELS, axis_rules
 
 __all__ = ["KINDS", "Perturbed", "perturbations", "AdversarialResult", "evaluate", "format_table"]
 
-KINDS: tuple[str, ...] = ("swap_classes", "swap_min_mean", "shift_rounding", "unit_swap", "move_axis", "negate",
-                          "invent_class")
+KINDS: tuple[str, ...] = ("swap_classes", "swap_subject", "swap_min_mean", "shift_rounding", "unit_swap", "move_axis",
+                          "negate", "invent_class")
 
 _CENSUS = ("Neoplastic", "Inflammatory", "Connective", "Dead", "Epithelial", "Other")
 _CENSUS_PROSE = {"Dead": "dead", "Epithelial": "non-neoplastic epithelial", "Other": "other"}
@@ -111,6 +114,38 @@ def _swap_classes(tn: TemplateNarrative, raw: Mapping[str, Any], rng: random.Ran
         out.append(Perturbed("swap_classes", _edit(tn.text, [(x.start, x.end, y.text), (y.start, y.end, x.text)]),
                              f"{x.key} and {y.key} swapped in the axis clauses"))
     return out
+
+
+_EVIDENCE_PROSE = {"Neoplastic": "neoplastic", "Inflammatory": "inflammatory", "Connective": "connective"}
+
+
+def _swap_subject(tn: TemplateNarrative, raw: Mapping[str, Any], rng: random.Random) -> list[Perturbed]:
+    text, out = tn.text, []
+    first_end = text.find(". ") if ". " in text else len(text)
+    for c in tn.numbers():
+        if c.start < first_end:
+            continue
+        for prefix_fmt, key_fmt in (("{} nuclei are ", "r_{}"), ("the mean {} nuclear area is ", None)):
+            for stem, prose in _EVIDENCE_PROSE.items():
+                pre = prefix_fmt.format(prose)
+                if text[c.start - len(pre):c.start] != pre or (key_fmt and c.key != key_fmt.format(stem)):
+                    continue
+                others = [o for o in _EVIDENCE_PROSE if o != stem]
+                other = rng.choice(others)
+                okey = key_fmt.format(other) if key_fmt else c.key.replace(f"mean_area_{stem}", f"mean_area_{other}")
+                if _close(c, float(_shown(c)), raw.get(okey)):
+                    continue  # the other class happens to have the same value
+                s0 = c.start - len(pre) + pre.index(prose)
+                out.append(Perturbed("swap_subject", _edit(text, [(s0, s0 + len(prose), _EVIDENCE_PROSE[other])]),
+                                     f"{c.key}: subject {prose} -> {_EVIDENCE_PROSE[other]}"))
+    a, b = "inflammatory nuclei lie on average ", "from the nearest neoplastic nucleus"
+    if a in text and b in text:
+        i, j = text.index(a), text.index(b)
+        out.append(Perturbed("swap_subject", _edit(text, [(i, i + len("inflammatory"), "neoplastic"),
+                                                           (j + len("from the nearest "), j + len(b) - len(" nucleus"),
+                                                            "inflammatory")]),
+                             "distance direction reversed (neoplastic -> nearest inflammatory)"))
+    return rng.sample(out, min(3, len(out)))
 
 
 def _swap_min_mean(tn: TemplateNarrative, raw: Mapping[str, Any], rng: random.Random) -> list[Perturbed]:
@@ -232,6 +267,7 @@ def perturbations(tn: TemplateNarrative, bio: Mapping[str, Any], seed: int = 0) 
     raw = bio["raw_data"]
     out: list[Perturbed] = []
     out += _swap_classes(tn, raw, rng)
+    out += _swap_subject(tn, raw, rng)
     out += _swap_min_mean(tn, raw, rng)
     out += _shift(tn, raw, rng)
     out += _unit_swap(tn, raw, rng)
