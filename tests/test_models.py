@@ -132,3 +132,25 @@ def test_models_command_lists_weights(capsys):
     line = next(ln for ln in out.splitlines() if ln.startswith("default "))
     assert "default.safetensors" in line and "MISSING" not in line
     assert json.loads(json.dumps(presets()["uni2_uperhover"].to_dict()))["vit_taps"] == [5, 11, 17, 23]
+
+
+def test_config_parts_and_shipped_json_unchanged():
+    """ModelConfig = architecture + IO + post-processing parts; every shipped JSON reads into
+    them and writes back key for key (the on-disk format is unchanged)."""
+    import json
+
+    from segtme.models.config import ArchitectureConfig, IOConfig, PostprocessParams
+    from segtme.models.registry import shipped_models
+
+    for name, path in shipped_models().items():
+        d = json.loads(path.read_text())
+        cfg = ModelConfig.from_json(path)
+        assert cfg.to_dict() == d, name
+        assert cfg.io.mpp == d["mpp"] and cfg.architecture.arch == d["arch"]
+        assert cfg.post == PostprocessParams.from_mapping(d.get("postprocess"))
+    cfg = ModelConfig.from_parts("parts", ArchitectureConfig(backbone="resnet10t", taxonomy="consep4"),
+                                 IOConfig(mpp=0.25, tile_size=128, tile_overlap=16), PostprocessParams(edge_threshold=0.2))
+    assert cfg.mpp == 0.25 and cfg.backbone == "resnet10t" and cfg.postprocess == {"edge_threshold": 0.2}
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ModelConfigError, match="post-processing"):
+        cfg.replace(postprocess={"bogus": 1})

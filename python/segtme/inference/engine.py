@@ -121,11 +121,11 @@ def forward_tiles(
     with bf16 autocast when ``model.precision`` resolves to bf16 (CUDA; CPUs with native bf16).
     """
     keep_large_buffers()  # reuse large activation buffers (runtime._tune_glibc_malloc)
-    cfg = model.config
+    io = model.config.io
     dev = model.device
     module = _prepare(model)
-    mean = torch.tensor(cfg.mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(cfg.std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    mean = torch.tensor(io.mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(io.std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
     out: list[dict[str, np.ndarray] | None] = [None] * len(tiles)
     groups: dict[tuple[int, int], list[int]] = {}
     for k, t in enumerate(tiles):
@@ -138,7 +138,7 @@ def forward_tiles(
             batch = idxs[b0 : b0 + step]
             x = np.stack([tiles[i] for i in batch])
             h, w = x.shape[1:3]
-            x = _rs.pad_to_multiple(x, cfg.pad_multiple, axes=(1, 2))
+            x = _rs.pad_to_multiple(x, io.pad_multiple, axes=(1, 2))
             with torch.inference_mode():
                 t = torch.from_numpy(x).to(dev).permute(0, 3, 1, 2).float().div_(255.0)
                 t = ((t - mean) / std).contiguous(memory_format=torch.channels_last)
@@ -190,10 +190,10 @@ class GridPredictor:
         batch_size: int = 8,
         progress: Progress | None = None,
     ) -> None:
-        cfg = model.config
+        io = model.config.io
         self.model = model
-        self.tile = int(tile or cfg.tile_size)
-        self.overlap = int(cfg.tile_overlap if overlap is None else overlap)
+        self.tile = int(tile or io.tile_size)
+        self.overlap = int(io.tile_overlap if overlap is None else overlap)
         if self.tile <= 0 or not 0 <= self.overlap < self.tile:
             raise InputError(f"need tile > 0 and 0 <= overlap < tile, got tile={self.tile}, overlap={self.overlap}")
         self.H, self.W = int(height), int(width)
