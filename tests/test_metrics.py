@@ -170,3 +170,88 @@ def test_matches_reference_on_real_labels(shared_data):
     assert a.pq == pytest.approx(b.pq) and a.dice == pytest.approx(b.dice)
     assert 0 < a.aji < 1 and 0 < a.pq < 1
     assert a.tp + a.fn == a.n_true and a.tp + a.fp == a.n_pred
+
+
+# ----------------------------------------------------------------------------- independent cross-checks
+def _real_pairs(shared_data):
+    """(name, ground truth, prediction) on real label maps: MoNuSeg and CoNSeP crops against the
+    classical baseline's real prediction and against edited copies of the ground truth (nuclei
+    dropped, shifted, merged with a neighbour, split in two)."""
+    from PIL import Image
+
+    from segtme.eval.evaluate import predict_instances
+    from segtme.models import load_model
+
+    classical = load_model("classical", "cpu")
+    out = []
+    for ds, stem, mpp in (("monuseg-train", "TCGA-21-5786-01Z-00-DX1", 0.25), ("consep-train", "train_1", 0.25)):
+        rgb = np.asarray(Image.open(shared_data / ds / "images" / f"{stem}.png").convert("RGB"))[:320, :320]
+        gt = np.asarray(Image.open(shared_data / ds / "labels" / f"{stem}_inst.png")).astype(np.int32)[:320, :320]
+        out.append((f"{ds}/classical", gt, predict_instances(classical, np.ascontiguousarray(rgb), mpp).inst))
+        rng = np.random.default_rng(1)
+        ids = np.unique(gt[gt > 0])
+        edit = gt.copy()
+        edit[np.isin(edit, rng.choice(ids, len(ids) // 8, replace=False))] = 0  # dropped
+        shifted = np.zeros_like(edit)
+        shifted[2:, 3:] = edit[:-2, :-3]
+        merged = shifted.copy()
+        for a in rng.choice(ids, len(ids) // 10, replace=False):  # merge with the next id
+            merged[merged == a + 1] = a
+        split = merged.copy()
+        for a in rng.choice(ids, len(ids) // 10, replace=False):  # split: right half gets a new id
+            ys, xs = np.nonzero(split == a)
+            if xs.size:
+                right = xs > np.median(xs)
+                split[ys[right], xs[right]] = split.max() + 1
+        out.append((f"{ds}/edited", gt, split))
+    return out
+
+
+def test_pq_matches_torchmetrics_on_real_labels(shared_data):
+    """eval/metrics.py's PQ against torchmetrics' PanopticQuality (an independent implementation,
+    Kirillov et al. 2019) on real label maps: one 'thing' class (nucleus), background as stuff."""
+    import torch
+    from torchmetrics.detection import PanopticQuality
+
+    for name, gt, pred in _real_pairs(shared_data):
+        tm = PanopticQuality(things={1}, stuffs={0}, return_per_class=True)
+
+        def enc(a):
+            return torch.from_numpy(np.stack([(a > 0).astype(np.int64), a.astype(np.int64)], -1)[None])
+
+        want = float(tm(enc(pred), enc(gt))[0, 0])  # per-class result, the thing class first
+        got = M.panoptic_quality(gt, pred).pq
+        assert 0.1 < got < 0.99, name  # a real, imperfect prediction
+        assert got == pytest.approx(want, abs=1e-6), name  # torchmetrics sums IoUs in float32
+
+
+def _aji_from_definition(gt, pred):
+    """AJI as Kumar et al. 2017 define it (Algorithm 1), with plain loops over nuclei: each ground
+    truth nucleus takes the prediction of largest IoU (predictions may repeat); unused
+    predictions join the union."""
+    C = U = 0
+    used = set()
+    p_ids = [int(i) for i in np.unique(pred) if i]
+    for g in [int(i) for i in np.unique(gt) if i]:
+        gm = gt == g
+        best, best_iou, bi, bu = None, 0.0, 0, int(gm.sum())
+        for p in np.unique(pred[gm]):
+            if p == 0:
+                continue
+            pm = pred == p
+            i, u = int((gm & pm).sum()), int((gm | pm).sum())
+            if i / u > best_iou:
+                best, best_iou, bi, bu = int(p), i / u, i, u
+        C += bi
+        U += bu
+        if best is not None:
+            used.add(best)
+    U += sum(int((pred == p).sum()) for p in p_ids if p not in used)
+    return C / U
+
+
+def test_aji_and_dice_match_the_definition_on_real_labels(shared_data):
+    for name, gt, pred in _real_pairs(shared_data):
+        assert M.aji(gt, pred) == pytest.approx(_aji_from_definition(gt, pred), abs=1e-12), name
+        t, p = gt > 0, pred > 0
+        assert M.dice(gt, pred) == pytest.approx(2 * (t & p).sum() / (t.sum() + p.sum())), name
