@@ -356,3 +356,39 @@ def prepare_out_root(out: str | Path) -> Path:
     folder = OutputFolder.prepare(out)
     folder.discard()  # only the validation and the stale clean-up are needed here
     return folder.path
+
+
+def analyze_slide_to(source: Any, out_dir: str | Path, model: Any = "default", *, mpp: float | None = None,
+                     roi: Sequence[int] | None = None, annotations: str | None = None, detect_tissue: bool = True,
+                     device: str = "auto", weights: str | None = None,
+                     progress: Callable[[int, int], None] | None = None, **options: Any):
+    """Python API for one whole slide: analyse ``source`` (a path or ``ImageSource``) into the
+    folder ``out_dir`` (created, with its parents, if it does not exist; replaced atomically if it
+    does) and return the ``slide.SlideResult``.
+
+    mpp: level-0 µm/px, only needed when the file has no (valid) resolution metadata.
+    roi: level-0 (x, y, w, h) px. annotations: QuPath GeoJSON of polygons (level-0 px; one TME
+    report each). detect_tissue: skip background (tissue mask on an 8 µm/px thumbnail).
+    model: name / config path / ``LoadedModel``. options: further ``SlideOptions`` fields
+    (tile, overlap, batch_size, gzip, write_csv, narrative_backend, reader, tissue).
+    Nothing is left in ``out_dir`` if it fails (a staging folder next to it is removed)."""
+    from ..io.regions import parse_roi
+
+    out = Path(out_dir)
+    parent = prepare_out_root(out.parent if str(out.parent) else Path("."))
+    opts = SlideOptions(mpp=mpp, roi=parse_roi(roi) if roi is not None else None, annotations=annotations,
+                        detect_tissue=detect_tissue, **options)
+    if isinstance(model, str):
+        from ..models.registry import load_model
+
+        model = load_model(model, device, weights=weights)
+    stage = _stage(parent)
+    try:
+        res = analyze_slide(source, model, stage, opts, progress=progress)
+        (stage / "owner").unlink(missing_ok=True)
+        if out.exists():
+            shutil.rmtree(out)
+        os.rename(stage, out)
+        return res
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
