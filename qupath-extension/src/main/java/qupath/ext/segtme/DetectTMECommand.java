@@ -22,6 +22,7 @@ import javafx.stage.Stage;
 import qupath.ext.segtme.client.CancelSignal;
 import qupath.ext.segtme.client.RunSettings;
 import qupath.ext.segtme.client.SegTMEClient;
+import qupath.ext.segtme.client.TargetRule;
 import qupath.fx.dialogs.Dialogs;
 import qupath.lib.gui.QuPathGUI;
 import qupath.lib.objects.PathObject;
@@ -55,8 +56,7 @@ final class DetectTMECommand {
         }
         var hierarchy = imageData.getHierarchy();
         List<PathObject> selected = List.copyOf(hierarchy.getSelectionModel().getSelectedObjects());
-        RunSettings probe = SegTMEPrefs.toSettings(0, 0);
-        int n = SegTME.targets(hierarchy, selected, probe.targets()).size();
+        int n = SegTME.targets(hierarchy, selected, TargetRule.of(TargetRule.Scope.SELECTED)).size();
         if (n == 0) {
             Dialogs.showErrorMessage(TITLE, "Select one or more area annotations first (SegTME tissue annotations are never analysed).");
             return;
