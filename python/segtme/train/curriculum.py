@@ -24,6 +24,16 @@ Config (TOML/YAML)::
     [stage3]          # unlabelled = {kind = "tcga_ut", path = "...", scales = [0,1,2,3,4,5]}
 
 Under torchrun every rank runs this; training is DDP, pseudo-labelling is one shard per rank.
+
+Machine-scale options (this project's CPU runs; the paper's defaults are unchanged):
+
+* ``[stage1] trained_model = "model.json"``: an already trained model is M1 (no stage-1 run);
+* ``[stageK] init = "previous"``: stage K starts from the previous stage's checkpoint instead of
+  a fresh initialisation (fine-tuning, not the paper's re-training);
+* ``[curriculum] stages = 2``: stop after stage 2;
+* ``[curriculum] state_dir = "training/state"``: each stage's ONE resumable state file is
+  ``<state_dir>/<name>_<stage>.safetensors`` (``name`` = ``[curriculum] name``, default the
+  out_dir's folder name), so it can be committed and continued on another machine.
 """
 
 from __future__ import annotations
@@ -41,7 +51,8 @@ from .pseudolabel import PseudoLabelConfig, parse_shard, run_pseudo_label
 
 log = logging.getLogger(__name__)
 
-STAGE_KEYS = {"data", "unlabelled", "val_fraction", "run", "optim", "loss", "augment", "model", "postprocess"}
+STAGE_KEYS = {"data", "unlabelled", "val_fraction", "run", "optim", "loss", "augment", "model", "postprocess",
+              "trained_model", "init"}
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -82,6 +93,10 @@ def stage_train_dict(cfg: dict[str, Any], stage: str, out_dir: Path, pseudo_dir:
         raise InputError(f"curriculum [{stage}]: no training data")
     d["data"] = data
     d.setdefault("run", {})["out_dir"] = str(out_dir / "train")
+    cur = cfg.get("curriculum", {})
+    if cur.get("state_dir"):
+        name = cur.get("name") or Path(cur.get("out_dir", "runs/curriculum")).name
+        d["run"]["state_file"] = str(Path(cur["state_dir"]) / f"{name}_{stage}.safetensors")
     return d
 
 
@@ -96,8 +111,17 @@ def best_checkpoint(train_dir: Path) -> Path:
     return train_dir / "checkpoints" / best
 
 
-def run_stage(cfg: dict[str, Any], stage: str, root: Path, pseudo_dir: Path | None) -> Path:
-    """Train one stage unless its ``DONE.json`` exists; returns its best checkpoint JSON."""
+def run_stage(cfg: dict[str, Any], stage: str, root: Path, pseudo_dir: Path | None, previous: Path | None = None) -> Path:
+    """Train one stage unless its ``DONE.json`` exists (or ``trained_model`` names M1); returns
+    its best checkpoint JSON. ``previous``: the previous stage's checkpoint (for ``init``)."""
+    st = cfg.get(stage, {})
+    if st.get("trained_model"):
+        if stage != "stage1":
+            raise InputError(f"curriculum [{stage}]: trained_model is only for stage1")
+        m = Path(st["trained_model"])
+        if not m.is_file():
+            raise InputError(f"curriculum [stage1] trained_model {m}: no such file")
+        return m
     sdir = root / stage
     done = sdir / "DONE.json"
     if done.is_file():
@@ -105,8 +129,20 @@ def run_stage(cfg: dict[str, Any], stage: str, root: Path, pseudo_dir: Path | No
     from .trainer import Trainer
 
     sdir.mkdir(parents=True, exist_ok=True)
-    tcfg = train_config_from_dict(stage_train_dict(cfg, stage, sdir, pseudo_dir), source=f"curriculum:{stage}")
-    tr = Trainer(tcfg)  # fresh initialisation: a new model every stage
+    d = stage_train_dict(cfg, stage, sdir, pseudo_dir)
+    init = st.get("init", "fresh")
+    if init not in ("fresh", "previous"):
+        raise InputError(f"curriculum [{stage}] init must be 'fresh' or 'previous', got {init!r}")
+    if init == "previous":
+        if previous is None:
+            raise InputError(f"curriculum [{stage}] init = 'previous' needs a previous stage")
+        from ..models.config import ModelConfig
+
+        pc = ModelConfig.from_json(previous)
+        w = Path(previous).parent / (pc.weights or (Path(previous).stem + ".safetensors"))
+        d.setdefault("model", {})["init_weights"] = str(w)
+    tcfg = train_config_from_dict(d, source=f"curriculum:{stage}")
+    tr = Trainer(tcfg)  # fresh initialisation (paper) unless init = "previous"
     if tr.dist.is_main:
         atomic_write_text(sdir / "train_config.json", json.dumps(tcfg.to_dict(), indent=2, default=str))
     res = tr.fit()
@@ -139,17 +175,25 @@ def run_pseudo_step(cfg: dict[str, Any], stage: str, model_json: Path, root: Pat
 def run_curriculum(cfg: dict[str, Any]) -> dict[str, Any]:
     """Run (or resume) the three stages; returns the checkpoints of M1, M2, M3."""
     unknown = set(cfg) - {"curriculum", "base", "stage1", "stage2", "stage3"}
+    unknown_cur = set(cfg.get("curriculum", {})) - {"out_dir", "tau_percentile", "pseudo_batch_size", "stages", "state_dir", "name"}
+    if unknown_cur:
+        raise InputError(f"[curriculum]: unknown key(s) {sorted(unknown_cur)}")
     if unknown:
         raise InputError(f"curriculum config: unknown section(s) {sorted(unknown)}")
     cur = cfg.get("curriculum", {})
     root = Path(cur.get("out_dir", "runs/curriculum"))
     root.mkdir(parents=True, exist_ok=True)
+    n_stages = int(cur.get("stages", 3))
+    if n_stages not in (2, 3):
+        raise InputError(f"[curriculum] stages must be 2 or 3, got {n_stages}")
     m1 = run_stage(cfg, "stage1", root, None)
     p2 = run_pseudo_step(cfg, "stage2", m1, root)
-    m2 = run_stage(cfg, "stage2", root, p2)
-    p3 = run_pseudo_step(cfg, "stage3", m2, root)
-    m3 = run_stage(cfg, "stage3", root, p3)
-    out = {"M1": str(m1), "M2": str(m2), "M3": str(m3), "pseudo2": str(p2), "pseudo3": str(p3)}
+    m2 = run_stage(cfg, "stage2", root, p2, previous=m1)
+    out = {"M1": str(m1), "M2": str(m2), "pseudo2": str(p2)}
+    if n_stages == 3:
+        p3 = run_pseudo_step(cfg, "stage3", m2, root)
+        m3 = run_stage(cfg, "stage3", root, p3, previous=m2)
+        out.update({"M3": str(m3), "pseudo3": str(p3)})
     if _is_main():
         atomic_write_text(root / "curriculum.json", json.dumps(out, indent=2))
     import torch.distributed as dist
