@@ -223,3 +223,25 @@ def test_cli_batch(tmp_path, slides, monkeypatch, capsys):
         assert rc == 2 and e.startswith("error: ") and msg in e and e.count("\n") == 1
     (tmp_path / "f").write_text("x")
     assert main(["batch", str(slides[1]), "--out", str(tmp_path / "f")]) == 2
+
+
+def test_cli_analyze_takes_slides_rois_and_annotations(tmp_path, slides, monkeypatch, capsys):
+    import segtme.models.registry as reg
+    from segtme.cli import main
+
+    monkeypatch.setattr(reg, "load_model", lambda *a, **k: MODEL)
+    out = tmp_path / "new" / "folder"  # does not exist yet
+    assert main(["analyze", str(slides[0]), "--out", str(out), "--no-progress"]) == 0  # a pyramid: slide path
+    assert {p.name for p in out.iterdir()} == {"nuclei.geojson.gz", "nuclei.csv", "tissue.geojson", "tissue.png",
+                                              "report-slide.json", "summary.json"}
+    assert "nuclei in" in capsys.readouterr().out
+    out2 = tmp_path / "roi"
+    assert main(["analyze", str(slides[0]), "--out", str(out2), "--roi", "1000,800,400,400", "--no-progress"]) == 0
+    assert json.loads((out2 / "summary.json").read_text())["units"][0]["kind"] == "roi"
+    capsys.readouterr()
+    for bad, msg in ((["--roi", "1,2"], "--roi"), (["--annotations", str(tmp_path / "none.geojson")], "not found"),
+                     (["--cells"], "--cells")):
+        assert main(["analyze", str(slides[0]), "--out", str(tmp_path / "x")] + bad) == 2
+        e = capsys.readouterr().err
+        assert e.startswith("error: ") and msg in e
+    assert not [p for p in (tmp_path / "x").iterdir()] if (tmp_path / "x").exists() else True

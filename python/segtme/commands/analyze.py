@@ -75,6 +75,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlap", default=None, metavar="PX", help="tile overlap in working px (default: the model's)")
     p.add_argument("--batch", default=None, metavar="N", help="tiles per forward pass (default: 8 x 256² working px per batch)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or stage lines")
+    from .batch import add_slide_arguments  # whole slides / regions (wsi helper)
+
+    add_slide_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -156,6 +159,10 @@ def run(args: argparse.Namespace) -> int:
     if folder.stale_removed:
         log.info("removed %d staging folder(s) of interrupted runs in %s", folder.stale_removed, out)
     with signals_cleanup(folder):
+        from .batch import is_slide, run_slide_analysis  # pyramids / huge tiled images / --roi / --annotations
+
+        if args.roi is not None or args.annotations is not None or is_slide(image_path, flags["mpp"]):
+            return run_slide_analysis(args, flags, folder, image_path, prog)
         prog.stage(f"reading {image_path}")
         img = read_image(image_path)
         mpp = flags["mpp"] if flags["mpp"] is not None else img.mpp

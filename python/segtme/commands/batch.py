@@ -51,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+# the batch parser defines --roi / --annotations / --no-tissue-detection itself (above)
+
+
 def _options(args: argparse.Namespace):
     from ..errors import InputError
     from ..io.image import validate_mpp
@@ -132,3 +135,86 @@ def run(args: argparse.Namespace) -> int:
     for r in failed:
         print(f"failed: {r.path}: {r.reason}", file=sys.stderr)
     return 1 if failed else 0
+
+
+# --------------------------------------------------------------------------- `segtme analyze SLIDE`
+
+
+def add_slide_arguments(p: argparse.ArgumentParser) -> None:
+    """The region options `segtme analyze` shares with `segtme batch`."""
+    p.add_argument("--roi", default=None, metavar="X,Y,W,H",
+                   help="analyse only this box (level-0 px); implies the whole-slide path")
+    p.add_argument("--annotations", default=None, metavar="FILE.geojson",
+                   help="QuPath-exported polygon annotations (level-0 px): analyse inside each, one TME report each")
+    p.add_argument("--no-tissue-detection", action="store_true",
+                   help="whole-slide path: analyse every pixel (no background skipping)")
+
+
+def is_slide(path, mpp: float | None) -> bool:
+    """True for inputs that go through the whole-slide path: pyramids and tiled images too large
+    to decode at once (more than $SEGTME_MAX_PIXELS). Unreadable files return False (the normal
+    reader then reports why)."""
+    from ..errors import SegTMEError
+    from ..io.image import max_pixels_default
+    from pathlib import Path
+
+    from ..io.source import ArraySource, open_source, sniff
+
+    try:
+        if sniff(Path(path)) in ("png", "jpeg"):
+            return False  # decoded whole by the image path; never a pyramid
+        src = open_source(path, mpp)
+    except (SegTMEError, OSError):
+        return False
+    try:
+        if isinstance(src, ArraySource):
+            return False
+        W, H = src.size
+        return len(src.level_sizes) > 1 or W * H > max_pixels_default()
+    finally:
+        src.close()
+
+
+def run_slide_analysis(args: argparse.Namespace, flags: dict, folder, image_path, prog) -> int:
+    """`segtme analyze` on a whole slide (or with --roi / --annotations): tissue detection, lazy
+    pyramid reading, streamed outputs into the staged --out folder (published when complete):
+    nuclei.geojson(.gz), nuclei.csv, tissue.geojson, tissue.png, report-<unit>.json, summary.json."""
+    from ..batch.slide import SlideOptions, analyze_slide
+    from ..errors import InputError, SegTMEError
+    from ..io.regions import parse_roi, read_annotations
+    from ..io.source import open_source
+    from ..models.registry import load_model
+
+    if getattr(args, "cells", False):
+        raise InputError("--cells is not available on whole slides yet (detections are written); drop --cells or use --roi "
+                         "on a region small enough to export as an image")
+    roi = parse_roi(args.roi) if args.roi is not None else None
+    ann = read_annotations(args.annotations) if args.annotations is not None else None
+    src = open_source(image_path, flags.get("mpp"))  # MPP / file errors before the model loads
+    try:
+        prog.stage(f"{src.size[0]}x{src.size[1]} px slide at {src.mpp:g} µm/px ({src.mpp_source}), "
+                   f"{len(src.level_sizes)} level(s); loading model {args.model}")
+        try:
+            model = load_model(args.model, args.device, weights=args.weights, precision=args.precision)
+        except ValueError as e:
+            if isinstance(e, SegTMEError):
+                raise
+            raise InputError(str(e)) from None
+        opts = SlideOptions(mpp=flags.get("mpp"), roi=roi, detect_tissue=not args.no_tissue_detection,
+                            gzip=True, narrative_backend=args.narrative,
+                            tile=flags.get("tile"), overlap=flags.get("overlap"), batch_size=flags.get("batch"))
+        def progress(done: int, total: int) -> None:
+            if not args.no_progress and (done % 50 == 0):
+                prog.stage(f"{done} tiles")
+
+        res = analyze_slide(src, model, folder.stage, opts, progress=progress, annotations=ann)
+    finally:
+        src.close()
+    written = folder.publish(res.files)
+    for u in res.units:
+        print(f"{u.name}: {u.n_nuclei} nuclei in {u.tissue_mm2:.3f} mm² tissue")
+    print(f"slide {res.size[0]}x{res.size[1]} px, tissue {res.tissue_mm2:.3f} mm² ({res.tissue_fraction:.1%}), "
+          f"{res.tiles_run} tiles, {res.seconds:.1f} s, model {res.model}")
+    for p in written:
+        print(f"wrote {p}")
+    return 0
