@@ -112,7 +112,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=100_000)
     ap.add_argument("--huge-cells", type=int, default=1)
-    ap.add_argument("--ratio-size", type=int, default=12288)
+    ap.add_argument("--ratio-size", type=int, default=20480)
     ap.add_argument("--fraction", type=float, default=0.2)
     ap.add_argument("--cohort", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)

@@ -37,9 +37,11 @@ from ..io.tissue import TissueMask, TissueParams, detect_tissue, full_mask
 
 log = logging.getLogger(__name__)
 
-#: working px of tissue-mask dilation when deciding which chunks to run (a nucleus on the
+#: µm of tissue-mask dilation when deciding which regions / chunks to run (a nucleus on the
 #: tissue's edge is never lost to a skipped chunk)
 MASK_GROW_UM = 32.0
+#: µm added around each (already dilated) tissue piece's bounding box when cutting regions
+REGION_MARGIN_UM = 16.0
 #: files of a complete slide folder (``summary.json`` is written last and marks completion)
 SUMMARY = "summary.json"
 
@@ -288,7 +290,7 @@ def analyze_slide(
                         csvw.add(t, ids=ids)
                     light.append(_light(t))
 
-                for box in plan_regions(tissue, m_run, unit):
+                for box in plan_regions(tissue, m_run, unit, margin_um=REGION_MARGIN_UM):
                     r, p = segment_region(src, box, model, sink, keep_chunk=lambda b, m_run=m_run: tissue.any_in(b, m_run),
                                           opts=opts, progress=tick)
                     tiles_run += r
