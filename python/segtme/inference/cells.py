@@ -34,6 +34,8 @@ DEFAULT_EXPANSION_UM = 5.0
 #: expansion in input px when the MPP is unknown
 DEFAULT_EXPANSION_PX = 10.0
 DEFAULT_WINDOW = 2048
+#: images up to this many measurement px are resampled once (3 bytes each), larger ones per window
+WHOLE_RESAMPLE_PX = 64_000_000
 
 
 @dataclass(frozen=True)
@@ -95,10 +97,12 @@ def _region_rgb(image: np.ndarray, box_in: tuple[float, float, float, float], si
     from PIL import Image
 
     H, W = image.shape[:2]
-    x1, y1 = min(float(x1), float(W)), min(float(y1), float(H))  # the last measurement px may overhang
     a, b = max(0, int(math.floor(x0))), max(0, int(math.floor(y0)))
-    c, d = min(W, int(math.ceil(x1))), min(H, int(math.ceil(y1)))
-    crop = Image.fromarray(np.ascontiguousarray(image[b:d, a:c]))
+    c, d = int(math.ceil(x1)), int(math.ceil(y1))
+    arr = image[b:min(d, H), a:min(c, W)]
+    if c > W or d > H:  # the last measurement px may overhang the image: repeat the edge (the same
+        arr = np.pad(arr, ((0, max(0, d - H)), (0, max(0, c - W)), (0, 0)), mode="edge")  # in every window)
+    crop = Image.fromarray(np.ascontiguousarray(arr))
     return np.asarray(crop.resize((w, h), Image.Resampling.BOX, box=(x0 - a, y0 - b, x1 - a, y1 - b)))
 
 
@@ -160,6 +164,9 @@ def build_cells(
         cm = np.asarray(table.centroid, np.float64) * r
         halo = int(math.ceil(exp_m + ext + 2))
         step = max(64, int(options.window))
+        whole = None  # the image at measurement resolution, once, when it is not too large: then
+        if image is not None and Wm * Hm <= WHOLE_RESAMPLE_PX:  # the windows cut the same pixels
+            whole = _region_rgb(image, (0.0, 0.0, Wm / r, Hm / r), (Wm, Hm))
         wins = [(x, y) for y in range(0, Hm, step) for x in range(0, Wm, step)]
         for w_i, (cx0, cy0) in enumerate(wins):
             cx1, cy1 = min(Wm, cx0 + step), min(Hm, cy0 + step)
@@ -185,7 +192,8 @@ def build_cells(
             if image is not None:
                 from ..stain import hed_od
 
-                rgb = _region_rgb(image, (rx0 / r, ry0 / r, rx1 / r, ry1 / r), (rx1 - rx0, ry1 - ry0))
+                rgb = (whole[ry0:ry1, rx0:rx1] if whole is not None
+                       else _region_rgb(image, (rx0 / r, ry0 / r, rx1 / r, ry1 / r), (rx1 - rx0, ry1 - ry0)))
                 od = hed_od(rgb)[..., :2]
                 for lab_map, dst in ((cells, cell_st), (cyto, cyto_st)):
                     st = label_stats(lab_map, k, od)

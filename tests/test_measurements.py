@@ -1,0 +1,172 @@
+"""QuPath's measurement set (names, units, values) and cells by label expansion (issue #19.1, #15.6)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from inference_helpers import threshold_model
+from segtme.export.geojson import measurement_columns
+from segtme.inference.cells import CellOptions, build_cells
+from segtme.inference.measurements import calipers, label_stats, polygons_from_rings
+from segtme.inference.nuclei import build_nuclei_table
+from segtme.pipeline import segment_image
+from segtme.taxonomy import get_taxonomy
+
+# The measurement names QuPath's own cell detection writes for a brightfield H&E image with a
+# calibrated pixel size, taken from QuPath's source (qupath-core-processing,
+# qupath.imagej.detect.cells.WatershedCellDetection: "Nucleus: " + stain + " mean|sum|std dev|max|
+# min|range", "Cell: " / "Cytoplasm: " + stain + " mean|std dev|max|min", "Nucleus/Cell area ratio";
+# the shape statistics added for the "Nucleus: " and "Cell: " prefixes: Area, Perimeter,
+# Circularity, Max caliper, Min caliper, Eccentricity, with the calibration's unit) and its
+# documentation of cell detection (stains "Hematoxylin OD", "Eosin OD"; units "µm", "µm^2").
+QUPATH_CELL_MEASUREMENTS = [
+    "Nucleus: Area µm^2", "Nucleus: Perimeter µm", "Nucleus: Circularity", "Nucleus: Max caliper µm",
+    "Nucleus: Min caliper µm", "Nucleus: Eccentricity",
+    *(f"Nucleus: {s} OD {q}" for s in ("Hematoxylin", "Eosin") for q in ("mean", "sum", "std dev", "max", "min", "range")),
+    "Cell: Area µm^2", "Cell: Perimeter µm", "Cell: Circularity", "Cell: Max caliper µm", "Cell: Min caliper µm",
+    "Cell: Eccentricity",
+    *(f"Cell: {s} OD {q}" for s in ("Hematoxylin", "Eosin") for q in ("mean", "std dev", "max", "min")),
+    *(f"Cytoplasm: {s} OD {q}" for s in ("Hematoxylin", "Eosin") for q in ("mean", "std dev", "max", "min")),
+    "Nucleus/Cell area ratio",
+]
+#: SegTME's additions (QuPath's shape-features plugin has Solidity; the class probability is ours)
+SEGTME_EXTRA = {"Nucleus: Solidity", "Class probability"}
+
+
+@pytest.fixture(scope="module")
+def region(monuseg_small):
+    rgb, _, mpp = monuseg_small[0]
+    t = segment_image(rgb, mpp, threshold_model())
+    assert len(t) > 20
+    return t, rgb
+
+
+def test_names_are_qupaths_cell_detection_names(region):
+    t, rgb = region
+    cells = build_cells(t, rgb, CellOptions())
+    names = [k for k, _ in measurement_columns(t, cells)]
+    assert len(names) == len(set(names))
+    assert set(QUPATH_CELL_MEASUREMENTS) <= set(names), sorted(set(QUPATH_CELL_MEASUREMENTS) - set(names))
+    assert set(names) - set(QUPATH_CELL_MEASUREMENTS) == SEGTME_EXTRA
+    # detections: the Nucleus group only; without an MPP the units say px
+    det = [k for k, _ in measurement_columns(t)]
+    assert set(det) == {k for k in QUPATH_CELL_MEASUREMENTS if k.startswith("Nucleus:")} | SEGTME_EXTRA
+    t_px = t.subset(np.arange(len(t)))
+    t_px.mpp = None
+    px = [k for k, _ in measurement_columns(t_px)]
+    assert "Nucleus: Area px^2" in px and "Nucleus: Max caliper px" in px and not any("µm" in k for k in px)
+
+
+def test_calipers_are_exact_for_convex_polygons():
+    import shapely
+
+    rng = np.random.default_rng(1)
+    rings = []
+    for k in range(60):
+        pts = rng.normal(size=(int(rng.integers(3, 30)), 2)) * rng.uniform(1, 10, 2)
+        rings.append(np.asarray(shapely.convex_hull(shapely.multipoints(pts)).exterior.coords))
+    rings.append(np.array([[0, 0], [4, 0], [4, 1], [0, 1], [0, 0]], float))  # 4 x 1 rectangle
+    xy = np.concatenate(rings)
+    idx = np.repeat(np.arange(len(rings)), [len(r) for r in rings])
+    mx, mn = calipers(xy, idx, len(rings), batch=7)
+    for r, a, b in zip(rings, mx, mn):
+        d = np.sqrt(((r[:, None] - r[None]) ** 2).sum(-1)).max()
+        th = np.linspace(0, np.pi, 20000, endpoint=False)
+        proj = r @ np.stack([np.cos(th), np.sin(th)])
+        width = (proj.max(0) - proj.min(0)).min()
+        assert a == pytest.approx(d, rel=1e-9)
+        # the sampled minimum is above the true one by at most max-extent x angular step
+        assert b <= width + 1e-9 and width - b <= d * np.pi / 20000 + 1e-9
+    assert (mx[-1], mn[-1]) == (pytest.approx(np.hypot(4, 1)), pytest.approx(1.0))
+
+
+def test_label_stats_match_numpy():
+    rng = np.random.default_rng(2)
+    lab = rng.integers(0, 6, (40, 50))
+    lab[lab == 4] = 0  # label 4 absent
+    lab[0, 0] = 5
+    lab[lab == 5] = 0
+    lab[3, 3] = 5  # one pixel: std undefined
+    vals = rng.normal(size=(40, 50))
+    st = label_stats(lab, 5, vals)
+    for k in range(1, 6):
+        v = vals[lab == k]
+        if not len(v):
+            assert st["count"][k - 1] == 0 and np.isnan(st["mean"][k - 1]) and np.isnan(st["max"][k - 1])
+            continue
+        assert st["count"][k - 1] == len(v) and st["sum"][k - 1] == pytest.approx(v.sum())
+        assert st["mean"][k - 1] == pytest.approx(v.mean()) and st["max"][k - 1] == v.max() and st["min"][k - 1] == v.min()
+        if len(v) > 1:
+            assert st["std"][k - 1] == pytest.approx(v.std(ddof=1))
+        else:
+            assert np.isnan(st["std"][k - 1])
+
+
+def test_nucleus_od_statistics_are_the_stain_module_values(monuseg_small):
+    from segtme.stain import hed_od
+
+    rgb, inst, mpp = monuseg_small[0]
+    t = build_nuclei_table(inst, get_taxonomy("pannuke6"), rgb=rgb, mpp=mpp)
+    from segtme.inference.postprocess import relabel_sequential
+
+    lab = relabel_sequential(inst.astype(np.int64))
+    od = hed_od(rgb)
+    for i in (0, len(t) // 2, len(t) - 1):
+        h, e = od[..., 0][lab == i + 1], od[..., 1][lab == i + 1]
+        assert t.hematoxylin_od[i] == pytest.approx(h.mean(), rel=1e-5)
+        assert t.extra["hematoxylin_od_sum"][i] == pytest.approx(h.sum(), rel=1e-5)
+        assert t.extra["hematoxylin_od_std"][i] == pytest.approx(h.std(ddof=1), rel=1e-4)
+        assert t.extra["eosin_od_max"][i] == pytest.approx(e.max(), rel=1e-6)
+        assert t.extra["eosin_od_range"][i] == pytest.approx(e.max() - e.min(), rel=1e-5)
+        assert t.extra["min_caliper_px"][i] <= t.extra["max_caliper_px"][i]
+
+
+def test_cells_partition_clip_cover_and_do_not_depend_on_windows(region):
+    import shapely
+
+    t, rgb = region
+    H, W = rgb.shape[:2]
+    one = build_cells(t, rgb, CellOptions(window=4096))
+    many = build_cells(t, rgb, CellOptions(window=64))  # many windows with seams through cells
+    assert many.meta["windows"] > 4 and one.meta["windows"] == 1
+    for c in (one, many):
+        g = polygons_from_rings(c.polygons)
+        assert shapely.is_valid(g).all() and not shapely.is_empty(g).any()
+        xy = np.concatenate(c.polygons)
+        assert xy.min() >= 0 and xy[:, 0].max() <= W and xy[:, 1].max() <= H  # clipped to the image
+        tree = shapely.STRtree(g)
+        a, b = tree.query(g, predicate="intersects")
+        sel = a < b
+        assert shapely.area(shapely.intersection(g[a[sel]], g[b[sel]])).max(initial=0) < 1e-6  # no overlaps
+        nuc = polygons_from_rings(t.polygons)
+        assert shapely.covers(shapely.buffer(g, 1e-6), nuc).all()
+        m = c.measurements
+        assert (m["Cell: Area µm^2"] >= t.area_px * t.mpp**2 - 1e-6).all()
+        assert ((m["Nucleus/Cell area ratio"] > 0) & (m["Nucleus/Cell area ratio"] <= 1)).all()
+        assert np.nanmean(m["Cytoplasm: Hematoxylin OD mean"]) < np.nanmean(t.hematoxylin_od)  # nuclei are bluer
+    for k in one.measurements:  # same cells; OD within the resampling's rounding (windows resample from other origins)
+        tol = dict(rtol=5e-3, atol=1e-3) if " OD " in k else dict(rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(many.measurements[k], one.measurements[k], err_msg=k, **tol)
+
+
+def test_cell_expansion_distance(region):
+    """Cells grow at most by the expansion (+1 px of rasterisation); 0 µm gives the nucleus."""
+    import shapely
+
+    t, rgb = region
+    nuc = polygons_from_rings(t.polygons)
+    for um in (2.0, 5.0):
+        c = build_cells(t, rgb, CellOptions(expansion_um=um))
+        # directed distance: every cell vertex lies within the expansion of its own nucleus (+ one
+        # measurement pixel, 0.5 µm, of rasterisation)
+        xy, which = shapely.get_coordinates(polygons_from_rings(c.polygons), return_index=True)
+        d = shapely.distance(shapely.points(xy), nuc[which]) * t.mpp  # µm
+        assert d.max() <= um + 0.75, d.max()
+        far = np.zeros(len(t))
+        np.maximum.at(far, which, d)
+        assert np.median(far) > 0.5 * um  # cells did grow
+    z = build_cells(t, rgb, CellOptions(expansion_um=0.0))
+    ratio = z.measurements["Nucleus/Cell area ratio"]
+    # no growth: the cell is the nucleus outline (a nucleus with a hole has a little more in its cell)
+    assert (ratio <= 1).all() and np.mean(np.isclose(ratio, 1.0)) >= 0.9
