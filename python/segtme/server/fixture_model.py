@@ -26,16 +26,20 @@ from ..models.config import ModelConfig
 
 ARCH = "server_fixture_hematoxylin"
 
-#: haematoxylin stain vector (Ruifrok & Johnston, as scikit-image ``rgb_from_hed[0]``)
-_H_VEC = (0.65, 0.70, 0.29)
-_E_VEC = (0.07, 0.99, 0.11)
+#: the fixture's density units: stain.py's base-10 H / E optical densities times these factors
+#: (keeps the class rules below in round numbers; measured on MoNuSeg: the former natural-log
+#: two-stain unmixing was 3.5x / 2.8x stain.py's densities)
+_H_UNIT = 3.5
+_E_UNIT = 2.8
 
 
 class HematoxylinFixtureNet(nn.Module):
     """sem logits over the taxonomy from local haematoxylin/eosin optical density.
 
     Input: (B, 3, H, W) RGB normalised with ``cfg.mean/std``. Output: ``{"sem": (B, C, H, W)}``.
-    fg logit = gain * (H_smooth - threshold); the nucleus classes split by H and E density bands.
+    H / E: the package's one colour deconvolution (``segtme.stain``: base-10 OD projected with
+    ``HED_FROM_RGB``), smoothed 5x5. fg logit = gain * (H_smooth - threshold); the nucleus
+    classes split by H and E density bands.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -44,19 +48,19 @@ class HematoxylinFixtureNet(nn.Module):
         C = cfg.num_classes
         self.register_buffer("mean", torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1))
-        # optical density -> (H, E) by least squares on the two stain vectors
-        stains = torch.tensor([_H_VEC, _E_VEC], dtype=torch.float32)
-        stains = stains / stains.norm(dim=1, keepdim=True)
-        self.unmix = nn.Parameter(torch.linalg.pinv(stains.T), requires_grad=False)  # (2, 3)
+        # base-10 optical density -> (H, E) densities: stain.HED_FROM_RGB's first two columns
+        from ..stain import HED_FROM_RGB
+
+        self.unmix = nn.Parameter(torch.tensor(HED_FROM_RGB[:, :2].T, dtype=torch.float32), requires_grad=False)
         g = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0])
         k = torch.outer(g, g)
         self.smooth = nn.Parameter((k / k.sum()).view(1, 1, 5, 5).repeat(2, 1, 1, 1), requires_grad=False)
         ex = dict(cfg.extra or {})
-        self.threshold = nn.Parameter(torch.tensor(float(ex.get("h_threshold", 1.2))), requires_grad=False)
-        self.gain = nn.Parameter(torch.tensor(float(ex.get("gain", 20.0))), requires_grad=False)
-        # per nucleus class: logit = a*(H - threshold) + b*E + c (relative to the other nucleus
-        # classes): class 1 baseline, 2 very dark (H - thr > 0.6), 3 eosin-rich (E > 0.5), 4 rare,
-        # 5 dark and eosin-rich together
+        self.threshold = nn.Parameter(torch.tensor(float(ex.get("h_threshold", 0.35))), requires_grad=False)
+        self.gain = nn.Parameter(torch.tensor(float(ex.get("gain", 70.0))), requires_grad=False)
+        # per nucleus class: logit = a*h + b*e + c with h = (H - threshold) * _H_UNIT, e = E * _E_UNIT
+        # (relative to the other nucleus classes): class 1 baseline, 2 very dark (h > 0.6),
+        # 3 eosin-rich (e > 0.5), 4 rare, 5 dark and eosin-rich together
         w = torch.zeros(C, 3)
         if C > 1:
             cols = torch.tensor([[0.0, 0.0, 0.0], [3.0, 0.0, -1.8], [0.0, 5.0, -2.5], [0.0, 0.0, -5.0],
@@ -67,12 +71,12 @@ class HematoxylinFixtureNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         rgb = (x * self.std + self.mean).clamp(1.0 / 255.0, 1.0)
-        od = -torch.log(rgb)
+        od = -torch.log10(rgb)
         he = torch.einsum("kc,bchw->bkhw", self.unmix, od)
         he = F.conv2d(F.pad(he, (2, 2, 2, 2), mode="replicate"), self.smooth, groups=2)
         h, e = he[:, :1], he[:, 1:2]
         fg = self.gain * (h - self.threshold)
-        feats = torch.cat([h - self.threshold, e, torch.ones_like(h)], dim=1)  # (B, 3, H, W)
+        feats = torch.cat([(h - self.threshold) * _H_UNIT, e * _E_UNIT, torch.ones_like(h)], dim=1)  # (B, 3, H, W)
         cls = torch.einsum("kf,bfhw->bkhw", self.class_w, feats)
         sem = cls + 0.5 * fg  # nucleus classes
         sem = torch.cat([-0.5 * fg, sem[:, 1:]], dim=1)  # channel 0 = background
@@ -80,12 +84,12 @@ class HematoxylinFixtureNet(nn.Module):
 
 
 def fixture_config(name: str = "fixture", mpp: float = 0.5, tile_size: int = 192, tile_overlap: int = 64,
-                   h_threshold: float = 1.2) -> ModelConfig:
+                   h_threshold: float = 0.35) -> ModelConfig:
     """Config of the fixture model (pannuke6 classes, no HV head)."""
     return ModelConfig(
         name=name, arch=ARCH, backbone="none", heads={"sem": -1}, taxonomy="pannuke6", mpp=mpp,
         tile_size=tile_size, tile_overlap=tile_overlap, pad_multiple=1,
-        postprocess={"min_object_px": 8}, extra={"h_threshold": h_threshold, "gain": 20.0},
+        postprocess={"min_object_px": 8}, extra={"h_threshold": h_threshold, "gain": 70.0},
     )
 
 
@@ -116,8 +120,8 @@ def save_fixture_model(directory: str | Path, **kw) -> Path:
 
 
 def hematoxylin_od(rgb: np.ndarray) -> np.ndarray:
-    """Haematoxylin optical density of an (H, W, 3) uint8 image (for tuning the threshold)."""
-    stains = np.array([_H_VEC, _E_VEC], dtype=np.float64)
-    stains /= np.linalg.norm(stains, axis=1, keepdims=True)
-    od = -np.log(np.clip(rgb.astype(np.float64) / 255.0, 1 / 255.0, 1.0))
-    return od @ np.linalg.pinv(stains.T).T[:, 0]
+    """Haematoxylin optical density of an (H, W, 3) uint8 image in the units of ``h_threshold``
+    (``segtme.stain.haematoxylin_od``, for tuning the threshold)."""
+    from ..stain import haematoxylin_od
+
+    return haematoxylin_od(rgb)
