@@ -42,18 +42,9 @@ from ..errors import InputError
 #: Pillow filter used when downsampling (s < 1): "box" = mean of the input pixels whose centres
 #: fall in the output pixel's footprint (area averaging); "triangle" = antialiased bilinear
 #: (support 1 / s input px each side). Chosen by the held-out measurement in the module doc.
-DOWN_FILTER = "box"
+DOWN_FILTER = "area"
 #: |s - 1| below this counts as no resampling (s becomes exactly 1.0)
 UNIT_TOL = 1e-6
-
-
-def _pil_filter(s: float, name: str | None = None):
-    from PIL import Image
-
-    if s >= 1.0:
-        return Image.BILINEAR
-    name = name or DOWN_FILTER
-    return {"triangle": Image.BILINEAR, "box": Image.BOX}[name]
 
 
 def scale(mpp_in: float, mpp_out: float) -> float:
@@ -119,18 +110,65 @@ def resample(
     in rare pixels). Outside the whole input, edge pixels are replicated.
     down_filter: override ``DOWN_FILTER`` (for measurements only).
     """
-    from PIL import Image
-
     if rgb.dtype != np.uint8 or rgb.ndim not in (2, 3) or (rgb.ndim == 3 and rgb.shape[2] != 3):
         raise InputError(f"resample: expected (h, w, 3) or (h, w) uint8, got {rgb.shape} {rgb.dtype}")
     h, w = rgb.shape[:2]
     if h == 0 or w == 0:
         raise InputError(f"resample: empty image {rgb.shape}")
     oh, ow = (int(v) for v in out_hw) if out_hw is not None else (scaled_length(h, s), scaled_length(w, s))
-    inv = 1.0 / float(s)
+    flt = down_filter or DOWN_FILTER
+    if float(s) < 1.0 and flt == "area":
+        return _area(rgb, float(s), (oh, ow), origin_out, origin_in)
+    return _pillow(rgb, float(s), (oh, ow), origin_out, origin_in, flt)
+
+
+def _area_weights(o0: int, n_out: int, i0: int, n_in: int, s: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per output pixel (global ``o0 + j``): the local input indices it overlaps and the overlap
+    fractions (sum 1). Computed in global coordinates, so a crop gets bit-identical weights;
+    indices beyond the input are clamped to its edge (edge replication)."""
+    inv = 1.0 / s
+    o = np.arange(o0, o0 + n_out, dtype=np.float64)
+    a, b = o * inv, (o + 1.0) * inv
+    k = int(math.ceil(inv)) + 1
+    first = np.floor(a)
+    i = first[:, None] + np.arange(k, dtype=np.float64)[None, :]
+    wts = np.clip(np.minimum(b[:, None], i + 1.0) - np.maximum(a[:, None], i), 0.0, None) * s
+    idx = np.clip(i.astype(np.int64) - int(i0), 0, n_in - 1)
+    return idx, wts.astype(np.float32)
+
+
+def _area(rgb: np.ndarray, s: float, out_hw: tuple[int, int], origin_out: Sequence[int],
+          origin_in: Sequence[int]) -> np.ndarray:
+    """Exact area averaging (each output pixel = the mean of the input over its footprint,
+    fractional pixels weighted by their overlap), separable in float32: rows, then columns (on
+    the transposed intermediate, so both passes gather whole rows)."""
+    oh, ow = out_hw
+    iy, wy = _area_weights(int(origin_out[0]), oh, int(origin_in[0]), rgb.shape[0], s)
+    ix, wx = _area_weights(int(origin_out[1]), ow, int(origin_in[1]), rgb.shape[1], s)
+    tail = (None,) * (rgb.ndim - 1)
+    acc = rgb[iy[:, 0]] * wy[(slice(None), 0, *tail)]
+    for k in range(1, iy.shape[1]):
+        acc += rgb[iy[:, k]] * wy[(slice(None), k, *tail)]  # (oh, w[, 3]) float32
+    acc = np.ascontiguousarray(np.swapaxes(acc, 0, 1))  # (w, oh[, 3])
+    out = acc[ix[:, 0]] * wx[(slice(None), 0, *tail)]
+    for k in range(1, ix.shape[1]):
+        out += acc[ix[:, k]] * wx[(slice(None), k, *tail)]  # (ow, oh[, 3])
+    np.rint(out, out=out)
+    np.clip(out, 0, 255, out=out)
+    return np.ascontiguousarray(np.swapaxes(out.astype(np.uint8), 0, 1))
+
+
+def _pillow(rgb: np.ndarray, s: float, out_hw: tuple[int, int], origin_out: Sequence[int], origin_in: Sequence[int],
+            flt_name: str) -> np.ndarray:
+    """Pillow's convolution resampler (bilinear; "triangle" / "box" when downsampling)."""
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    oh, ow = out_hw
+    inv = 1.0 / s
     # the input span (local coordinates of ``rgb``) the output covers
-    ay = (int(origin_out[0])) * inv - int(origin_in[0])
-    ax = (int(origin_out[1])) * inv - int(origin_in[1])
+    ay = int(origin_out[0]) * inv - int(origin_in[0])
+    ax = int(origin_out[1]) * inv - int(origin_in[1])
     by, bx = ay + oh * inv, ax + ow * inv
     # replicate edges so the filter never meets Pillow's own border rule; a crop from
     # ``input_window`` holds the whole support except where it reaches the image's edge, so it
@@ -145,7 +183,7 @@ def resample(
         rgb = np.pad(rgb, pads, mode="edge")
     # two explicit passes, horizontal then vertical: Pillow may otherwise pick the pass order by
     # cost, and its uint8 intermediate then rounds a crop differently from the whole image
-    flt = _pil_filter(float(s), down_filter)
+    flt = Image.BILINEAR if s >= 1.0 else {"triangle": Image.BILINEAR, "box": Image.BOX}[flt_name]
     hp = rgb.shape[0]
     im = Image.fromarray(np.ascontiguousarray(rgb))
     im = im.resize((ow, hp), flt, box=(ax + px0, 0, bx + px0, hp), reducing_gap=None)
