@@ -22,12 +22,14 @@ of rounded image sizes), so a point found in output px goes back by ``x_in = x_o
 * ``pad_to``: bottom/right padding to a size: images reflect (edge where the image is shorter
   than the pad), labels take a constant.
 
-The filter was chosen by measurement (docs/benchmarks.md, "Resampling"): Pillow's box and
-triangle filters are each ~15x faster than the former Gaussian + affine (scipy) resampling of a
-16 MP 40x image (0.09-0.10 s vs 1.5 s). On the held-out images (``segtme eval --split val``,
-shipped model) the box filter keeps every score within 0.005 of the former resampler (MoNuSeg
-PQ 0.517 vs 0.513, AJI 0.536 vs 0.535, F_d 0.801 vs 0.798; CoNSeP PQ 0.366 vs 0.367); the
-triangle filter moved MoNuSeg's detection F1 by -0.014.
+The filter was chosen by measurement (docs/benchmarks.md, "Resampling"): on the held-out images
+(``segtme eval --split val``, shipped model) exact area averaging keeps PQ and AJI within 0.005
+of the former scipy Gaussian + affine resampler (MoNuSeg PQ 0.5135 vs 0.5131, AJI 0.5375 vs
+0.5347; CoNSeP PQ 0.3652 vs 0.3674, AJI 0.3513 vs 0.3501), maps a blob's centroid back within
+0.05 input px, and gives windows bit-identical to the whole image. Pillow's box filter (mean of
+the pixels whose centres fall in the footprint) shifted centroids by up to 0.34 px at s = 0.505;
+its triangle filter changed MoNuSeg's detection F1 by -0.014. Both Pillow filters stay
+selectable (``down_filter``) for such measurements.
 """
 
 from __future__ import annotations
