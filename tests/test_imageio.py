@@ -154,3 +154,25 @@ def test_bad_mpp(bad):
 
 def test_good_mpp():
     assert validate_mpp("0.25") == 0.25 and math.isclose(validate_mpp(0.2527), 0.2527)
+
+
+@pytest.mark.parametrize("raw", ["nan", "-0.5", "1e-"])
+def test_cli_says_an_invalid_aperio_mpp_is_invalid_not_missing(tmp_path, rgb, raw, capsys):
+    from segtme.cli import main
+
+    p = tmp_path / "bad.svs"
+    tifffile.imwrite(p, rgb, photometric="rgb", description=f"Aperio Image Library v12|AppMag = 40|MPP = {raw}")
+    img = read_image(p)
+    assert img.mpp is None and img.mpp_problem == f"MPP {raw} in the Aperio description is not valid (need a number of µm/px within 0.05-20)"
+    assert main(["analyze", str(p), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and f"MPP {raw} in the Aperio description is not valid" in err and "--mpp" in err
+    assert err.count("\n") == 1
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+def test_png_named_tif_is_read_by_content(tmp_path, rgb):
+    p = tmp_path / "scan.tif"
+    PILImage.fromarray(rgb).save(p, format="PNG")
+    im = read_image(p)
+    assert (im.rgb == rgb).all() and im.mpp is None and im.mpp_problem is None

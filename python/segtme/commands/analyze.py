@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         img = read_image(image_path)
         mpp = flags["mpp"] if flags["mpp"] is not None else img.mpp
         if mpp is None:
-            raise InputError(f"{image_path}: the image has no resolution information; pass --mpp (microns per pixel)")
+            raise InputError(img.missing_mpp_message())  # says "not valid" for e.g. Aperio MPP = -0.5
         mpp_source = "user (--mpp)" if flags["mpp"] is not None else (getattr(img, "mpp_source", "") or "file")
         prog.stage(f"{img.size[0]}x{img.size[1]} px at {mpp:g} µm/px ({mpp_source}); loading model {args.model}")
         try:
