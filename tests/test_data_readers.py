@@ -121,11 +121,32 @@ def test_crop_working_rescales_by_mpp():
     r, i, s, valid = crop_working(rgb, inst, sem, 0.25, 0.5, 64, origin=(0, 0))
     assert valid[:50, :50].all() and not valid[50:].any() and not valid[:, 50:].any()
     assert np.all(s[~valid] == IGNORE) and np.all(i[~valid] == 0)
+    assert np.array_equal(r[50:64, :50], r[48:34:-1, :50])  # image padding reflects, as inference pads
     assert (i == 5).sum() == 100  # 20x20 input px -> 10x10 working px
     assert r[10, 10, 0] == 0 and r[10, 40, 0] == 255
     # same MPP: plain crop
     r2, i2, _, _ = crop_working(rgb, inst, None, 0.5, 0.5, 32, origin=(40, 40))
     assert (i2 == 5).sum() == 400 and np.array_equal(r2, rgb[40:72, 40:72])
+
+
+def test_crop_working_is_the_inference_resampling(shared_data):
+    """A training crop has exactly the pixels of the whole image resampled by the product's
+    resampler (inference.resample), also at the scale-jittered MPPs, and the same rounding."""
+    from PIL import Image
+
+    from segtme.inference.resample import resample, resample_labels, scale, working_size as ws
+
+    rgb = np.asarray(Image.open(shared_data / "monuseg-train" / "images" / "TCGA-21-5786-01Z-00-DX1.png").convert("RGB"))
+    inst = np.asarray(Image.open(shared_data / "monuseg-train" / "labels" / "TCGA-21-5786-01Z-00-DX1_inst.png")).astype(np.int32)
+    for mpp_work in (0.5, 0.37, 0.66):
+        s = scale(0.25, mpp_work)
+        whole, whole_lab = resample(rgb, s), resample_labels(inst, s)
+        r, i, _, valid = crop_working(rgb, inst, None, 0.25, mpp_work, 96, origin=(37, 61))
+        assert valid.all()
+        diff = np.abs(r.astype(int) - whole[61:157, 37:133])
+        assert diff.max() <= 2 and (diff > 0).mean() < 0.02  # Pillow fixed-point ties (resample doc)
+        assert np.array_equal(i, whole_lab[61:157, 37:133])
+    assert ws((1001, 1001), 0.25, 0.5) == (501, 501)  # one rounding rule with inference
 
 
 def test_hls_conversion_matches_colorsys():

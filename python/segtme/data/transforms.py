@@ -3,9 +3,10 @@ image and its labels.
 
 Units: ``mpp_in`` is the stored image's µm/px; ``mpp_work`` the model's working µm/px;
 ``s = mpp_in / mpp_work`` = working px per input px (docs/INTERFACES.md). Crops are taken in
-working px: a crop box ``(x0, y0, x0 + T, y0 + T)`` in working px reads the input region
-``[x0 / s, (x0 + T) / s)`` and resamples it (bilinear + antialias for the image, nearest for
-labels), so a 1000 px image at 0.25 µm/px is never rescaled in full to train on a 256 px crop.
+working px: a crop box ``(x0, y0, x0 + T, y0 + T)`` in working px is resampled from its input
+window only, by the product's one resampler (``inference.resample``: area filter when
+shrinking, bilinear when enlarging; labels nearest), so a 1000 px image at 0.25 µm/px is never
+rescaled in full to train on a 256 px crop, and training sees the pixels inference sees.
 """
 
 from __future__ import annotations
@@ -19,22 +20,11 @@ from .sample import IGNORE
 
 
 def working_size(size_wh: tuple[int, int], mpp_in: float, mpp_work: float) -> tuple[int, int]:
-    """(width, height) in working px of an input of ``size_wh`` input px."""
-    s = mpp_in / mpp_work
-    return max(1, round(size_wh[0] * s)), max(1, round(size_wh[1] * s))
+    """(width, height) in working px of an input of ``size_wh`` input px: the product's one
+    rounding rule (``inference.resample.working_size``: ``floor(n * s + 0.5)``, at least 1)."""
+    from ..inference.resample import working_size as _ws
 
-
-def _resample(a: np.ndarray, box: tuple[float, float, float, float], out_wh: tuple[int, int], nearest: bool) -> np.ndarray:
-    if a.ndim == 3:
-        im = Image.fromarray(a)
-    elif a.dtype == np.uint8:
-        im = Image.fromarray(a)
-    else:
-        im = Image.fromarray(a.astype(np.int32))  # mode "I"
-    r = im.resize(out_wh, resample=Image.NEAREST if nearest else Image.BILINEAR, box=box,
-                  reducing_gap=None)
-    out = np.asarray(r)
-    return out.astype(a.dtype, copy=False)
+    return _ws(size_wh, mpp_in, mpp_work)
 
 
 def crop_working(
@@ -47,15 +37,19 @@ def crop_working(
     origin: tuple[int, int] | None = None,
     rng: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
-    """A ``tile`` x ``tile`` crop at working resolution.
+    """A ``tile`` x ``tile`` crop at working resolution, resampled exactly as inference does
+    (``inference.resample``: the same pixels as resampling the whole image, computed from the
+    crop's input window only; labels nearest).
 
     origin: (x0, y0) in working px; None: random (``rng``) uniformly over valid positions.
     Returns (rgb uint8 (T,T,3), inst int32 or None, sem uint8 or None, valid bool (T,T)). Where the
-    working image is smaller than the tile the crop is padded (image 0, inst 0, sem IGNORE, valid
-    False) on the right/bottom, as the paper pads.
+    working image is smaller than the tile the crop is padded on the right/bottom with the
+    product's padding (``resample.pad_to``: the image reflects, inst 0, sem IGNORE, valid False).
     """
+    from ..inference.resample import pad_to, resample_labels, resample_region, scale
+
     h, w = rgb.shape[:2]
-    s = mpp_in / mpp_work
+    s = scale(mpp_in, mpp_work)
     ww, wh = working_size((w, h), mpp_in, mpp_work)
     if origin is None:
         rng = rng or np.random.default_rng()
@@ -64,27 +58,20 @@ def crop_working(
     else:
         x0, y0 = int(origin[0]), int(origin[1])
     tw, th = max(0, min(tile, ww - x0)), max(0, min(tile, wh - y0))
-    out_rgb = np.zeros((tile, tile, 3), np.uint8)
     out_inst = np.zeros((tile, tile), np.int32) if inst is not None else None
     out_sem = np.full((tile, tile), IGNORE, np.uint8) if sem is not None else None
     valid = np.zeros((tile, tile), bool)
     if tw > 0 and th > 0:
-        if abs(s - 1.0) < 1e-9:
-            sl = (slice(y0, y0 + th), slice(x0, x0 + tw))
-            out_rgb[:th, :tw] = rgb[sl]
-            if inst is not None:
-                out_inst[:th, :tw] = inst[sl]
-            if sem is not None:
-                out_sem[:th, :tw] = sem[sl]
-        else:
-            box = (x0 / s, y0 / s, min((x0 + tw) / s, w), min((y0 + th) / s, h))
-            out_rgb[:th, :tw] = _resample(rgb, box, (tw, th), nearest=False)
-            if inst is not None:
-                out_inst[:th, :tw] = _resample(inst.astype(np.int32), box, (tw, th), nearest=True)
-            if sem is not None:
-                out_sem[:th, :tw] = _resample(sem.astype(np.uint8), box, (tw, th), nearest=True)
+        region = (x0, y0, x0 + tw, y0 + th)
+        out_rgb = pad_to(np.ascontiguousarray(resample_region(rgb, s, region)), (tile, tile))
+        if inst is not None:
+            out_inst[:th, :tw] = resample_labels(inst, s, (th, tw), origin_out=(y0, x0))
+        if sem is not None:
+            out_sem[:th, :tw] = resample_labels(sem, s, (th, tw), origin_out=(y0, x0))
         valid[:th, :tw] = True
-    return out_rgb, out_inst, out_sem, valid
+    else:
+        out_rgb = np.zeros((tile, tile, 3), np.uint8)
+    return np.ascontiguousarray(out_rgb), out_inst, out_sem, valid
 
 
 # --------------------------------------------------------------------------- colour

@@ -157,37 +157,29 @@ class Prediction:
 
 def labels_to_input(inst_work: np.ndarray, s: float, shape: tuple[int, int]) -> np.ndarray:
     """Map a working-resolution label map back to the input grid (nearest neighbour): input pixel
-    i (centre i + 0.5) takes working pixel floor((i + 0.5) * s), clipped (INTERFACES.md)."""
+    i (centre i + 0.5) takes working pixel floor((i + 0.5) * s), clipped (INTERFACES.md);
+    ``s`` = working px per input px. The product's ``resample.resample_labels``."""
     if abs(s - 1.0) < 1e-9 and inst_work.shape == tuple(shape):
         return inst_work
-    H, W = shape
-    ys = np.clip(np.floor((np.arange(H) + 0.5) * s).astype(np.int64), 0, inst_work.shape[0] - 1)
-    xs = np.clip(np.floor((np.arange(W) + 0.5) * s).astype(np.int64), 0, inst_work.shape[1] - 1)
-    return inst_work[ys[:, None], xs[None, :]]
+    from ..inference.resample import resample_labels
+
+    return resample_labels(inst_work, 1.0 / s, tuple(shape))
 
 
 def predict_instances(model: Any, rgb: np.ndarray, mpp: float, *, batch_size: int = 8) -> Prediction:
-    """Instances and classes of ``rgb`` (input px at ``mpp`` µm/px) from any registry model."""
-    t0 = time.perf_counter()
-    mod = model.module
-    if hasattr(mod, "predict_instances"):
-        inst, cls, _ = mod.predict_instances(rgb, mpp)
-        inst = inst.astype(np.int32)
-    else:
-        from ..inference.engine import predict_maps, to_working
-        from ..inference.postprocess import classify_instances, hv_watershed
+    """Instances and classes of ``rgb`` (input px at ``mpp`` µm/px) from any registry model,
+    through the product's one dispatch (``inference.instances.predict_instances``: hook models
+    as they are, maps models tiled at their working MPP -> ``maps.instances_from_maps`` ->
+    nearest back to the input grid)."""
+    from ..inference.instances import predict_instances as product_instances
+    from ..inference.options import InferenceOptions
 
-        work, s = to_working(rgb, mpp, model.config)
-        maps = predict_maps(model, work, batch_size=batch_size)
-        if maps.hv is None:
-            raise InputError(f"model {model.config.name} has no HV head: instance evaluation needs one")
-        inst_w = hv_watershed(1.0 - maps.prob[0], maps.hv, model.config.postprocess)
-        cls, _ = classify_instances(inst_w, maps.prob)
-        inst = labels_to_input(inst_w, s, rgb.shape[:2]).astype(np.int32)
-    # a nucleus may vanish when mapped to a coarser grid: keep only ids still present
-    present = np.unique(inst)
-    present = present[present > 0]
-    classes = {int(i): int(cls[i - 1]) for i in present if 0 < i <= len(cls)}
+    t0 = time.perf_counter()
+    if model.contract.instances == "maps" and "hv" not in model.config.heads:
+        raise InputError(f"model {model.config.name} has no HV head: instance evaluation needs one")
+    ins = product_instances(model, rgb, mpp, InferenceOptions(batch_size=batch_size))
+    inst = ins.inst.astype(np.int32, copy=False)
+    classes = {i + 1: int(c) for i, c in enumerate(ins.class_id.tolist())}
     return Prediction(inst, classes, time.perf_counter() - t0)
 
 

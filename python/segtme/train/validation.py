@@ -1,6 +1,6 @@
 """Validation of a model on fixed, labelled crops during training (rank 0): loss, mIoU, and the
-instance metrics of ``eval/metrics.py`` (PQ, AJI, Dice, ...) on instances from the same HV
-watershed the product and ``segtme eval`` use (``inference.postprocess.hv_watershed``).
+instance metrics of ``eval/metrics.py`` (PQ, AJI, Dice, ...) on instances from the product's
+one maps -> nuclei step (``inference.maps.instances_from_maps``), as ``segtme eval`` uses.
 
 Metrics: ``miou`` = mean IoU over all classes incl. background (as HF ``evaluate``'s mean_iou)
 on class-labelled crops; if no crop has classes, the binary background/nucleus mIoU.
@@ -34,7 +34,10 @@ def validate_crops(model: torch.nn.Module, dataset: Dataset, loss_fn: Callable, 
                    eval_instances: bool = True) -> dict[str, float]:
     """Metrics over every crop of ``dataset`` (a ``CropDataset`` with ``train=False``)."""
     from ..eval.metrics import instance_metrics, miou, nanmean, semantic_confusion
-    from ..inference.postprocess import hv_watershed
+    from ..inference.maps import Maps, instances_from_maps
+    from ..models.config import PostprocessParams
+
+    params = PostprocessParams.from_mapping(postprocess)
 
     C = int(num_classes)
     was_training = model.training
@@ -68,7 +71,7 @@ def validate_crops(model: torch.nn.Module, dataset: Dataset, loss_fn: Callable, 
                     conf += semantic_confusion(t[known][None], pred[known][None], C)
                     n_cls += 1
                 if hv is not None and eval_instances and bool(batch["has_inst"][i]):
-                    pinst = hv_watershed(1.0 - prob[i][0], hv[i], postprocess)
+                    pinst = instances_from_maps(Maps(prob[i], hv[i]), params).inst.copy()
                     pinst[~valid] = 0
                     inst_rows.append(instance_metrics(batch["inst"][i].numpy(), pinst).to_dict())
     finally:
