@@ -12,7 +12,7 @@ unsupported or unbound claim -> the template narrative replaces an LLM's text). 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 from .backends import NarrativeBackend, NarrativeBackendError
@@ -85,7 +85,7 @@ class NarrateEvalResult:
              "unsupported_claim_rate": self.unsupported_claim_rate, "n_fallback": self.n_fallback,
              "fallback_rate": self.fallback_rate, "n_errors": self.n_errors, "top_failures": self.top_failures()}
         if include_regions:
-            d["regions"] = [r.__dict__ for r in self.regions]
+            d["regions"] = [asdict(r) for r in self.regions]
         return d
 
     def summary(self) -> str:

@@ -95,7 +95,10 @@ def _label_items(root: Path) -> tuple[str, list[dict]] | None:
     """('classed' | 'fixed', items with 'inst', optional 'type_map', 'mpp') of a dataset dir."""
     idx = root / "index.json"
     if idx.is_file():
-        d = json.loads(idx.read_text(encoding="utf-8"))
+        try:
+            d = json.loads(idx.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise InputError(f"cannot read dataset index {idx}: {e}") from None
         items = d["items"] if isinstance(d, dict) and "items" in d else d
         if not isinstance(items, list) or not items or not isinstance(items[0], dict):
             return None
