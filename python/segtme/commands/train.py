@@ -24,14 +24,28 @@ def _parse_set(items: list[str] | None) -> dict:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model from a TOML/YAML run config (--resume continues a saved run; torchrun for multi-GPU)")
+    raw = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser(
+        "train", help="train a model from a TOML/YAML run config (--resume continues a saved run; torchrun for multi-GPU)",
+        description="Train one run from a config (docs/training.md). The run's whole state is ONE file ([run] state_file), "
+                    "saved every save_every steps and on SIGTERM (exit 143); --resume continues it exactly.",
+        epilog="examples:\n  segtme train configs/default_model_ft3s.toml\n  segtme train configs/default_model_ft3s.toml --resume\n"
+               "  segtme train configs/example_monuseg.toml --set run.max_steps=100\n"
+               "  torchrun --nproc_per_node=8 -m segtme.cli train configs/uni2_stage1_pannuke.toml",
+        formatter_class=raw)
     p.add_argument("config", help="run config (.toml, .yaml); see docs/training.md and configs/")
     p.add_argument("--resume", action="store_true",
                    help="continue the run from its state file ([run] state_file); without it a run whose state file exists is refused")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value, e.g. run.max_steps=100")
     p.set_defaults(func=run_train)
 
-    q = sub.add_parser("pseudo-label", help="entropy-filtered pseudo-labels (two-pass, resumable, shardable)")
+    q = sub.add_parser(
+        "pseudo-label", help="entropy-filtered pseudo-labels (two-pass, resumable, shardable)",
+        description="Predict every unlabelled patch, keep those whose mean foreground entropy is below the "
+                    "--tau-percentile percentile of the corpus, write <patch>_sem_map.png + manifest.json.",
+        epilog="example:\n  segtme pseudo-label --model default --data ../shared/data/mitoses-amibr/patches --kind images "
+               "--mpp 0.25 --out runs/pseudo",
+        formatter_class=raw)
     q.add_argument("--model", required=True, help="model spec (checkpoint .json, preset or shipped name)")
     q.add_argument("--data", required=True, help="image folder (TCGA-UT layout or any folder of images)")
     q.add_argument("--out", required=True, help="output folder")
@@ -46,7 +60,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--device", default="auto")
     q.set_defaults(func=run_pseudo)
 
-    c = sub.add_parser("curriculum", help="the paper's three-stage pseudo-label curriculum (resumable)")
+    c = sub.add_parser(
+        "curriculum", help="the paper's three-stage pseudo-label curriculum (resumable)",
+        description="Stage 1 -> pseudo-labels -> stage 2 [-> pseudo-labels -> stage 3]; finished parts are skipped on rerun, "
+                    "an interrupted stage continues from its state file.",
+        epilog="examples:\n  segtme curriculum configs/curriculum_default.toml\n  segtme curriculum configs/curriculum_example.toml",
+        formatter_class=raw)
     c.add_argument("config", help="curriculum config (.toml/.yaml); see configs/curriculum_example.toml")
     c.set_defaults(func=run_curriculum)
 
