@@ -131,6 +131,19 @@ PARAPHRASES = [  # (sentence, expected bound keys in order)
     ("All 5 inflammatory nuclei lie within 15.7 µm of tumour.", ["count_engaged_immune", "engagement_radius_um"]),
     ("Neoplastic nuclei measure 39.0 µm² on average.", ["mean_area_Neoplastic_um2"]),
     ("Spatial entropy is 0.31.", ["mean_spatial_entropy"]),
+    ("There were 276 tumour cells out of 309 nuclei.", ["N_Neoplastic", "N_total"]),
+    ("The mean distance from inflammatory to neoplastic nuclei is 7.5 µm.", ["mean_dist_Inflammatory_to_Neoplastic_um"]),
+    ("5 of 5 immune cells (100%) are within the 15.7 µm engagement radius.",
+     ["count_engaged_immune", "N_Inflammatory", "fraction_engaged_immune", "engagement_radius_um"]),
+    ("About 89% of nuclei are neoplastic.", ["r_Neoplastic"]),
+    ("Inflammatory nuclei: 5 (1.6%).", ["N_Inflammatory", "r_Inflammatory"]),
+    ("Mean distance between immune and tumour nuclei: 7.5 µm; minimum: 5.7 µm.",
+     ["mean_dist_Inflammatory_to_Neoplastic_um", "min_dist_Inflammatory_to_Neoplastic_um"]),
+    ("Connective tissue nuclei account for 8.7% of cells, and 1 other nucleus (0.3%) was seen.",
+     ["r_Connective", "N_Other", "r_Other"]),
+    ("Neoplastic cells dominate (89.3% of 309 nuclei).", ["r_Neoplastic", "N_total"]),
+    ("With a mean nearest-neighbour distance of 7.5 µm, immune cells are proximal to the tumour.",
+     ["mean_dist_Inflammatory_to_Neoplastic_um"]),
 ]
 
 

@@ -185,6 +185,20 @@ class _Binder:
 _HARD = re.compile(r"(?<!\d)[.!?](?!\d)|[;\n]|(?<=\d)\.(?=\s|$)")
 
 
+_SENT = re.compile(r"(?<!\d)[.!?](?!\d)|\n|(?<=\d)\.(?=\s|$)")
+
+
+def _sentence_of(text: str, pos: int) -> tuple[int, int]:
+    s, e = 0, len(text)
+    for m in _SENT.finditer(text):
+        if m.end() <= pos:
+            s = m.end()
+        elif m.start() >= pos:
+            e = m.start()
+            break
+    return s, e
+
+
 def clause_spans(text: str) -> list[tuple[int, int]]:
     """(start, end) of the clauses: split at sentence ends (not decimal points), newlines and ';' outside
     parentheses ("(5; 1.6%)" stays one clause)."""
@@ -414,14 +428,16 @@ def parse_numbers(text: str, raw: Mapping[str, Any], masked: list[tuple[int, int
         br = [b for b in binders if b.start >= n.end and b.end <= re_]
         bc = [b for b in binders if b.start >= cs and b.end <= ce]
         left = text[ls:n.start]
-        _bind(n, raw, text, (cs, ce), left, text[n.end:re_], bl, br, bc, prev, nxt)
+        ss, se = _sentence_of(text, n.start)
+        bs = [b for b in binders if b.start >= ss and b.end <= se]
+        _bind(n, raw, text, (cs, ce), left, text[n.end:re_], bl, br, bc, prev, nxt, (ss, bs))
         prev_in_clause[cs] = n
     return nums
 
 
 def _bind(n: NumberMention, raw: Mapping[str, Any], text: str, clause: tuple[int, int], left: str, right: str,
           bl: list[_Binder], br: list[_Binder], bc: list[_Binder], prev: NumberMention | None,
-          nxt: NumberMention | None) -> None:
+          nxt: NumberMention | None, sentence: tuple[int, list[_Binder]]) -> None:
     fam = n.family
     cs, ce = clause
     ctext = text[cs:ce]
@@ -524,6 +540,9 @@ def _bind(n: NumberMention, raw: Mapping[str, Any], text: str, clause: tuple[int
         if b.name in ("within", "radius"):
             return done(_with_unit("engagement_radius", n.unit), "engagement radius")
         pairs, why = _pair(ctext, cs, bc)
+        if not pairs and why.startswith("the two classes"):  # "...: 7.5 µm; minimum: 5.7 µm": the sentence's pair
+            ss, bs = sentence
+            pairs, why = _pair(text[ss:cs] + ctext, ss, [x for x in bs if x.end <= ce])
         if not pairs:
             return done(None, reason=why)
         keys = [f"{b.name}_dist_{a}_to_{t}" for a, t in pairs]
