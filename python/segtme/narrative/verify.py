@@ -111,11 +111,13 @@ class VerificationResult:
 
 #: (phrase, targets) longest first (see vocabulary.py).
 PHENOTYPE_VOCABULARY = list(phenotype_vocabulary())
+
+
 def _norm(phrase: str) -> str:
     return re.sub(r"[\s\-]+", " ", phrase.strip().lower())
 
 
-#: normalised phrase -> targets; one alternation regex over all phrases, longest first
+#: normalised phrase -> targets ("stroma free" and "stroma-free" are one phrase)
 _TARGETS: dict[str, tuple[tuple, ...]] = {}
 for _p, _t in PHENOTYPE_VOCABULARY:
     _TARGETS[_norm(_p)] = tuple(sorted(set(_TARGETS.get(_norm(_p), ())) | set(_t)))
@@ -126,7 +128,7 @@ def _first_word(phrase: str) -> str:
     return re.match(r"[\w/]*", re.split(r"[\s\-]+", phrase.strip().lower())[0]).group(0)
 
 
-#: first word -> [(regex, phrase)] longest first: phrases are tried only where their first word starts
+#: first word -> phrase regexes, longest phrase first: a phrase is tried only where its first word starts
 _BY_FIRST: dict[str, list[re.Pattern]] = {}
 for _p, _t in PHENOTYPE_VOCABULARY:
     _BY_FIRST.setdefault(_first_word(_p), []).append(re.compile(phrase_regex(_p), re.I))
@@ -144,6 +146,7 @@ def _phrase_matches(text: str):
                 yield m
                 pos = m.end()
                 break
+
 
 _AXES_SORTED = sorted(all_axes(), key=len, reverse=True)
 _AXIS_RE = re.compile("|".join(phrase_regex(a) for a in _AXES_SORTED), re.I)
