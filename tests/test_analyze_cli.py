@@ -258,3 +258,71 @@ def test_analyze_instance_source_only_for_paget_h(tmp_path, paget_files, he_page
     png, _, mpp = he_paget_png
     _fails(["analyze", str(png), "--mpp", str(mpp), "--model", str(paget_files["paget_s_cli"]), "--instance-source",
             "classical", "--out", str(tmp_path / "o")], capsys, "PAGET-H models only")
+
+
+# --------------------------------------------------------------------------- provenance, join, cells, overlay, progress
+def test_provenance_csv_geojson_join_cells_overlay_and_progress(tmp_path, tiny_model_files, he_png, capsys):
+    """Every output says what made it; the CSV's Object ID is the GeoJSON id; --cells writes
+    Cell/Cytoplasm measurements with the asked expansion; the overlay has a legend and states its
+    scale; off a terminal, progress is plain stage lines on stderr."""
+    import csv
+    import hashlib
+
+    from segtme.version import __version__
+
+    png, _, mpp = he_png
+    out = tmp_path / "out"
+    rc = main(["analyze", str(png), "--mpp", str(mpp), "--model", str(tiny_model_files), "--out", str(out), "--cells",
+               "--cell-expansion", "3", "--overlay-size", "64", "--overlay-fill"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    stages = [ln for ln in cap.err.splitlines() if ln.startswith("[")]
+    assert any("segmenting:" in ln for ln in stages) and any("writing nuclei.geojson" in ln for ln in stages)
+    assert any("cells:" in ln for ln in stages) and "\r" not in cap.err  # no bar off a terminal
+    assert "preview at 50%" in cap.out
+
+    weights = tiny_model_files.with_suffix(".safetensors")
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    fc = json.loads((out / "nuclei.geojson").read_text(encoding="utf-8"))
+    prov = dict(fc["properties"]["segtme"])
+    assert "tme" in prov or not _report_available()  # the TME measurements ride on the collection
+    prov.pop("tme", None)
+    assert prov["segtme_version"] == __version__ and prov["model"] == "tiny_test" and prov["weights_sha256"] == sha
+    assert prov["image"] == str(png.resolve()) and prov["mpp"] == pytest.approx(mpp) and prov["mpp_source"].startswith("user")
+    assert prov["parameters"]["cell_expansion_um"] == 3.0 and prov["parameters"]["output_type"] == "cell"
+    cells = [f for f in fc["features"] if f["properties"]["objectType"] == "cell"]
+    assert cells and all(f["properties"]["segtmeRun"] == prov["run"] for f in cells)
+    assert all(set(f["properties"]) == {"objectType", "classification", "isLocked", "measurements", "segtmeRun"}
+               for f in cells)  # one short property per object, no per-object metadata map
+    keys = set().union(*(f["properties"]["measurements"] for f in cells))  # NaN (e.g. no cytoplasm) is left out
+    # (the random tiny model finds a few huge nuclei: no cytoplasm here; test_measurements checks it)
+    assert {"Cell: Area µm^2", "Cell: Eosin OD mean", "Nucleus/Cell area ratio", "Nucleus: Max caliper µm"} <= keys
+
+    lines = (out / "nuclei.csv").read_text(encoding="utf-8").splitlines()
+    assert json.loads(lines[0][len("# segtme: "):]) == prov
+    rows = list(csv.DictReader(lines[1:]))
+    assert [r["Object ID"] for r in rows] == [f["id"] for f in cells]  # the join key
+    by_id = {f["id"]: f["properties"]["measurements"] for f in cells}
+    for r in rows[:5]:
+        assert float(r["Cell: Area µm^2"]) == pytest.approx(by_id[r["Object ID"]]["Cell: Area µm^2"], rel=1e-5)
+        assert r["Object type"] == "cell" and r["Image"] == str(png)
+
+    rep = json.loads((out / "tme.json").read_text(encoding="utf-8"))
+    assert rep["provenance"] == prov
+    ov = PILImage.open(out / "overlay.png")
+    assert max(ov.size) == 64 and float(ov.text["segtme:scale"]) == pytest.approx(0.5)
+    assert ov.text["segtme:source_size"] == "128x128"
+
+
+def test_no_overlay_and_report_annotation(tmp_path, tiny_model_files, he_png, capsys):
+    png, _, mpp = he_png
+    out = tmp_path / "o"
+    rc = main(["analyze", str(png), "--mpp", str(mpp), "--model", str(tiny_model_files), "--out", str(out),
+               "--no-overlay", "--report-annotation", "--no-progress"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "overlay.png" not in _outputs(out) and cap.err.strip() == ""  # --no-progress: silent stderr
+    if _report_available():
+        fc = json.loads((out / "nuclei.geojson").read_text(encoding="utf-8"))
+        rep = [f for f in fc["features"] if f["properties"].get("name") == "SegTME TME report"]
+        assert len(rep) == 1 and rep[0]["properties"]["objectType"] == "annotation"
