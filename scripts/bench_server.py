@@ -81,7 +81,7 @@ def load_images(n: int):
     items = index["items"] if isinstance(index, dict) and "items" in index else index
     out = []
     for it in items[:n]:
-        out.append((np.asarray(Image.open(root / it["image"]).convert("RGB")), float(it.get("mpp", 0.25))))
+        out.append((np.asarray(Image.open(root / it["image"]).convert("RGB")), float(it.get("mpp") or 0.25)))
     return out
 
 

@@ -123,11 +123,12 @@ class SegTMEServicer(pb_grpc.SegTMEServicer):
                           "(max_concurrent_streams); retry later")
 
     def _log_job(self, rpc: str, spec: JobSpec | None, job: TileJob | None, status: str, t0: float,
-                 context: grpc.ServicerContext, message: str = "") -> None:
+                 context: grpc.ServicerContext, message: str = "", nuclei: int | None = None) -> None:
         rec = {
             "event": "job", "rpc": rpc, "job_id": spec.job_id if spec else "", "model": spec.model if spec else "",
             "annotation_id": spec.annotation_id if spec else "", "status": status,
-            "tiles": job.tiles_done if job else 0, "nuclei": job.nuclei if job else 0,
+            "tiles": job.tiles_done if job else 0,
+            "nuclei": nuclei if nuclei is not None else (job.nuclei if job else 0),
             "seconds": round(time.perf_counter() - t0, 3), "peer": context.peer(),
         }
         if message:
@@ -184,6 +185,7 @@ class SegTMEServicer(pb_grpc.SegTMEServicer):
         spec: JobSpec | None = None
         job: TileJob | None = None
         status = "OK"
+        n_nuclei: int | None = None
         try:
             cfg_msg = pb.JobConfig(model=request.model, image_mpp=request.image_mpp, output_type=request.output_type,
                                    narrative_backend=request.narrative_backend, job_id="analyze")
@@ -208,6 +210,7 @@ class SegTMEServicer(pb_grpc.SegTMEServicer):
                 job = TileJob(runner, spec, token, self.limits)
                 table, tissue = self._analyze_tiles(rgb, spec, runner, job)
             del rgb
+            n_nuclei = len(table)
             table.meta["image_size"] = [w, h]
             report = build_report(table, spec.narrative_backend, tissue if runner.paget_mode else None)
             from ..export.geojson import dumps, nuclei_to_features
@@ -237,7 +240,7 @@ class SegTMEServicer(pb_grpc.SegTMEServicer):
             if job is not None:
                 job.drop()
             self.slots.release()
-            self._log_job("AnalyzeImage", spec, job, status, t0, context)
+            self._log_job("AnalyzeImage", spec, job, status, t0, context, nuclei=n_nuclei)
             job = None
             _after_job()
 
