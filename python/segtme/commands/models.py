@@ -28,7 +28,10 @@ def run(args: argparse.Namespace) -> int:
         cfg = ModelConfig.from_json(path)
         w = path.parent / (cfg.weights or f"{name}.safetensors")
         rows.append((name, cfg.arch, cfg.backbone, cfg.mpp, str(w) if w.is_file() else f"MISSING ({w})"))
+    shipped = set(shipped_models())
     for name, cfg in presets().items():
+        if name in shipped:  # the shipped config (listed above) shadows the architecture preset
+            continue
         if cfg.weights:
             from pathlib import Path
 

@@ -287,11 +287,19 @@ def build_labels(spec: DistillSpec) -> Path:
     mit = build_mitosis_detector(spec.mitoses)
     params = ag.AggregationParams(**spec.aggregation)
     accepted, stats = [], {}
+    old_stats: dict[str, Any] = {}
+    if (out / "manifest.json").is_file() and not spec.overwrite:  # keep the stats of reused labels
+        try:
+            old_stats = dict(json.loads((out / "manifest.json").read_text()).get("stats", {}))
+        except (OSError, ValueError):
+            old_stats = {}
     for key, path, mpp in list_images(spec.images):
         sem_name = f"{key}_sem_map.png"
         img_name = f"{key}{path.suffix}" if spec.crop else None
         if not spec.overwrite and (out / sem_name).is_file() and (img_name is None or (out / img_name).is_file()):
             log.info("labels for %s exist; reusing (overwrite = false)", key)
+            if key in old_stats:
+                stats[key] = old_stats[key]
         else:
             rgb = read_rgb(path)
             res = aggregate_image(rgb, mpp, key, teachers, src, mit, method=spec.method, params=params)

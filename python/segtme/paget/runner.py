@@ -248,7 +248,7 @@ def analyze_paget(
     mitosis (PAGET-H): the mitosis teacher run on the instances (marks "Mitotic cell", adds the
     ``mitosis_prob`` / ``mitosis_atypical_prob`` columns): "config" = the config's
     ``extra["mitosis"]`` (the shipped ``mitosis`` model for the shipped PAGET-H), a model spec /
-    LoadedModel, or None."""
+    LoadedModel, a marker from ``mitosis_marker``, or None."""
     from ..inference.imageio import validate_mpp
     from ..models.registry import load_model
     from .model import paget_mode
@@ -267,7 +267,10 @@ def analyze_paget(
         src = _resolve_instance_source(instance_source or lm.config.extra.get("instance_source", "default"),
                                        device, allow_random)
         spec = lm.config.extra.get("mitosis") if isinstance(mitosis, str) and mitosis == "config" else mitosis
-        mark = mitosis_marker(spec, "cpu" if lm.device.type == "cpu" else str(lm.device))
+        if callable(spec) and not isinstance(spec, LoadedModel):  # a ready marker (mitosis_marker)
+            mark = spec
+        else:
+            mark = mitosis_marker(spec, "cpu" if lm.device.type == "cpu" else str(lm.device))
     s_in = float(mpp) / wm
     if max(rgb.shape[0], rgb.shape[1]) * s_in > chunk_work * 1.25:
         res = _analyze_chunked(rgb, mpp, lm, mode, src, mark, offset_xy=offset_xy, chunk_work=chunk_work,

@@ -16,6 +16,22 @@ from typing import Any, Mapping
 
 from ..models.config import ModelConfig
 
+#: the teacher of every class the shipped student learned (configs/paget_distill_b0.toml)
+TEACHERS: dict[str, str] = {
+    "Background": "aggregation step 1: brighter than Otsu on the smoothed grey image (floor 0.85)",
+    "Epithelium": "rule teacher: nuclear density around the default model's nuclei (rule_teachers.TissueDensityTeacher)",
+    "Stroma": "aggregation step 2: the default tissue where no tissue teacher fires",
+    "Red blood cell": "rule teacher: red colour (rule_teachers.RedCellColourTeacher)",
+    "Epithelial cell": "shipped nucleus model `default` (CoNSeP epithelial, baseline) + step 4a (epithelial context)",
+    "Fibroblast": "shipped nucleus model `default` (CoNSeP spindle-shaped -> Connective -> Fibroblast, step 4b)",
+    "Lymphocyte": "shipped nucleus model `default` (CoNSeP inflammatory -> Leukocyte) refined by the rule teacher "
+                  "for small round dark nuclei (rule_teachers.RoundDarkNucleusTeacher); other leukocytes unresolved",
+    "Mitotic cell": "mitosis teacher `mitosis` (segtme.mitosis) on the default model's nuclei (step 5)",
+}
+#: classes with NO teacher here: never in the labels, so the student does not learn them
+UNLEARNED: tuple[str, ...] = ("Smooth muscle", "Endothelial cell", "Plasma cell", "Myeloid cell", "Eosinophil",
+                              "Neutrophil")
+
 #: (shipped name, mode)
 SHIPPED_NAMES = (("paget_s", "semantic"), ("paget_h", "panoptic"), ("paget_s_b0", "semantic"), ("paget_h_b0", "panoptic"))
 WEIGHTS_FILE = "paget_b0.safetensors"
@@ -35,6 +51,8 @@ def ship_student(checkpoint_json: str | Path, weights_dir: str | Path, *, tile_s
     out = []
     for name, mode in SHIPPED_NAMES:
         ex = {k: v for k, v in cfg.extra.items() if k not in ("mode", "instance_source", "mitosis", "description")}
+        ex.update({"teachers": dict(TEACHERS), "unlearned_classes": list(UNLEARNED),
+                   "model_card": "PAGET_MODEL_CARD.md"})
         ex.update(dict(extra or {}))
         ex["mode"] = mode
         ex["description"] = ("PAGET-S" if mode == "semantic" else "PAGET-H") + \

@@ -1,0 +1,107 @@
+"""PAGET pieces of issue #18: several image folders with held-out images in a distillation config,
+the evaluation helpers, the shipped student (loads with no --weights, both modes, chunked path
+with the one stitcher), and the mitosis features."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from segtme.errors import InputError
+
+
+def test_image_specs_keys_mpp_and_held_out(shared_data, tmp_path):
+    from segtme.paget.distill import list_images, val_keys
+
+    specs = [
+        {"path": str(shared_data / "consep-train" / "images"), "glob": "train_1*.png", "default_mpp": 0.25,
+         "prefix": "c_", "val": ["train_10"]},
+        {"path": str(shared_data / "nucls-sample" / "images"), "glob": "test_*.png", "mpp": 0.25, "prefix": "n_"},
+    ]
+    items = list_images(specs)
+    keys = [k for k, _, _ in items]
+    assert "c_train_10" in keys and all(k.startswith(("c_", "n_")) for k in keys)
+    assert val_keys(specs) == ["c_train_10"]
+    with pytest.raises(InputError, match="duplicate"):
+        list_images([specs[1], specs[1]])
+    with pytest.raises(InputError, match="unknown key"):
+        list_images([{**specs[1], "colour": 1}])
+    with pytest.raises(InputError, match="val_from"):
+        val_keys([{**specs[1], "val_from": "elsewhere"}])
+
+
+def test_class_agreement_and_instance_classes():
+    from segtme.paget.evaluate import class_agreement, instance_classes, to_consep4
+
+    label = np.array([[1, 1, 2, 255], [4, 4, 2, 2]], np.uint8)
+    pred = np.array([[1, 2, 2, 4], [4, 0, 2, 2]], np.uint8)
+    ag = class_agreement(pred, label)
+    assert ag[1]["dice"] == pytest.approx(2 * 1 / (2 + 1))
+    assert ag[2]["dice"] == pytest.approx(2 * 3 / (3 + 4))
+    assert ag[4]["dice"] == pytest.approx(2 * 1 / (2 + 1))  # the ignored pixel's 4 is not counted
+    inst = np.array([[1, 1, 0, 2], [1, 0, 2, 2]])
+    lab = np.array([[4, 4, 0, 8], [5, 0, 8, 255]], np.uint8)
+    assert instance_classes(inst, lab).tolist() == [4, 8]
+    # epithelial cell -> Epithelial, lymphocyte -> Inflammatory, fibroblast -> Spindle, mitotic -> Other
+    assert to_consep4(np.array([4, 8, 5, 13, 2, 255])).tolist() == [3, 2, 4, 1, 0, 0]
+
+
+def test_mitotic_count_per_mm2_feature():
+    from segtme.inference.nuclei import build_nuclei_table
+    from segtme.paget.features import analyze_paget_features
+    from segtme.taxonomy import get_taxonomy
+
+    tax = get_taxonomy("paget13")
+    inst = np.zeros((100, 100), np.int32)
+    inst[10:15, 10:15] = 1
+    inst[50:55, 50:55] = 2
+    mit, epi = tax.names.index("Mitotic cell"), tax.names.index("Epithelial cell")
+    t = build_nuclei_table(inst, tax, class_id=np.array([mit, epi]), mpp=0.5)
+    t.extra["mitosis_atypical_prob"] = np.array([0.9, 0.1])
+    sem = np.full((100, 100), 1, np.uint8)  # all epithelium: 100 x 100 px at 0.5 µm/px = 2500 µm²
+    f = analyze_paget_features(t, sem)
+    assert f["N_Mitotic_cell"] == 1 and f["N_Mitotic_atypical"] == 1
+    assert f["mitotic_count_per_mm2"] == pytest.approx(1 / 2500e-6)
+    t.mpp = None
+    assert analyze_paget_features(t, sem)["mitotic_count_per_mm2"] is None
+
+
+def test_shipped_student_runs_without_weights_and_chunks_agree(shared_data):
+    """paget_s / paget_h load with no --weights; the chunked path (one stitcher) finds the same
+    PAGET-S nuclei as the whole-image path on a real image."""
+    from segtme.data.sample import read_rgb
+    from segtme.models.registry import load_model, shipped_models
+    from segtme.paget.runner import analyze_paget
+
+    for name in ("paget_s", "paget_h", "paget_s_b0", "paget_h_b0"):
+        assert name in shipped_models(), f"{name} is not shipped"
+    lm = load_model("paget_s", "cpu")
+    assert lm.source.endswith("paget_b0.safetensors")
+    assert load_model("paget_h", "cpu").config.extra["mode"] == "panoptic"
+    rgb = read_rgb(shared_data / "consep-train" / "images" / "train_3.png")[:640, :640]
+    whole = analyze_paget(rgb, 0.25, lm, mode="semantic")
+    chunked = analyze_paget(rgb, 0.25, lm, mode="semantic", chunk_work=160)
+    assert chunked.nuclei.meta["chunks"] > 1
+    assert chunked.sem.shape == whole.sem.shape
+    assert (chunked.sem == whole.sem).mean() > 0.97
+    from segtme.eval.metrics import pair_centroids
+
+    r, _, ut, up = pair_centroids(whole.nuclei.centroid, chunked.nuclei.centroid, 3.0)
+    assert len(r) >= 0.9 * max(len(whole.nuclei), len(chunked.nuclei))
+    names = {f["properties"]["classification"]["name"] for f in whole.tissue_features}
+    assert names == {f["properties"]["classification"]["name"] for f in chunked.tissue_features}
+
+
+def test_shipped_configs_name_their_teachers_and_unlearned_classes():
+    from segtme.models.config import ModelConfig
+    from segtme.models.registry import shipped_models
+
+    cfg = ModelConfig.from_json(shipped_models()["paget_h"])
+    ex = cfg.extra
+    assert ex["instance_source"] == "default" and ex["mitosis"] == "mitosis"
+    assert set(ex["unlearned_classes"]) == {"Smooth muscle", "Endothelial cell", "Plasma cell", "Myeloid cell",
+                                            "Eosinophil", "Neutrophil"}
+    assert "Mitotic cell" in ex["teachers"] and "Epithelial cell" in ex["teachers"]
+    json.dumps(ex)
