@@ -310,3 +310,13 @@ def test_finished_jobs_leave_nothing_referenced(stub, image, ann_tiles, server) 
     from segtme.server.memory import release_after_job
 
     assert release_after_job() in (True, False)  # callable on any libc (True on glibc)
+
+
+def test_serve_refuses_bad_idle_timeout_and_grace(capsys) -> None:
+    from segtme.cli import main
+
+    for args, word in ((["--idle-timeout", "0"], "idle_timeout_s"), (["--idle-timeout", "nan"], "idle_timeout_s"),
+                       (["--grace", "-1"], "--grace"), (["--grace", "inf"], "--grace")):
+        assert main(["serve", "--port", "0", *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and word in err and len(err.strip().splitlines()) == 1
