@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "per slide under --out, skipping background (tissue detection), with a failure report and a cohort "
         "table. Re-running skips complete slides; an interrupted slide is redone. --ray runs one slide per "
         "Ray task (local cluster, or --ray-address to join one).",
+        epilog="examples:\n  segtme batch slides/ --out cohort_out\n  segtme batch 'slides/*.svs' manifest.csv --out cohort_out --ray --workers 2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", help="slides, folders, glob patterns or a manifest CSV (columns: path[, mpp, annotations])")
     p.add_argument("--out", required=True, help="output folder (created if needed)")

@@ -13,6 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="PAGET: aggregate teacher outputs into 13-class labels and train the SegFormer student",
         description="Build PAGET's hierarchically aggregated labels from teacher outputs ([distill] section) "
         "and train the student with the shared trainer ([run]/[model]/[optim]/[loss] sections).",
+        epilog="examples:\n  segtme distill configs/paget_distill.toml\n  segtme distill configs/paget_distill_b0.toml --labels-only",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("config", help="TOML / YAML / JSON config with a [distill] section (see docs/paget.md)")
     p.add_argument("--labels-only", action="store_true", help="only build the aggregated labels")

@@ -14,6 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(failed claims / claims) and the fallback rate (regions whose narrative the report would replace by the "
         "template's). DATA: a tme.json report, a directory of reports, a label-map dataset (CoNSeP-style index.json "
         "with inst + type_map; MoNuSeg/GBM instance maps with one fixed class) or a data root holding such datasets.",
+        epilog="examples:\n  segtme narrate-eval --backend template --data ../shared/data --limit 20",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--backend", required=True, choices=["template", "transformers", "openai"])
     p.add_argument("--data", required=True, help="reports or label-map datasets (see above)")

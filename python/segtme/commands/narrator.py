@@ -12,6 +12,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="SFT as in the SegTME-UNI2 paper (section 8.2) with transformers. DATA is JSONL with "
         "'prompt' (the paper template: TME features / Phenotype labels / Biological tokens / Narrative:) and "
         "'narrative'. The output directory is loadable by the 'transformers' narrative backend.",
+        epilog="examples:\n  segtme train-narrator --data pairs.jsonl --base-model /path/to/causal-lm --out narrator_out\n  segtme train-narrator --data pairs.jsonl --tiny-base --out /tmp/narrator --max-steps 5   # smoke test",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--data", required=True, help="JSONL training pairs")
     src = p.add_mutually_exclusive_group(required=True)

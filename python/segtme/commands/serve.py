@@ -18,7 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     d = ServerLimits()
     p = sub.add_parser("serve", help="run the gRPC server (QuPath extension backend)",
-                       description="Serve SegTME over gRPC: DetectTME streams, AnalyzeImage, Narrate, health, reflection.")
+                       description="Serve SegTME over gRPC: DetectTME streams, AnalyzeImage, Narrate, health, reflection.",
+                       epilog="examples:\n  segtme serve --port 50051 --model default\n"
+                       "  segtme serve --host 0.0.0.0 --port 50051 --model default --model paget_s   # with --token and TLS",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default: 127.0.0.1, loopback only; use 0.0.0.0 with --token and TLS)")
     p.add_argument("--port", type=int, default=50051, help="TCP port (0 = pick a free one; default 50051)")
