@@ -17,7 +17,8 @@ import numpy as np
 
 from ..errors import InputError
 from .mpp import MppInfo, openslide_mpp, tiff_mpp
-from .source import TIFF_MAGIC, _Levels, resolve_mpp
+from .image import TIFF_MAGIC
+from .levels import _Levels, resolve_mpp
 
 
 def _tiff_metadata_mpp(path: Path) -> MppInfo:

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import InputError
 from .image import _check_size, as_rgb_uint8, max_pixels_default
 from .mpp import MppInfo, tiff_mpp
-from .source import _Levels, resolve_mpp
+from .levels import _Levels, resolve_mpp
 
 log = logging.getLogger(__name__)
 
