@@ -316,9 +316,12 @@ class ModelInstanceSource:
 
     def instances(self, image: TeacherInput) -> InstanceOutput:
         lm = self._model()
-        from .runner import instance_map_from_model
+        from ..inference.instances import predict_instances
 
-        inst, cls = instance_map_from_model(lm, image.rgb, image.mpp)
+        if image.mpp is None:
+            raise InputError("the instance source needs the image MPP (µm/px)")
+        ins = predict_instances(lm, image.rgb, image.mpp)
+        inst, cls = np.asarray(ins.inst, np.int32), np.asarray(ins.class_id, np.int32)
         tax = lm.config.tax
         names = {i + 1: tax.names[int(c)] for i, c in enumerate(cls)}
         mapping = pt.BASELINE_FROM_CONSEP if tax.name == "consep4" else pt.BASELINE_FROM_PANNUKE
