@@ -244,7 +244,23 @@ def analyze_slide(
         head = {"type": "FeatureCollection",
                 "properties": {"segtme": {"source": src.path, "mpp": src.mpp, "mpp_source": src.mpp_source,
                                           "model": cfg.name, "level0_size_px": list(src.size)}}}
-        tiles_run = tiles_total = 0
+        grow = int(np.ceil(MASK_GROW_UM / tissue.mpp))
+
+        def run_mask(unit: Unit) -> tuple[np.ndarray, np.ndarray]:
+            m = unit_mask(tissue, unit)
+            if grow and m.any():
+                from scipy import ndimage as ndi
+
+                return m, ndi.binary_dilation(m, iterations=grow)
+            return m, m
+
+        # plan every unit's regions first: the tile total for progress, before any model work
+        from ..pipeline import count_tiles
+
+        plans = [plan_regions(tissue, run_mask(u)[1], u, margin_um=REGION_MARGIN_UM) for u in units]
+        tiles_total = sum(count_tiles((b[3] - b[1], b[2] - b[0]), src.mpp, cfg, opts.chunk_size, opts.halo, opts.tile,
+                                      opts.overlap) for boxes in plans for b in boxes)
+        tiles_run = 0
         done = [0]
 
         def tick(n: int) -> None:
@@ -254,7 +270,6 @@ def analyze_slide(
 
         results: list[UnitResult] = []
         feats: list[dict] = []
-        grow = int(np.ceil(MASK_GROW_UM / tissue.mpp))
         with contextlib.ExitStack() as stack:
             gj = stack.enter_context(GeoJSONStreamWriter(out / "nuclei.geojson", head, gzip=opts.gzip))
             csvw = None
@@ -262,14 +277,8 @@ def analyze_slide(
                 csvw = stack.enter_context(NucleiCSVWriter(out / "nuclei.csv",
                                                            image=str(src.path or "")))
             written = [0]
-            for unit in units:
-                m = unit_mask(tissue, unit)
-                if grow and m.any():
-                    from scipy import ndimage as ndi
-
-                    m_run = ndi.binary_dilation(m, iterations=grow)
-                else:
-                    m_run = m
+            for unit, boxes in zip(units, plans):
+                m, m_run = run_mask(unit)
                 light: list[NucleiTable] = []
                 geom = unit.geometry
 
@@ -290,11 +299,11 @@ def analyze_slide(
                         csvw.add(t, ids=ids)
                     light.append(_light(t))
 
-                for box in plan_regions(tissue, m_run, unit, margin_um=REGION_MARGIN_UM):
-                    r, p = segment_region(src, box, model, sink, keep_chunk=lambda b, m_run=m_run: tissue.any_in(b, m_run),
+                for box in boxes:
+                    r, _ = segment_region(src, box, model, sink, keep_chunk=lambda b, m_run=m_run: tissue.any_in(b, m_run),
                                           opts=opts, progress=tick)
                     tiles_run += r
-                    tiles_total += p
+                del m_run
                 table = NucleiTable.concat(light, renumber=True) if light else NucleiTable.empty(cfg.tax, src.mpp)
                 table.mpp = src.mpp
                 x0, y0, x1, y1 = unit.box
