@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grace", type=float, default=10.0,
                    help="on SIGTERM/SIGINT: seconds running jobs may finish (health answers NOT_SERVING and new jobs "
                         "get UNAVAILABLE meanwhile)")
-    p.add_argument("--no-warmup", action="store_true", help="skip the warm-up forward pass at start")
+    p.add_argument("--no-warmup", action="store_true", help="skip the warm-up forward pass (by default it runs in the background once the server is up)")
     p.set_defaults(func=run)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,10 +63,27 @@ def make_runner(model: LoadedModel, max_batch: int, max_wait_ms: float, queue_si
 
 
 def warmup(lm: LoadedModel) -> None:
+    """One forward pass on a blank model tile (first-call costs: lazy kernels, allocator)."""
     from ..inference.engine import forward_tiles
 
     T = lm.config.tile_size
     forward_tiles(lm, [np.full((T, T, 3), 200, np.uint8)])
+
+
+def warmup_in_background(lm: LoadedModel) -> threading.Thread:
+    """``warmup`` in a daemon thread, so the server reports SERVING without waiting for it (the
+    first job's first tile may run while it finishes; the results do not depend on it)."""
+    def run() -> None:
+        t0 = time.perf_counter()
+        try:
+            warmup(lm)
+            log.info("model %s warmed up (%.2f s)", lm.config.name, time.perf_counter() - t0)
+        except Exception as e:  # a warm-up failure is not fatal: the first job pays the cost instead
+            log.warning("warm-up of %s failed: %s: %s", lm.config.name, type(e).__name__, e)
+
+    th = threading.Thread(target=run, name=f"segtme-warmup-{lm.config.name}", daemon=True)
+    th.start()
+    return th
 
 
 def attach_instance_sources(runners: dict[str, ModelRunner], aliases: dict[str, str], config: ServerConfig) -> None:
@@ -98,7 +117,7 @@ def attach_instance_sources(runners: dict[str, ModelRunner], aliases: dict[str, 
                 continue
             src_runner = make_runner(lm, config.max_batch, config.max_wait_ms, config.queue_size)
             if config.warmup:
-                warmup(lm)
+                warmup_in_background(lm)
             extra[spec] = src_runner
         if src_runner.paget_mode is not None:
             raise SegTMEError(f"PAGET-H model {r.cfg.name!r}: the instance source {spec!r} is itself a PAGET model")
@@ -123,7 +142,7 @@ def load_runners(config: ServerConfig) -> tuple[dict[str, ModelRunner], dict[str
         if str(spec) != name:
             aliases[str(spec)] = name
         if config.warmup:
-            warmup(lm)
+            warmup_in_background(lm)
         log.info("model %s loaded on %s (%s)", name, lm.device, lm.source)
     attach_instance_sources(runners, aliases, config)
     return runners, aliases
