@@ -306,3 +306,24 @@ def test_contract_refuses_models_without_nuclei():
     m = load_model("mitosis", "cpu", allow_random=True)
     with pytest.raises(InputError, match="does not segment nuclei"):
         segment_image(np.zeros((64, 64, 3), np.uint8), 0.5, m)
+
+
+def test_keep_chunk_filters_chunks_and_analyze_refuses_odd_inputs():
+    """A chunk filter (tissue) leaves chunks out — their nuclei are not reported — and analyze
+    says in one line what it accepts when given something else."""
+    import io
+
+    rng = np.random.default_rng(7)
+    rgb = np.full((400, 400, 3), 225, np.uint8)
+    for _ in range(150):
+        y, x = rng.integers(10, 390, 2)
+        rgb[y - 6 : y + 6, x - 6 : x + 6] = 60
+    m = threshold_model(tile=64, overlap=16)
+    opt = O(chunk_size=100, halo=16)
+    src = _ReadRegionOnly(rgb, 0.5)
+    full = segment_source(src, m, opt)
+    left = segment_source(src, m, opt, keep_chunk=lambda core: core[0] < 200)  # input px
+    assert 0 < len(left) < len(full) and (left.centroid[:, 0] < 200 + 3).all()
+    assert left.meta["n_chunks_skipped"] == full.meta["n_chunks"] - left.meta["n_chunks"] > 0
+    with pytest.raises(InputError, match="expected an image file path.*got BytesIO"):
+        analyze(io.BytesIO(b"x"), 0.5, m)

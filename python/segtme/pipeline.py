@@ -151,11 +151,18 @@ def _with_precision(model: LoadedModel, opt: InferenceOptions) -> LoadedModel:
     return replace(model, precision=opt.precision)
 
 
+#: ``keep_chunk(core)``: core = (x0, y0, x1, y1) of a chunk in input (level-0) px of the source;
+#: False leaves the chunk out (its nuclei are not reported; its tiles run only where a kept
+#: neighbour needs them)
+KeepChunk = Callable[[tuple[float, float, float, float]], bool]
+
+
 def segment_source(source: Any, model: LoadedModel, options: InferenceOptions | None = None, *,
-                   sink: ChunkSink | None = None) -> NucleiTable:
+                   sink: ChunkSink | None = None, keep_chunk: KeepChunk | None = None) -> NucleiTable:
     """Nuclei of an ``ImageSource`` (``io.source``: ``size`` (W, H) level-0 px, ``mpp``,
     ``read_region``), in level-0 px; see ``segment_image`` for the method. sink: called with
-    each batch of final nuclei (ids already set) as soon as it is known."""
+    each batch of final nuclei (ids already set) as soon as it is known. keep_chunk: a chunk
+    filter (e.g. tissue), see ``KeepChunk``."""
     mpp = float(source.mpp)
     W, H = (int(v) for v in source.size)
     if W <= 0 or H <= 0:
@@ -170,7 +177,7 @@ def segment_source(source: Any, model: LoadedModel, options: InferenceOptions | 
                          f"(contract: product={c.product!r}, instances={c.instances!r})")
     s, hw, ww = _working_shape((W, H), mpp, model.config)
     fetch = working_reader(source, float(model.config.mpp))
-    table = _segment_regions(fetch, s, hw, ww, mpp, model, opt, sink)
+    table = _segment_regions(fetch, s, hw, ww, mpp, model, opt, sink, keep_chunk)
     table.meta["image_size"] = [W, H]
     if getattr(source, "path", None):
         table.meta["source"] = str(source.path)
@@ -216,7 +223,8 @@ def segment_image(rgb: np.ndarray, mpp: float, model: LoadedModel, options: Infe
 
 
 def _segment_regions(fetch: Callable[[Sequence[int]], np.ndarray], s: float, hw: int, ww: int, mpp: float,
-                     model: LoadedModel, opt: InferenceOptions, sink: ChunkSink | None) -> NucleiTable:
+                     model: LoadedModel, opt: InferenceOptions, sink: ChunkSink | None,
+                     keep_chunk: KeepChunk | None = None) -> NucleiTable:
     """Chunks of the working grid (hw x ww) -> model -> maps -> nuclei -> stitcher."""
     from .inference.engine import GridPredictor
     from .inference.maps import nuclei_from_maps as _nfm
@@ -227,6 +235,9 @@ def _segment_regions(fetch: Callable[[Sequence[int]], np.ndarray], s: float, hw:
     post = cfg.post
     c, h = _chunk_params(opt)
     chunks = chunk_grid(ww, hw, c, h)
+    n_planned = len(chunks)
+    if keep_chunk is not None:
+        chunks = [ch for ch in chunks if keep_chunk(tuple(v / s for v in ch.core))]
     batch_size = opt.batch_size
     if batch_size is None:
         t_edge = int(opt.tile or cfg.tile_size)
@@ -263,6 +274,8 @@ def _segment_regions(fetch: Callable[[Sequence[int]], np.ndarray], s: float, hw:
     release_free_memory()  # the forward passes' retained buffers are not needed any more
     table = stitcher.finish()
     table.meta.update(model=cfg.name, model_mpp=cfg.mpp, input_mpp=mpp, scale=s, n_chunks=len(chunks))
+    if keep_chunk is not None:
+        table.meta["n_chunks_skipped"] = n_planned - len(chunks)
     return table
 
 
@@ -411,6 +424,8 @@ def analyze(
     are still accepted and override it. output_type: "detection" | "cell". sink: streams the
     final nuclei chunk by chunk (``segment_source``). Raises InputError / SegTMEError
     subclasses with a user-facing message, before any pixel is processed where it can.
+    Every pixel of the input is segmented and all nuclei are kept in memory: right for images
+    and regions; for a whole slide use ``segtme.analyze_slide`` (tissue only, streamed outputs).
     """
     from .io.source import open_source
     from .runtime import set_torch_threads
@@ -423,8 +438,11 @@ def analyze(
         raise InputError(f"output_type must be 'detection' or 'cell', got {output_type!r}")
     if isinstance(image_or_path, (str, os.PathLike, np.ndarray)):
         src = open_source(image_or_path, mpp, max_pixels=max_pixels)
-    else:
+    elif all(hasattr(image_or_path, a) for a in ("size", "mpp", "read_region")):
         src = open_source(image_or_path)  # an ImageSource as it is
+    else:
+        raise InputError(f"analyze: expected an image file path, an (H, W[, C]) array or an ImageSource, "
+                         f"got {type(image_or_path).__name__}")
     try:
         use = float(src.mpp)
         lm = _resolve_model(model, opt, weights)
