@@ -245,3 +245,16 @@ def test_cli_analyze_takes_slides_rois_and_annotations(tmp_path, slides, monkeyp
         e = capsys.readouterr().err
         assert e.startswith("error: ") and msg in e
     assert not [p for p in (tmp_path / "x").iterdir()] if (tmp_path / "x").exists() else True
+
+
+def test_python_api_writes_a_new_folder_atomically(tmp_path, slides):
+    from segtme.batch.runner import analyze_slide_to
+
+    out = tmp_path / "does" / "not" / "exist"
+    res = analyze_slide_to(slides[1], out, MODEL)  # OME-TIFF: MPP from PhysicalSizeX
+    assert res.mpp == 0.25 and res.mpp_source == "ome" and (out / "summary.json").is_file()
+    assert res.units[0].n_nuclei > 10 and res.tissue_mm2 > 0
+    bad = tmp_path / "bad"
+    with pytest.raises(InputError, match="outside"):
+        analyze_slide_to(slides[1], bad, MODEL, roi=(90_000, 0, 10, 10))
+    assert not bad.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".segtme-")]
