@@ -143,21 +143,22 @@ def calipers(hull_xy: np.ndarray, hull_index: np.ndarray, n: int, batch: int = 2
         return mx, mn
     order = np.argsort(hull_index, kind="stable")
     xy, idx = hull_xy[order], hull_index[order]
-    counts = np.bincount(idx, minlength=n)
-    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    counts_all = np.bincount(idx, minlength=n)
+    starts_all = np.r_[0, np.cumsum(counts_all)[:-1]]
+    by_size = np.argsort(counts_all, kind="stable")  # batches of similar vertex counts: little padding
     for b0 in range(0, n, batch):
-        b1 = min(n, b0 + batch)
-        c = counts[b0:b1]
+        sel = by_size[b0 : b0 + batch]
+        c = counts_all[sel]
         K = int(c.max()) if len(c) else 0
         if K < 2:
             continue
         j = np.arange(K)
         valid = j[None, :] < c[:, None]  # (B, K)
-        pos = starts[b0:b1, None] + np.minimum(j[None, :], np.maximum(c[:, None] - 1, 0))
-        P = xy[np.minimum(pos, len(xy) - 1)]  # (B, K, 2); padding repeats the last vertex
-        P = np.where(valid[..., None], P, P[:, :1])  # pad with the first vertex instead (closed rings)
+        pos = starts_all[sel, None] + np.minimum(j[None, :], np.maximum(c[:, None] - 1, 0))
+        P = xy[np.minimum(pos, len(xy) - 1)]  # (B, K, 2)
+        P = np.where(valid[..., None], P, P[:, :1])  # padding repeats the first vertex (closed rings)
         d = P[:, :, None, :] - P[:, None, :, :]
-        mx[b0:b1] = np.sqrt((d * d).sum(-1).max(axis=(1, 2)))
+        mx[sel] = np.sqrt((d * d).sum(-1).max(axis=(1, 2)))
         # edges k -> k+1 (the padding repeats the first vertex, giving zero-length edges: ignored)
         E = np.roll(P, -1, axis=1) - P
         L = np.hypot(E[..., 0], E[..., 1])
@@ -167,7 +168,7 @@ def calipers(hull_xy: np.ndarray, hull_index: np.ndarray, n: int, batch: int = 2
         width = proj.max(axis=2) - proj.min(axis=2)
         width = np.where(ok, width, np.inf)
         w = width.min(axis=1)
-        mn[b0:b1] = np.where(np.isfinite(w), w, 0.0)
+        mn[sel] = np.where(np.isfinite(w), w, 0.0)
     return mx, mn
 
 
