@@ -57,6 +57,7 @@ import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -69,8 +70,6 @@ def make_mosaic(region: int, work_mpp: float, seed: int = 0) -> tuple[np.ndarray
     """A ``region`` x ``region`` px RGB mosaic of real H&E at ``work_mpp`` µm/px."""
     from PIL import Image
 
-    from segtme.inference.engine import resample
-
     data = Path(os.environ.get("SEGTME_DATA_DIR", REPO.parent / "shared" / "data"))
     tiles: list[np.ndarray] = []
     src = ""
@@ -81,7 +80,11 @@ def make_mosaic(region: int, work_mpp: float, seed: int = 0) -> tuple[np.ndarray
         for it in items:
             rgb = np.asarray(Image.open(data / "monuseg-train" / it["image"]).convert("RGB"))
             m = float(it.get("mpp") or 0.25)
-            tiles.append(resample(rgb, m / work_mpp))
+            if abs(m / work_mpp - 1.0) > 0.02:  # box filter to the target MPP (a 40x mosaic keeps the pixels)
+                h, w = rgb.shape[:2]
+                size = (max(1, round(w * m / work_mpp)), max(1, round(h * m / work_mpp)))
+                rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.BOX))
+            tiles.append(rgb)
         src = f"MoNuSeg training images ({len(tiles)}) from {data}, resampled to {work_mpp} µm/px"
     else:
         p = REPO / "python" / "segtme" / "samples" / "he_tcia_stardist.jpg"
@@ -299,58 +302,78 @@ def _load() -> str:
         return "n/a"
 
 
-# ----------------------------------------------------------------------------- 40x, as the user runs it
-#: stage -> (module, attribute path) candidates; the current code's and older code's names both
-#: appear (a missing one is skipped), so one child serves either tree
-STAGE_TARGETS = {
-    "read": [("segtme.io.source", "open_source"), ("segtme.inference.imageio", "read_image")],
-    "resample": [("segtme.inference.resample", "resample"), ("segtme.inference.engine", "resample")],
-    "forward": [("segtme.inference.engine", "forward_tiles")],
-    "engine": [("segtme.inference.engine", "GridPredictor.predict")],
-    "postprocess": [("segtme.inference.maps", "instances_from_maps"), ("segtme.inference.postprocess", "hv_watershed"),
-                    ("segtme.inference.postprocess", "classify_instances")],
-    "features": [("segtme.inference.maps", "build_nuclei_table"), ("segtme.pipeline", "build_nuclei_table")],
-    "report": [("segtme.pipeline", "build_report")],
-    "geojson": [("segtme.export.geojson", "write_nuclei_geojson")],
-    "csv": [("segtme.export.tables", "write_nuclei_csv")],
-    "overlay": [("segtme.export.overlay", "write_overlay")],
-}
-STAGES40 = ("startup", "read", "resample", "forward", "engine_other", "postprocess", "features", "report", "geojson",
-            "csv", "overlay")
+# ----------------------------------------------------------------------------- 40x stage split
+#: (module, attribute, stage): the product functions whose wall time is booked to a stage, for the
+#: current code and for older trees (a name missing from a tree is skipped). Time is *exclusive*:
+#: a wrapped call inside another wrapped call (resample inside the tile grid, hv_watershed inside
+#: instances_from_maps) is booked to the inner stage only, per thread.
+STAGE_HOOKS = (
+    ("segtme.inference.imageio", "read_image", "read"),
+    ("segtme.io.image", "read_image", "read"),
+    ("segtme.models.registry", "load_model", "model load"),
+    ("segtme.inference.resample", "resample", "resample"),
+    ("segtme.inference.engine", "resample", "resample"),
+    ("segtme.inference.engine", "forward_tiles", "model forward"),
+    ("segtme.inference.engine", "GridPredictor.predict", "tiling + blending"),
+    ("segtme.inference.maps", "instances_from_maps", "post-processing"),
+    ("segtme.inference.postprocess", "hv_watershed", "post-processing"),
+    ("segtme.inference.postprocess", "classify_instances", "post-processing"),
+    ("segtme.inference.nuclei", "build_nuclei_table", "features"),
+    ("segtme.inference.maps", "build_nuclei_table", "features"),
+    ("segtme.pipeline", "build_nuclei_table", "features"),
+    ("segtme.pipeline", "build_report", "TME report"),
+    ("segtme.export.geojson", "write_nuclei_geojson", "GeoJSON"),
+    ("segtme.export.tables", "write_nuclei_csv", "CSV"),
+    ("segtme.export.overlay", "write_overlay", "overlay PNG"),
+    ("segtme.export.bundle", "atomic_write_text", "tme.json"),
+)
+#: the order of the headline rows
+STAGE_ROWS = ("start-up (imports, CLI)", "model load", "read", "resample", "model forward", "tiling + blending",
+              "post-processing", "features", "TME report", "GeoJSON", "CSV", "overlay PNG", "tme.json", "other")
 
 
-def _cli_child(spec: dict) -> None:
-    """One ``segtme analyze`` in this fresh process with stage timers installed by an import hook
-    (nothing of segtme is imported before the CLI imports it, so start-up is the CLI's own)."""
+def stage_child(out_json: str, cli_args: list[str]) -> int:
+    """Run ``segtme <cli_args>`` in this fresh process with the STAGE_HOOKS timed; write the split
+    to ``out_json``. The hooks are installed by an import hook as each module is first executed
+    (nothing of segtme is imported before the CLI imports it, so start-up is the CLI's own).
+    ``$SEGTME_BENCH_T0`` (the parent's ``time.time()`` just before it started this process) dates
+    the process start, so start-up includes the interpreter and every import."""
     import importlib.abc
     import threading
 
-    t_spawn = float(spec["t_spawn"])
-    acc: dict[str, float] = {k: 0.0 for k in STAGE_TARGETS}
-    acc["resample_in_engine"] = 0.0
-    first: dict[str, float] = {}
-    local = threading.local()
-    wanted: dict[str, list[tuple[str, str]]] = {}
-    for stage, cands in STAGE_TARGETS.items():
-        for mod, attr in cands:
-            wanted.setdefault(mod, []).append((attr, stage))
+    t_start = float(os.environ.get("SEGTME_BENCH_T0") or time.time())
+    times: dict[str, float] = {}
+    worker: dict[str, float] = {}
+    first_call: dict[str, float] = {}
+    tls = threading.local()
+    lock = threading.Lock()
 
-    def timed(fn, stage):
-        def inner(*a, **k):
-            depth = getattr(local, stage, 0)
-            setattr(local, stage, depth + 1)
-            t0 = time.time()
-            first.setdefault(stage, t0)
+    def wrap(fn, stage):
+        def timed(*a, **k):
+            stack = getattr(tls, "stack", None)
+            if stack is None:
+                stack = tls.stack = []
+            first_call.setdefault(stage, time.time())
+            t0 = time.perf_counter()
+            stack.append(0.0)
             try:
                 return fn(*a, **k)
             finally:
-                setattr(local, stage, depth)
-                if depth == 0:  # outermost call only (e.g. open_source -> read_image)
-                    dt = time.time() - t0
-                    acc[stage] += dt
-                    if stage == "resample" and getattr(local, "engine", 0) > 0:
-                        acc["resample_in_engine"] += dt
-        return inner
+                inner = stack.pop()
+                dt = time.perf_counter() - t0
+                if stack:
+                    stack[-1] += dt
+                with lock:
+                    times[stage] = times.get(stage, 0.0) + dt - inner
+                    if threading.current_thread() is not threading.main_thread():
+                        worker[stage] = worker.get(stage, 0.0) + dt - inner
+
+        timed.__wrapped__ = fn
+        return timed
+
+    wanted: dict[str, list[tuple[str, str]]] = {}
+    for mod_name, attr, stage in STAGE_HOOKS:
+        wanted.setdefault(mod_name, []).append((attr, stage))
 
     def patch(module) -> None:
         for attr, stage in wanted.get(module.__name__, []):
@@ -358,8 +381,9 @@ def _cli_child(spec: dict) -> None:
             if "." in attr:
                 cls, name = attr.split(".")
                 owner = getattr(module, cls, None)
-            if owner is not None and callable(getattr(owner, name, None)):
-                setattr(owner, name, timed(getattr(owner, name), stage))
+            fn = getattr(owner, name, None) if owner is not None else None
+            if callable(fn) and getattr(fn, "__wrapped__", None) is None:
+                setattr(owner, name, wrap(fn, stage))
 
     class Hook(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path, target=None):
@@ -368,157 +392,162 @@ def _cli_child(spec: dict) -> None:
             for f in sys.meta_path:
                 if f is self or not hasattr(f, "find_spec"):
                     continue
-                s = f.find_spec(name, path, target)
-                if s is not None:
-                    orig = s.loader.exec_module
+                spec = f.find_spec(name, path, target)
+                if spec is not None:
+                    orig = spec.loader.exec_module
 
                     def exec_module(module, _orig=orig):
                         _orig(module)
                         patch(module)
 
-                    s.loader.exec_module = exec_module
-                    return s
+                    spec.loader.exec_module = exec_module
+                    return spec
             return None
 
     sys.meta_path.insert(0, Hook())
     from segtme.cli import main as cli_main
 
-    rc = cli_main(["analyze", spec["image"], "--mpp", str(spec["mpp"]), "--out", spec["out"], "--no-progress"])
+    rc = cli_main(cli_args)
     t_end = time.time()
-    acc["engine_other"] = max(0.0, acc.pop("engine") - acc["forward"] - acc.pop("resample_in_engine"))
-    res = {"rc": rc, "wall": t_end - t_spawn, "startup": first.get("read", t_end) - t_spawn, **acc,
-           "peak_rss_mib": _peak_rss_mib()}
-    import json as _json
-
-    ts = sorted(Path(spec["out"]).glob("*.geojson*"))
-    res["n_nuclei"] = None
-    if ts and ts[0].suffix == ".geojson":
-        res["n_nuclei"] = sum(1 for f in _json.loads(ts[0].read_text())["features"]
-                              if f.get("properties", {}).get("objectType") in ("detection", "cell"))
-    Path(spec["result"]).write_text(_json.dumps(res))
+    # start-up: process start -> the first stage call (interpreter, imports, argument and flag checks)
+    t_first = min(first_call.values()) if first_call else t_end
+    res = {"wall": t_end - t_start, "rc": rc, "startup_to_first_stage": t_first - t_start,
+           "stages": times, "worker": worker, "peak_rss_mib": _peak_rss_mib()}
+    Path(out_json).write_text(json.dumps(res))
+    return int(rc or 0)
 
 
-def run_cli(code: Path, image: str, mpp: float, threads: int) -> dict:
-    """``segtme analyze`` of ``code``'s tree (its python/ first on PYTHONPATH) in a fresh process."""
+def _nuclei_count(out_dir: Path) -> int | None:
+    p = out_dir / "nuclei.csv"
+    if not p.is_file():
+        return None
+    with open(p, encoding="utf-8") as f:
+        return sum(1 for line in f if line.strip() and not line.startswith("#")) - 1
+
+
+def run_analyze(tree: str, image: str, mpp: float, extra: Sequence[str], *, stages: bool, env: dict) -> dict:
+    """One ``segtme analyze`` in a fresh process with ``PYTHONPATH=<tree>/python``: whole-process
+    wall (parent clock), peak RSS (``wait4``), and with ``stages`` the stage split (stage_child)."""
     import subprocess
 
-    with tempfile.TemporaryDirectory() as d:
-        spec = {"image": image, "mpp": mpp, "out": str(Path(d) / "out"), "result": str(Path(d) / "r.json")}
-        env = {**os.environ, "PYTHONPATH": str(code / "python"), "OMP_NUM_THREADS": str(threads)}
-        spec["t_spawn"] = time.time()
-        p = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--cli-child", json.dumps(spec)], env=env,
-                           capture_output=True, text=True)
-        if p.returncode != 0 or not Path(spec["result"]).is_file():
-            raise RuntimeError(f"segtme analyze failed ({code}): {p.stderr[-2000:]}")
-        return json.loads(Path(spec["result"]).read_text())
+    with tempfile.TemporaryDirectory(prefix="segtme-bench-") as d:
+        out = Path(d) / "out"
+        cli = ["analyze", image, "--mpp", f"{mpp:g}", "--out", str(out), "--no-progress", *extra]
+        if stages:
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--stage-child", str(Path(d) / "s.json"), "--", *cli]
+        else:
+            cmd = [sys.executable, "-m", "segtme.cli", *cli]
+        e = {**env, "PYTHONPATH": str(Path(tree) / "python"), "SEGTME_BENCH_T0": ""}
+        t0 = time.time()
+        e["SEGTME_BENCH_T0"] = repr(t0)
+        p = subprocess.Popen(cmd, env=e, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        _, status, ru = os.wait4(p.pid, 0)
+        wall = time.time() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        err = p.stderr.read() if p.stderr else ""
+        if p.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}): {err.strip().splitlines()[-1:]}")
+        r = {"wall": wall, "peak_rss_mib": ru.ru_maxrss / 1024.0, "cpu_s": ru.ru_utime + ru.ru_stime,
+             "nuclei": _nuclei_count(out)}
+        if stages:
+            r["split"] = json.loads((Path(d) / "s.json").read_text())
+        return r
 
 
-def make_40x_inputs(d: Path, region: int) -> tuple[str, str, str]:
-    """(region PNG, single-image PNG, description): real MoNuSeg tiles at their native ~0.25 µm/px
-    (no resampling), flipped and tiled into a ``region``² mosaic; the single image is one tile."""
-    from PIL import Image
-
-    data = Path(os.environ.get("SEGTME_DATA_DIR", REPO.parent / "shared" / "data"))
-    items = json.loads((data / "monuseg-train" / "index.json").read_text())
-    items = items["items"] if isinstance(items, dict) else items
-    tiles = [np.asarray(Image.open(data / "monuseg-train" / it["image"]).convert("RGB"))[:1000, :1000] for it in items]
-    rng = np.random.default_rng(0)
-    out = np.zeros((region, region, 3), np.uint8)
-    for y in range(0, region, 1000):
-        for x in range(0, region, 1000):
-            t = tiles[int(rng.integers(len(tiles)))]
-            t = t[:, ::-1] if rng.random() < 0.5 else t
-            t = t[::-1] if rng.random() < 0.5 else t
-            h, w = min(1000, region - y), min(1000, region - x)
-            out[y : y + h, x : x + w] = t[:h, :w]
-    big, small = d / f"monuseg_{region}.png", d / "monuseg_1000.png"
-    Image.fromarray(out).save(big, compress_level=1)
-    Image.fromarray(tiles[0]).save(small, compress_level=1)
-    return str(big), str(small), f"MoNuSeg training tiles ({len(tiles)}) from {data}, native 0.2456-0.2527 µm/px, analysed as 0.25"
+def stage_row_values(split: dict) -> dict[str, float]:
+    """The headline rows of one stage split (seconds)."""
+    st = dict(split["stages"])
+    load = st.get("model load", 0.0)
+    out = {"start-up (imports, CLI)": split["startup_to_first_stage"]}
+    for k in STAGE_ROWS[1:-1]:
+        out[k] = st.get(k, 0.0)
+    out["model load"] = load
+    main_sum = sum(v for k, v in st.items()) - sum(split.get("worker", {}).values())
+    out["other"] = max(0.0, split["wall"] - split["startup_to_first_stage"] - main_sum)
+    return out
 
 
-def bench_40x(args) -> int:
-    codes = [("current", REPO)]
-    if args.base:
-        codes.append(("base", Path(args.base).resolve()))
-    info = machine()
-    load0 = _load()
-    print(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}; load average {load0}", flush=True)
-    region = int(args.region)
-    mm2_big = (region * 0.25 / 1000) ** 2
-    mm2_small = (1000 * 0.25 / 1000) ** 2
-    runs: dict[tuple[str, str], list[dict]] = {}
-    with tempfile.TemporaryDirectory() as d:
-        big, small, src = make_40x_inputs(Path(d), region)
-        for r in range(args.repeats):  # interleaved, so load changes hit both trees alike
-            for label, code in codes:
-                for name, img in (("1000", small), (str(region), big)):
-                    out = run_cli(code, img, 0.25, args.threads)
-                    runs.setdefault((label, name), []).append(out)
-                    print(f"{label} {name}² run {r + 1}: wall {out['wall']:.2f} s, start-up {out['startup']:.2f} s, "
-                          f"{out['n_nuclei']} nuclei, peak {out['peak_rss_mib']:.0f} MiB", flush=True)
-    load1 = _load()
-    md = render_40x(runs, codes, region, mm2_big, mm2_small, info, load0, load1, src, args)
-    print()
-    print(md)
-    outdir = Path(args.out)
-    outdir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    (outdir / f"bench40x_{stamp}.md").write_text(md)
-    (outdir / f"bench40x_{stamp}.json").write_text(json.dumps({f"{k[0]}/{k[1]}": v for k, v in runs.items()}, indent=2))
-    print(f"saved {outdir / f'bench40x_{stamp}.md'}")
-    if args.write_docs:
-        update_docs(md, " ".join(["python scripts/bench_inference.py", *sys.argv[1:]]), marker="bench40x")
-    return 0
+def headline_40x(trees: dict[str, str], images: dict[str, tuple[str, float]], repeats: int, extra: Sequence[str] = (),
+                 threads: int = 2) -> dict:
+    """The 40x headline: for every image and tree, one warm-up (fills the compiled-model cache of
+    trees that have one), then ``repeats`` stage-split runs and ``repeats`` plain runs, the trees
+    interleaved (A B A B) so the machine's load drifts over all alike."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    res: dict = {"load": [_load()], "runs": {}}
+    with tempfile.TemporaryDirectory(prefix="segtme-bench-cache-") as cache:
+        env["SEGTME_CACHE_DIR"] = cache
+        for img_name, (path, mpp) in images.items():
+            for tree_name, tree in trees.items():
+                t0 = time.time()
+                run_analyze(tree, path, mpp, extra, stages=False, env=env)
+                res["runs"].setdefault(img_name, {}).setdefault(tree_name, {"plain": [], "split": [], "cold_wall": time.time() - t0})
+                print(f"  {img_name} {tree_name}: warm-up {time.time() - t0:.1f} s", flush=True)
+            big = os.path.getsize(path) > 50_000_000  # the 10 000² region: one counted run (minutes each)
+            for r in range(1 if big else repeats):
+                for tree_name, tree in trees.items():
+                    slot = res["runs"][img_name][tree_name]
+                    a = run_analyze(tree, path, mpp, extra, stages=True, env=env)
+                    b = run_analyze(tree, path, mpp, extra, stages=False, env=env)
+                    slot["split"].append(a)
+                    slot["plain"].append(b)
+                    print(f"  {img_name} {tree_name} run {r + 1}: {b['wall']:.1f} s wall (instrumented {a['wall']:.1f} s), "
+                          f"peak {b['peak_rss_mib']:.0f} MiB, {b['nuclei']} nuclei; load {_load()}", flush=True)
+            res["load"].append(_load())
+    return res
 
 
-def render_40x(runs, codes, region, mm2_big, mm2_small, info, load0, load1, src, args) -> str:
-    base_commit = ""
-    if args.base:
-        import subprocess
-
-        base_commit = subprocess.run(["git", "-C", args.base, "rev-parse", "--short", "HEAD"], capture_output=True,
-                                     text=True).stdout.strip()
-    lines = [
-        f"Machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}; {info['date']}; load average before / "
-        f"after: {load0} / {load1} (shared machine: other jobs ran). torch threads {args.threads}.",
-        f"Input: {src}; `segtme analyze IMAGE --mpp 0.25 --out DIR --no-progress`, a fresh process per run, "
-        f"best of {args.repeats} (runs interleaved between the trees). base = commit {base_commit or '-'}.",
-        "",
-        "| code | image | wall s | start-up s | read s | resample s | model forward s | engine other s | post-proc s | "
-        "features s | TME report s | GeoJSON s | CSV s | overlay s | peak RSS MiB | nuclei |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    best = {}
-    for label, _ in codes:
-        for name in ("1000", str(region)):
-            rs = runs[(label, name)]
-            b = min(rs, key=lambda r: r["wall"])
-            best[(label, name)] = b
-            cells = " | ".join(f"{b[k]:.2f}" for k in STAGES40)
-            lines.append(f"| {label} | {name}² px ({(int(name) * 0.25 / 1000) ** 2:.4g} mm²) | {b['wall']:.2f} | {cells} | "
-                         f"{b['peak_rss_mib']:.0f} | {b['n_nuclei']} |")
-    lines += ["", f"| code | marginal s/mm² (40x) | {region}² px wall s | 1000² px wall s (incl. start-up) |",
-              "|---|---:|---:|---:|"]
-    for label, _ in codes:
-        wb, ws = best[(label, str(region))]["wall"], best[(label, "1000")]["wall"]
-        lines.append(f"| {label} | {(wb - ws) / (mm2_big - mm2_small):.2f} | {wb:.2f} | {ws:.2f} |")
-    lines += ["", "Stage seconds are wall time inside each stage's functions (outermost call); post-processing and "
-              "features run in a worker thread during the model stage and the overlay beside the GeoJSON/CSV, so "
-              "stages overlap and can add up to more than the wall time. Start-up = process start to the first "
-              "read call (imports, argument checks, model load)."]
+def render_headline(res: dict, images: dict[str, tuple[str, float]], mm2: dict[str, float]) -> str:
+    """Markdown: the stage split of every image (median of the split runs, per tree side by
+    side) and the whole-command figures with the marginal s/mm² of the 40x pair."""
+    trees = list(next(iter(res["runs"].values())).keys())
+    lines: list[str] = []
+    med = statistics.median
+    for img in res["runs"]:
+        lines += [f"**{img}** ({mm2[img]:.4g} mm²) — seconds per stage (median of {len(res['runs'][img][trees[0]]['split'])} "
+                  "instrumented runs; exclusive wall time in each stage's functions, all threads):", "",
+                  "| stage | " + " | ".join(trees) + " |", "|---|" + "---:|" * len(trees)]
+        vals = {t: [stage_row_values(a["split"]) for a in res["runs"][img][t]["split"]] for t in trees}
+        for row in STAGE_ROWS:
+            lines.append(f"| {row} | " + " | ".join(f"{med(v[row] for v in vals[t]):.2f}" for t in trees) + " |")
+        lines.append("| **whole command, instrumented** | " + " | ".join(
+            f"**{med(a['wall'] for a in res['runs'][img][t]['split']):.2f}**" for t in trees) + " |")
+        lines.append("")
+    lines += ["Whole command (`segtme analyze IMAGE --mpp M --out D --no-progress`, fresh process, no instrumentation; "
+              "median [min–max]; warm cache):", "",
+              "| image | tree | wall s | s/mm² | CPU s | peak RSS MiB | nuclei | first run (cold cache) s |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for img in res["runs"]:
+        for t in trees:
+            runs = res["runs"][img][t]["plain"]
+            w = [r["wall"] for r in runs]
+            lines.append(f"| {img} | {t} | {med(w):.2f} [{min(w):.2f}–{max(w):.2f}] | {med(w) / mm2[img]:.2f} | "
+                         f"{med(r['cpu_s'] for r in runs):.1f} | {max(r['peak_rss_mib'] for r in runs):.0f} | "
+                         f"{runs[0]['nuclei']} | {res['runs'][img][t]['cold_wall']:.1f} |")
+    big = [i for i in res["runs"] if i.startswith("40x 4000")]
+    small = [i for i in res["runs"] if i.startswith("40x 1000")]
+    if big and small:
+        lines += ["", "Marginal cost at 40x = (wall 4000² − wall 1000²) / (mm² difference):", ""]
+        for t in trees:
+            wb = med(r["wall"] for r in res["runs"][big[0]][t]["plain"])
+            ws = med(r["wall"] for r in res["runs"][small[0]][t]["plain"])
+            lines.append(f"- {t}: {(wb - ws) / (mm2[big[0]] - mm2[small[0]]):.2f} s/mm²")
+    lines += ["", f"Load average (1/5/15 min) at the start and after each image: {' → '.join(res['load'])}."]
     return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
-    if argv is None and len(sys.argv) > 2 and sys.argv[1] == "--cli-child":
-        _cli_child(json.loads(sys.argv[2]))
-        return 0
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--stage-child"]:  # internal: one instrumented `segtme` run (see stage_child)
+        return stage_child(argv[1], argv[3:] if argv[2:3] == ["--"] else argv[2:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mode", choices=("40x", "working"), default="40x",
-                    help="40x: `segtme analyze` on 0.25 µm/px input per stage (headline); working: the 0.5 µm/px mosaic")
-    ap.add_argument("--base", default=None, help="40x mode: a second checkout (e.g. a git worktree of an older commit) run beside")
+                    help="40x (headline): `segtme analyze` per stage on a 1000² and a 4000² px image at 0.25 µm/px and a "
+                    "--region-05 px region at 0.5 µm/px; working: the engine on a 0.5 µm/px mosaic (--region)")
+    ap.add_argument("--base", default=None, metavar="DIR",
+                    help="40x mode: a checkout of older code run beside this tree (its python/ on PYTHONPATH), e.g. "
+                    "`git worktree add /tmp/base COMMIT`")
+    ap.add_argument("--region-05", type=int, default=10000, help="40x mode: edge of the 0.5 µm/px region (0 = skip)")
     ap.add_argument("--region", type=int, default=4000, help="mosaic edge in working px (default 4000; the target is stated for 10000)")
     ap.add_argument("--repeats", type=int, default=2, help="end-to-end repeats (fresh process each)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the target machine has 2 cores)")
@@ -536,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sweep:
         return sweep(args.threads)
     if args.mode == "40x":
-        return bench_40x(args)
+        return headline_main(args, argv)
 
     from segtme.models import resolve_config
 
@@ -594,6 +623,48 @@ def main(argv: list[str] | None = None) -> int:
     print(f"saved {outdir / f'bench_{stamp}.md'}")
     if args.write_docs:
         update_docs(md, " ".join(["python scripts/bench_inference.py", *(argv if argv is not None else sys.argv[1:])]))
+    return 0
+
+
+def headline_main(args: argparse.Namespace, argv: list[str]) -> int:
+    """--mode 40x: build the three images, run headline_40x, print and save the table."""
+    from PIL import Image
+
+    info = machine()
+    print(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}; load average {_load()}", flush=True)
+    trees = {}
+    if args.base:
+        trees["baseline"] = str(Path(args.base).resolve())
+    trees["current"] = str(REPO)
+    with tempfile.TemporaryDirectory(prefix="segtme-bench-img-") as d:
+        images: dict[str, tuple[str, float]] = {}
+        mm2: dict[str, float] = {}
+        specs = [("40x 1000² px", 1000, 0.25), ("40x 4000² px", 4000, 0.25)]
+        if args.region_05:
+            specs.append((f"20x {args.region_05}² px", args.region_05, 0.5))
+        src = ""
+        for name, px, mpp in specs:
+            rgb, src = make_mosaic(px, mpp, seed=px)
+            p = str(Path(d) / f"{px}_{mpp}.png")
+            Image.fromarray(rgb).save(p, compress_level=1)
+            del rgb
+            images[name] = (p, mpp)
+            mm2[name] = px * px * mpp * mpp / 1e6
+        res = headline_40x(trees, images, args.repeats, threads=args.threads)
+    res["machine"], res["images"], res["mm2"], res["source"] = info, {k: v[1] for k, v in images.items()}, mm2, src
+    md = (f"Machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, Python {info['python']}; {info['date']}. "
+          f"Images: mosaics of {src.split(' from ')[0]} (40x: their own ~0.25 µm/px pixels; 20x: box-downsampled).\n\n"
+          + render_headline(res, images, mm2))
+    print()
+    print(md)
+    outdir = Path(args.out)
+    outdir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    (outdir / f"bench40x_{stamp}.md").write_text(md)
+    (outdir / f"bench40x_{stamp}.json").write_text(json.dumps(res, indent=2))
+    print(f"saved {outdir / f'bench40x_{stamp}.md'}")
+    if args.write_docs:
+        update_docs(md, " ".join(["python scripts/bench_inference.py", *argv]), marker="bench40x")
     return 0
 
 

@@ -81,6 +81,8 @@ def _prepare(model: LoadedModel) -> torch.nn.Module:
 
     m = model.module
     m.eval()
+    if getattr(m, "segtme_prepared", False):  # models/compiled.py: folded + channels_last already
+        return m
     tensors = list(m.parameters()) + list(m.buffers())
     key = (len(tensors), sum(int(t._version) for t in tensors), tuple(id(t) for t in tensors[:4]))
     cached = getattr(m, "_segtme_infer", None)

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import SegTMEError
+from . import compiled
 from .config import ModelConfig, ModelConfigError
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
@@ -318,6 +319,16 @@ def load_model(
     weights), each naming the file.
     """
     cfg, wpath = resolve_config(spec)
+    fast_dev = None  # shipped model on the CPU: the compiled module (models/compiled.py), no timm/transformers
+    if weights is None and backbone_weights is None and compiled.enabled():
+        fast_dev = select_device(device)
+        if compiled.eligible(cfg, wpath, fast_dev):
+            resolve_precision(precision, fast_dev)
+            fast = compiled.load(cfg, wpath, fast_dev)
+            if fast is not None:
+                return LoadedModel(cfg, fast, fast_dev, str(wpath), precision)
+        else:
+            fast_dev = None
     if weights is not None:
         wpath = Path(weights)
     module = create_model(cfg)
@@ -340,6 +351,9 @@ def load_model(
     dev = select_device(device)
     resolve_precision(precision, dev)  # validates: ValueError naming the choices
     module.to(dev).eval()
+    if fast_dev is not None:  # first load of a shipped model: write its compiled module for the next start
+        folded, _ = fold_batchnorm(module.to(memory_format=torch.channels_last))
+        compiled.export(folded.to(memory_format=torch.channels_last), cfg, wpath)
     return LoadedModel(cfg, module, dev, source, precision)
 
 
