@@ -28,7 +28,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from .. import __version__
+from ..version import __version__
 from ..errors import SegTMEError
 from ._proto.segtme.v1 import segtme_pb2 as pb
 from ._proto.segtme.v1 import segtme_pb2_grpc as pb_grpc

@@ -22,7 +22,7 @@ from concurrent import futures
 
 import grpc
 
-from .. import __version__
+from ..version import __version__
 from ..errors import InputError, SegTMEError
 from ._proto.segtme.v1 import segtme_pb2 as pb
 from ._proto.segtme.v1 import segtme_pb2_grpc as pb_grpc
