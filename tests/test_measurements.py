@@ -192,3 +192,22 @@ def test_vectorised_rasteriser_equals_skimage_polygon(monuseg_small):
     assert ((lab > 0) == orig).mean() > 0.999  # only holes inside nuclei differ (outlines are outer rings)
     shifted = _rasterise([p + 0.25 for p in t.polygons[:5]] + [np.array([[-5, -5], [3, -5], [3, 3]], float)], (20, 300))
     assert shifted.shape == (20, 300) and shifted.max() <= 6  # clipped to the raster, no error
+
+
+def test_cells_of_a_far_slide_tile_use_a_raster_of_the_tile_only(region):
+    """A tile's nuclei at slide offsets (no image, no size): the raster covers the nuclei's
+    bounds, not the slide; the cells are those of the same nuclei at the origin, shifted."""
+    t, _ = region
+    base = t.subset(np.arange(len(t)))
+    base.meta.pop("image_size", None)
+    far = base.translated(60000.0, 80000.0)
+    far.meta.pop("image_size", None)
+    a = build_cells(base, None, CellOptions())
+    b = build_cells(far, None, CellOptions())
+    assert len(a) == len(b) == len(t)
+    inner = [i for i, pa in enumerate(a.polygons) if pa.min() > 30]  # not clipped at the origin's edge
+    assert len(inner) > 10
+    for i in inner:
+        assert len(b.polygons[i]) and np.abs(b.polygons[i].min(0) - (a.polygons[i].min(0) + [60000, 80000])).max() < 2.5
+    np.testing.assert_allclose(b.measurements["Cell: Area µm^2"][inner], a.measurements["Cell: Area µm^2"][inner],
+                               rtol=0.25)

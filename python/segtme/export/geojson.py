@@ -273,15 +273,12 @@ def nuclei_to_features(
 
 
 def _cells_for(table: NucleiTable, cell_expansion_um: float):
-    """Shape-only cells of a table (no image at hand)."""
+    """Shape-only cells of a table (no image at hand): confined to ``meta["image_size"]`` when
+    known, else to the nuclei's bounds grown by the expansion (e.g. one streamed slide tile)."""
     from ..inference.cells import DEFAULT_EXPANSION_PX, CellOptions, build_cells
 
-    size = table.meta.get("image_size")
-    if not size:
-        xy = np.concatenate([np.asarray(p).reshape(-1, 2) for p in table.polygons]) if len(table) else np.zeros((1, 2))
-        size = (int(np.ceil(xy[:, 0].max())) + 1, int(np.ceil(xy[:, 1].max())) + 1)
     return build_cells(table, None, CellOptions(expansion_um=cell_expansion_um, expansion_px=DEFAULT_EXPANSION_PX),
-                       image_size=tuple(size))
+                       image_size=table.meta.get("image_size"))
 
 
 def object_ids(n: int, id_seed: int | None = None) -> list[str]:

@@ -142,27 +142,43 @@ def build_cells(
     options: CellOptions = CellOptions(),
     *,
     image_size: tuple[int, int] | None = None,
+    region: tuple[float, float, float, float] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> CellTable:
     """Cells of every nucleus of ``table`` (see the module docstring).
 
     image: the input image (H, W, 3) uint8 the table's coordinates refer to (for the cell and
     cytoplasm OD measurements), or None (shape measurements only; then ``image_size`` or
-    ``table.meta["image_size"]`` gives the image extent (w, h) in input px)."""
+    ``table.meta["image_size"]`` gives the image extent (w, h) in input px).
+    region: (x0, y0, x1, y1) input px the cells are confined to (default: the whole image); with
+    neither an image nor a size, the nuclei's bounds grown by the expansion (a tile of a slide:
+    the raster covers only that, whatever the tile's offset)."""
     import shapely
     from skimage.segmentation import expand_labels
 
     from .contours import outer_contours
 
     n = len(table)
-    if image is not None:
-        W_in, H_in = int(image.shape[1]), int(image.shape[0])
-    else:
-        size = image_size or table.meta.get("image_size")
-        if not size:
-            raise ValueError("build_cells needs the image or its size (w, h)")
-        W_in, H_in = int(size[0]), int(size[1])
     mpp = table.mpp
+    exp_guess = float(options.expansion_um) / float(mpp) if mpp else float(options.expansion_px)
+    if region is not None:
+        ox, oy = float(region[0]), float(region[1])
+        W_in, H_in = float(region[2]) - ox, float(region[3]) - oy
+    elif image is not None:
+        ox = oy = 0.0
+        W_in, H_in = int(image.shape[1]), int(image.shape[0])
+    elif image_size or table.meta.get("image_size"):
+        size = image_size or table.meta.get("image_size")
+        ox = oy = 0.0
+        W_in, H_in = int(size[0]), int(size[1])
+    elif n:
+        xy = np.concatenate([np.asarray(p, np.float64).reshape(-1, 2) for p in table.polygons])
+        pad = exp_guess + 2
+        ox, oy = max(0.0, math.floor(xy[:, 0].min() - pad)), max(0.0, math.floor(xy[:, 1].min() - pad))
+        W_in, H_in = math.ceil(xy[:, 0].max() + pad) - ox, math.ceil(xy[:, 1].max() + pad) - oy
+    else:
+        ox = oy = 0.0
+        W_in = H_in = 1
     if mpp:
         m_mpp = options.measure_mpp or table.meta.get("model_mpp") or 0.5
         r = min(1.0, float(mpp) / float(m_mpp))  # measurement px per input px
@@ -172,7 +188,8 @@ def build_cells(
         exp_in = float(options.expansion_px)
     exp_m = exp_in * r
     Wm, Hm = max(1, round(W_in * r)), max(1, round(H_in * r))
-    polys_m = [np.asarray(p, np.float64).reshape(-1, 2) * r for p in table.polygons]
+    origin_in = np.array([ox, oy])
+    polys_m = [(np.asarray(p, np.float64).reshape(-1, 2) - origin_in) * r for p in table.polygons]
 
     cell_polys: list[np.ndarray] = [np.zeros((0, 2)) for _ in range(n)]
     cell_area = np.zeros(n)
@@ -191,12 +208,12 @@ def build_cells(
         bx1 = np.maximum.reduceat(flat[:, 0], starts)
         by1 = np.maximum.reduceat(flat[:, 1], starts)
         ext = float(max((bx1 - bx0).max(), (by1 - by0).max()))
-        cm = np.asarray(table.centroid, np.float64) * r
+        cm = (np.asarray(table.centroid, np.float64).reshape(-1, 2) - origin_in) * r
         halo = int(math.ceil(exp_m + ext + 2))
         step = max(64, int(options.window))
         whole = None  # the image at measurement resolution, once, when it is not too large: then
         if image is not None and Wm * Hm <= WHOLE_RESAMPLE_PX:  # the windows cut the same pixels
-            whole = _region_rgb(image, (0.0, 0.0, Wm / r, Hm / r), (Wm, Hm))
+            whole = _region_rgb(image, (ox, oy, ox + Wm / r, oy + Hm / r), (Wm, Hm))
         wins = [(x, y) for y in range(0, Hm, step) for x in range(0, Wm, step)]
         for w_i, (cx0, cy0) in enumerate(wins):
             cx1, cy1 = min(Wm, cx0 + step), min(Hm, cy0 + step)
@@ -223,7 +240,8 @@ def build_cells(
                 from ..stain import hed_od
 
                 rgb = (whole[ry0:ry1, rx0:rx1] if whole is not None
-                       else _region_rgb(image, (rx0 / r, ry0 / r, rx1 / r, ry1 / r), (rx1 - rx0, ry1 - ry0)))
+                       else _region_rgb(image, (ox + rx0 / r, oy + ry0 / r, ox + rx1 / r, oy + ry1 / r),
+                                        (rx1 - rx0, ry1 - ry0)))
                 od = hed_od(rgb)[..., :2]
                 for lab_map, dst in ((cells, cell_st), (cyto, cyto_st)):
                     st = label_stats(lab_map, k, od)
@@ -238,7 +256,7 @@ def build_cells(
             for i, li in zip(own, own_l):
                 ring = rings[li - 1]
                 if len(ring) >= 3:
-                    cell_polys[i] = (ring + origin) / r
+                    cell_polys[i] = (ring + origin) / r + origin_in
             window_of[own] = w_i
             if progress is not None:
                 progress(f"cells: window {w_i + 1}/{len(wins)}")
