@@ -162,3 +162,18 @@ def test_fill_holes_equals_scipy() -> None:
     ring[4, 4] = False
     assert fill_holes(ring)[4, 4] and fill_holes(ring).sum() == ring.sum() + 1
     assert not fill_holes(np.zeros((5, 5), bool)).any() and fill_holes(np.ones((5, 5), bool)).all()
+
+
+def test_relabel_sequential_equals_scikit_image():
+    """The own relabel_sequential (kept for speed) gives exactly scikit-image's result."""
+    from skimage.segmentation import relabel_sequential as sk_relabel
+
+    rng = np.random.default_rng(0)
+    lab = np.zeros((300, 280), np.int64)
+    for i in rng.permutation(5000)[:400] + 7:
+        y, x = rng.integers(0, 290, 2)
+        lab[y : y + 5, x : x + 5] = i
+    lab[0, :3] = -2  # negative ids are background
+    ours = relabel_sequential(lab)
+    ref = sk_relabel(np.where(lab > 0, lab, 0))[0]
+    assert ours.dtype == np.int32 and np.array_equal(ours, ref) and ours.max() == len(np.unique(lab[lab > 0]))

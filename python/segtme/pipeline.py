@@ -33,14 +33,14 @@ from .errors import InputError
 from .inference.maps import Maps
 from .inference.nuclei import NucleiTable, build_nuclei_table
 from .inference.options import InferenceOptions
-from .inference.stitch import BORDER_HOLD_WORK, BORDER_TOL_WORK, ChunkSink, Stitcher, dedupe_seams
+from .inference.stitch import ChunkSink, Stitcher
 from .models.config import ModelConfig
 from .models.registry import LoadedModel
 
 log = logging.getLogger(__name__)
 
-__all__ = ["segment_source", "segment_image", "analyze", "AnalysisResult", "InferenceOptions", "plan_chunks",
-           "count_tiles", "BORDER_TOL_WORK", "BORDER_HOLD_WORK"]
+__all__ = ["segment_source", "segment_image", "analyze", "analyze_paget_image", "AnalysisResult", "InferenceOptions",
+           "plan_chunks", "count_tiles", "build_report"]
 
 #: default chunk edge and halo in working px. The model tiles do not depend on the chunks
 #: (``engine.GridPredictor``), so the halo only has to hold the largest nucleus (64 px = 32 µm
@@ -53,21 +53,6 @@ DEFAULT_HALO_WORK = 64
 BATCH_PIXELS = 8 * 256 * 256
 #: chunks post-processed concurrently with the model (``InferenceOptions.pipelined``)
 POST_WORKERS = int(os.environ.get("SEGTME_POST_WORKERS", "1"))
-
-#: former name of ``inference.stitch.dedupe_seams`` (kept for callers not yet migrated)
-dedupe_across_chunks = dedupe_seams
-
-
-def nuclei_from_maps(prob: np.ndarray, hv: np.ndarray | None, rgb_work: np.ndarray | None, cfg: ModelConfig,
-                     scale: float, offset_xy: Sequence[float] = (0.0, 0.0), input_mpp: float | None = None
-                     ) -> NucleiTable:
-    """Former signature of ``inference.maps.nuclei_from_maps`` (kept for callers not yet migrated):
-    the maps of one working-resolution tile with ``cfg``'s post-processing and taxonomy."""
-    from .inference.maps import nuclei_from_maps as _nfm
-
-    return _nfm(Maps(prob, hv), cfg.post, cfg.tax, work_mpp=float(cfg.mpp), rgb=rgb_work, scale=scale,
-                offset_xy=offset_xy, input_mpp=input_mpp)
-
 
 def _chunk_params(opt: InferenceOptions) -> tuple[int, int]:
     c = opt.chunk_size or DEFAULT_CHUNK_WORK
@@ -196,8 +181,8 @@ def segment_image(rgb: np.ndarray, mpp: float, model: LoadedModel, options: Infe
     blended maps cropped to the region; the input is resampled window by window
     (``resample.resample_region``). Each chunk goes through ``maps.nuclei_from_maps``, and the
     stitcher (``stitch.Stitcher``) keeps each nucleus once: the chunk whose core holds its
-    centroid owns it; seam copies within ``BORDER_TOL_WORK`` / ``BORDER_HOLD_WORK`` working px of
-    a core edge are de-duplicated by polygon overlap. The halo must exceed the largest nucleus
+    centroid owns it; seam copies within ``stitch.BORDER_TOL_WORK`` / ``BORDER_HOLD_WORK`` working
+    px of a core edge are de-duplicated by polygon overlap. The halo must exceed the largest nucleus
     (the model tiles do not depend on the chunks); the default 64 px (32 µm) does.
     options.pipelined: post-process chunk k in a worker thread while the model predicts chunk
     k + 1 (same result). batch_size: default as many tiles as fit ``BATCH_PIXELS``.

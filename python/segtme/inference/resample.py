@@ -143,7 +143,8 @@ def _area(rgb: np.ndarray, s: float, out_hw: tuple[int, int], origin_out: Sequen
           origin_in: Sequence[int]) -> np.ndarray:
     """Exact area averaging (each output pixel = the mean of the input over its footprint,
     fractional pixels weighted by their overlap), separable in float32: rows, then columns (on
-    the transposed intermediate, so both passes gather whole rows)."""
+    the transposed intermediate, so both passes gather whole rows). Transient memory: a few
+    float32 copies of the row-pass result (output rows x input columns x 3)."""
     oh, ow = out_hw
     iy, wy = _area_weights(int(origin_out[0]), oh, int(origin_in[0]), rgb.shape[0], s)
     ix, wx = _area_weights(int(origin_out[1]), ow, int(origin_in[1]), rgb.shape[1], s)
@@ -155,6 +156,7 @@ def _area(rgb: np.ndarray, s: float, out_hw: tuple[int, int], origin_out: Sequen
     out = acc[ix[:, 0]] * wx[(slice(None), 0, *tail)]
     for k in range(1, ix.shape[1]):
         out += acc[ix[:, k]] * wx[(slice(None), k, *tail)]  # (ow, oh[, 3])
+    del acc
     np.rint(out, out=out)
     np.clip(out, 0, 255, out=out)
     return np.ascontiguousarray(np.swapaxes(out.astype(np.uint8), 0, 1))

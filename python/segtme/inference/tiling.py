@@ -30,7 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .stitch import owns, split_owned
+from .stitch import owns
 
 # --------------------------------------------------------------------------- working-res grid
 
@@ -116,9 +116,7 @@ class StreamTile:
         return out
 
 
-# the ownership rule and the border split live in the one stitcher (``inference.stitch``);
-# ``border_split`` is its former name here, kept for callers not yet on ``stitch.split_owned``
-border_split = split_owned
+# the ownership rule and the border split live in the one stitcher (``inference.stitch``)
 
 
 def _round_half_up(v: float) -> int:
