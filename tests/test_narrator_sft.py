@@ -71,7 +71,7 @@ def test_train_generate_verify(tiny):
     v = verify_narrative(text, bios[0]).to_dict()
     assert 0.0 <= v["hallucination_rate"] <= 1.0 and v["n_claims"] == len(verify_narrative(text, bios[0]).claims)
     # the report path runs the tiny LM through the verifier and falls back if it invents anything
-    from segtme.tme.report import report_from_features
+    from segtme.report import report_from_features
 
     r = report_from_features(bios[0]["raw_data"], "pannuke6", "transformers", model_dir=str(d / "narrator"),
                              max_new_tokens=40, device="cpu")

@@ -87,7 +87,7 @@ def test_tme_report_of_a_paget13_table_carries_the_paget_axes_and_stays_grounded
     """The shared report (what analyze / the server use) appends the PAGET axes for paget13
     tables only (registered token axes), and the template narrative has no unsupported claim."""
     from segtme.taxonomy import PANNUKE6
-    from segtme.tme.report import build_tme_report
+    from segtme.report import build_tme_report
 
     table, _ = scene()
     rep = build_tme_report(table)

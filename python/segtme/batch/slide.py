@@ -126,7 +126,7 @@ def _check_model(model) -> None:
     c = getattr(model, "contract", None)
     if c is not None and c.product != "nuclei":
         raise InputError(f"model {cfg.name}: {c.product} models are not supported on whole slides yet; use a nucleus model")
-    if (c is not None and c.instances == "hook") or hasattr(model.module, "predict_instances"):
+    if c is not None and c.instances == "hook":
         raise InputError(f"model {cfg.name} segments whole images in one call; slides need a tiled model (e.g. 'default')")
 
 

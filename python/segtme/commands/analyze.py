@@ -142,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
     from ..export.provenance import Provenance
     from ..inference.imageio import read_image
     from ..models.registry import load_model
+    from ..inference.options import InferenceOptions
     from ..pipeline import analyze, count_tiles
     from ._progress import RunProgress
 
@@ -185,11 +186,11 @@ def run(args: argparse.Namespace) -> int:
         total = count_tiles(img.rgb.shape, mpp, model.config, tile=flags["tile"], overlap=flags["overlap"])
         progress = prog.counter(total, "tile", "segmenting")
         try:
+            opt = InferenceOptions(device=args.device, precision=args.precision, tile=flags["tile"],
+                                   overlap=flags["overlap"], batch_size=flags["batch"], progress=progress)
             res = analyze(
-                img.rgb, mpp, model, narrative_backend=args.narrative,
-                output_type="cell" if args.cells else "detection",
-                tile=flags["tile"], overlap=flags["overlap"], batch_size=flags["batch"], progress=progress,
-                instance_source=args.instance_source,
+                img.rgb, mpp, model, opt, narrative_backend=args.narrative,
+                output_type="cell" if args.cells else "detection", instance_source=args.instance_source,
             )
         finally:
             prog.close()

@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models.registry import presets, shipped_models
+    from ..models.registry import contract, presets, shipped_models
 
     rows = []
     for name, path in shipped_models().items():
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
             w = Path(cfg.weights)
             where = str(w) if w.is_file() else f"MISSING ({w})"
-        elif cfg.arch == "classical":
+        elif contract(cfg).instances == "hook":
             where = "none needed (rule-based)"
         elif cfg.vit_taps is not None and "giant" in cfg.backbone:
             try:

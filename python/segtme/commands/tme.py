@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..export.atomic import atomic_write_text
     from ..tme.features import nuclei_table_from_maps
-    from ..tme.report import build_tme_report
+    from ..report import build_tme_report
 
     from ..inference.imageio import validate_mpp
 

@@ -23,18 +23,11 @@ Box = tuple[int, int, int, int]
 
 
 def _resampler():
-    """The project's one resampler (core's ``inference.resample`` when present, else the
-    engine's), imported lazily so ``io`` stays below ``inference`` at import time."""
-    try:
-        from ..inference import resample as r  # type: ignore[attr-defined]
+    """The project's one resampler (``inference.resample``), imported lazily so ``io`` stays
+    below ``inference`` at import time."""
+    from ..inference import resample as r
 
-        if hasattr(r, "resample") and hasattr(r, "input_window"):
-            return r.resample, r.input_window
-    except ImportError:
-        pass
-    from ..inference.engine import input_window, resample
-
-    return resample, input_window
+    return r.resample, r.input_window
 
 
 def out_size(box: Box, src_mpp: float, mpp: float) -> tuple[int, int]:

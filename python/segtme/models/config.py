@@ -217,7 +217,7 @@ class ModelConfig:
 
     def to_json(self, path: str | Path) -> None:
         """Write atomically (temporary name, then rename)."""
-        from ..export.atomic import atomic_write_text
+        from ..atomic import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False))
 

@@ -110,7 +110,7 @@ def attach_instance_sources(runners: dict[str, ModelRunner], aliases: dict[str, 
         else:
             lm = _resolve_instance_source(spec, config.device, config.allow_random)
             lm.precision = config.precision
-            if hasattr(lm.module, "predict_instances") or lm.config.arch == "classical":
+            if lm.contract.instances == "hook":
                 r.instance_direct = lm
                 log.info("PAGET-H %s: instances from %s (%s), run per tile in the job thread", r.cfg.name,
                          lm.config.name, lm.source)
