@@ -25,7 +25,6 @@ from ..models.config import ModelConfig
 from ..models.registry import LoadedModel
 from . import resample as _rs
 from .maps import Maps
-from .resample import resample  # noqa: F401  (kept for callers not yet on inference.resample)
 from .tiling import blend_window, tile_grid
 
 log = logging.getLogger(__name__)
