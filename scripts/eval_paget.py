@@ -95,10 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         matches["default"].append(match_types(gxy, gcls, pxy, dcls[pids - 1], r))
         ens = to_consep4(instance_classes(inst, lab))[pids - 1]
         matches["ensemble"].append(match_types(gxy, gcls, pxy, ens, r))
-        for name, mk in (("paget_h", None), ("paget_h_mitosis", mark)):
-            res_h = analyze_paget(rgb, mpp, student, mode="panoptic", instance_source=default, mitosis=mk)
-            t = res_h.nuclei
-            matches[name].append(match_types(gxy, gcls, t.centroid - 0.5, to_consep4(t.class_id), r))
+        res_h = analyze_paget(rgb, mpp, student, mode="panoptic", instance_source=default, mitosis=None)
+        t = res_h.nuclei
+        matches["paget_h"].append(match_types(gxy, gcls, t.centroid - 0.5, to_consep4(t.class_id), r))
+        if mark is not None:  # the same PAGET-H nuclei + the mitosis teacher (as the shipped paget_h runs it)
+            mark(t, rgb, mpp)
+            matches["paget_h_mitosis"].append(match_types(gxy, gcls, t.centroid - 0.5, to_consep4(t.class_id), r))
         t = res_s.nuclei
         matches["paget_s"].append(match_types(gxy, gcls, t.centroid - 0.5, to_consep4(t.class_id), r))
         print(f"{key}: done ({time.time() - t0:.0f} s)", flush=True)
@@ -116,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         for c in class_ids:
             k = "F_" + CONSEP4.names[c]
             a, b = f1["paget_h"].get(k), f1["ensemble"].get(k)
-            if a is None or b is None or math.isnan(a) or math.isnan(b):
-                verdict[k] = "n/a"
+            if a is None or b is None or math.isnan(a) or math.isnan(b) or (a == 0 and b == 0):
+                verdict[k] = "n/a (undefined or 0 for both)"
             else:
                 verdict[k] = "student >= ensemble" if a >= b - 0.005 else "student < ensemble"
     out = {"config": args.config, "student": args.student, "weights": student.source,
@@ -128,9 +130,34 @@ def main(argv: list[str] | None = None) -> int:
     od = Path(args.out)
     od.mkdir(parents=True, exist_ok=True)
     (od / "eval_paget.json").write_text(json.dumps(out, indent=1, default=float))
+    (od / "eval_paget.md").write_text(markdown(out) + "\n")
     print(json.dumps({k: out[k] for k in ("agreement_dice_pooled", "consep_type_f1", "student_vs_ensemble")},
                      indent=1, default=float))
     return 0
+
+
+def _f(v) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def markdown(out: dict) -> str:
+    """The figures as markdown tables (docs/paget.md and the model card quote them)."""
+    lines = [f"Student `{out['student']}` ({out['weights']}), {out['n_images']} held-out images.", "",
+             "Agreement with the teachers (pooled Dice, student PAGET-S map vs aggregated labels, unresolved px not scored):",
+             "", "| class | Dice |", "|---|---|"]
+    for k, v in out["agreement_dice_pooled"].items():
+        lines.append(f"| {k} | {_f(v)} |")
+    f1 = out["consep_type_f1"]
+    if f1:
+        cols = [k for k in next(iter(f1.values())) if k.startswith("F_") or k == "acc"]
+        lines += ["", "Nucleus classes against CoNSeP's human labels (held-out CoNSeP images; HoVer-Net type F1, "
+                  "centroid pairing; PAGET ids through the consep4 mapping):", "",
+                  "| system | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for name, st in f1.items():
+            lines.append(f"| {name} | " + " | ".join(_f(st.get(c)) for c in cols) + " |")
+        lines += ["", "Student (PAGET-H, no mitosis teacher) vs the teacher ensemble on the same nuclei: "
+                  + ", ".join(f"{k[2:]}: {v}" for k, v in out["student_vs_ensemble"].items())]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
