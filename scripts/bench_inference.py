@@ -2,18 +2,25 @@
 """Inference speed benchmark: the default model through the real product path, the classical
 baseline on the same image, and the full UNI2-UperHoVer architecture's forward time per tile.
 
-**Headline (``--mode 40x``, the default): ``segtme analyze`` as a user runs it on 40x input**
-(0.25 µm/px: a 4000² px region = 1 mm² of real MoNuSeg tiles, and one 1000² px MoNuSeg image),
-each run a fresh ``segtme analyze IMAGE --mpp 0.25 --out DIR`` process, split per stage —
-start-up (process start to the first pixel read), read, resample, model forward, the rest of
-the engine (tile blending, cache), post-processing (maps -> instances), features (nucleus
-measurements), TME report, each export (GeoJSON, CSV, overlay) — plus wall time, marginal
-s/mm² (the 4000² run minus the 1000² run, per mm² of difference) and peak RSS. With ``--base
-DIR`` (e.g. a ``git worktree`` of an older commit) the same runs use that code (its
-``python/`` on PYTHONPATH) in the same session, interleaved, for figures side by side.
+**Headline (``--mode 40x``, the default): ``segtme analyze`` as a user runs it**, on a 1000² and
+a 4000² px mosaic of real MoNuSeg tiles at their own ~0.25 µm/px (40x; 0.0625 and 1 mm²) and a
+``--region-05`` px region at 0.5 µm/px (default 10 000² = 25 mm²; 0 skips it). Every run is a
+fresh ``segtme analyze IMAGE --mpp M --out DIR --no-progress`` process. Per image and tree: an
+*instrumented* run (``stage_child``: the product functions of ``STAGE_HOOKS`` wrapped by an import
+hook, exclusive wall seconds per stage — start-up = process start to the first stage call, model
+load, read, resample, model forward, tiling + blending, post-processing, features, TME report,
+GeoJSON, CSV, overlay PNG, tme.json, other) and a *plain* run (wall, CPU seconds and peak RSS of
+the process from ``wait4``; the figures quoted). Marginal s/mm² = (wall 4000² − wall 1000²) /
+0.9375 mm². With ``--base DIR`` (a ``git worktree`` of older code) the same runs use that tree
+(its ``python/`` on PYTHONPATH), interleaved with this one, for figures side by side. One warm-up
+per tree on the first image (file cache; the compiled-model cache, in a temporary
+``$SEGTME_CACHE_DIR``, is filled by it: the cold first run is reported apart).
 
     git worktree add /work/scratch/base <old-commit>
-    python scripts/bench_inference.py --base /work/scratch/base --repeats 2
+    python scripts/bench_inference.py --base /work/scratch/base --repeats 2 --write-docs
+
+**ONNX Runtime (``--mode onnx``)**: the folded default model in ONNX Runtime (fp32 and int8
+static QDQ) against torch fp32 / bf16 on the same 512² tile (batch 1), with held-out PQ/AJI of each.
 
 **Working-resolution mode (``--mode working``)**, one run measures, in this order (so the
 ratios share the same machine load):
@@ -539,13 +546,139 @@ def render_headline(res: dict, images: dict[str, tuple[str, float]], mm2: dict[s
     return "\n".join(lines) + "\n"
 
 
+# ----------------------------------------------------------------------------- ONNX Runtime lever
+def onnx_vs_torch(threads: int, repeats: int = 5) -> str:
+    """``--mode onnx``: the shipped default model's folded inference module exported to ONNX and
+    run by ONNX Runtime (CPU, fp32; int8 static QDQ quantisation calibrated on real tiles) against
+    torch (fp32 and bf16 autocast) on the same real-H&E 512² tile at 0.5 µm/px (batch 1: the exported
+    graph has static shapes), interleaved; accuracy = PQ/AJI against the ground truth of the 5 held-out MoNuSeg
+    images through the product's maps -> nuclei step (``inference.instances.predict_instances``)."""
+    import onnxruntime as ort
+    import torch
+    from PIL import Image
+
+    from segtme.eval.metrics import instance_metrics
+    from segtme.inference.engine import _prepare
+    from segtme.inference.instances import predict_instances
+    from segtme.models.registry import LoadedModel, load_model
+
+    torch.set_num_threads(threads)
+    os.environ["SEGTME_COMPILED"] = "0"
+    lm = load_model("default", "cpu", precision="fp32")
+    folded = _prepare(lm)
+    cfg = lm.config
+    data = Path(os.environ.get("SEGTME_DATA_DIR", REPO.parent / "shared" / "data")) / "monuseg-train"
+    items = json.loads((data / "index.json").read_text())
+    held = set(cfg.extra["held_out"]["monuseg"])
+    held_items = [it for it in items if Path(it["image"]).stem in held]
+    other = [it for it in items if Path(it["image"]).stem not in held]
+
+    def half(it) -> np.ndarray:
+        im = Image.open(data / it["image"]).convert("RGB")
+        return np.asarray(im.resize((im.width // 2, im.height // 2), Image.BOX))
+
+    mean = np.asarray(cfg.io.mean, np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(cfg.io.std, np.float32).reshape(1, 3, 1, 1)
+
+    def norm(tiles: list[np.ndarray]) -> np.ndarray:
+        x = np.stack(tiles).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+        return np.ascontiguousarray((x - mean) / std)
+
+    def pad512(a: np.ndarray) -> np.ndarray:
+        return np.pad(a, ((0, 512 - a.shape[0]), (0, 512 - a.shape[1]), (0, 0)), mode="reflect")
+
+    batch = norm([pad512(half(other[0]))])
+    with tempfile.TemporaryDirectory() as d:
+        onnx_path = str(Path(d) / "default.onnx")
+        x0 = torch.from_numpy(batch[:1])
+        # 512² tiles, batch 1 (the legacy exporter cannot export the PPM's adaptive pools at 16² -> 3²);
+        # the torch.export-based exporter (needs onnxscript) decomposes them
+        torch.onnx.export(folded, (x0,), onnx_path, input_names=["x"], output_names=["sem", "hv"], dynamo=True,
+                          external_data=False)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        sessions = {"ORT fp32": ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])}
+        try:
+            from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+            calib = [norm([pad512(half(it))]) for it in other[2:10]]
+
+            class Reader(CalibrationDataReader):
+                def __init__(self):
+                    self.it = iter(calib)
+
+                def get_next(self):
+                    v = next(self.it, None)
+                    return None if v is None else {"x": v}
+
+            q_path = str(Path(d) / "default_int8.onnx")
+            quantize_static(onnx_path, q_path, Reader(), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            sessions["ORT int8 (static QDQ)"] = ort.InferenceSession(q_path, so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # quantisation tooling missing or failing: record, keep fp32
+            print(f"int8 quantisation not measured: {e}", flush=True)
+
+        class OrtModule(torch.nn.Module):
+            segtme_prepared = True
+
+            def __init__(self, sess):
+                super().__init__()
+                self.sess = sess
+
+            def forward(self, x):
+                sem, hv = self.sess.run(None, {"x": x.float().contiguous().numpy()})
+                return {"sem": torch.from_numpy(sem), "hv": torch.from_numpy(hv)}
+
+        runners: dict[str, tuple] = {
+            "torch fp32": (lambda: folded(torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)), "fp32", folded),
+            "torch bf16 (autocast)": (None, "bf16", folded),
+        }
+        for k, sess in sessions.items():
+            runners[k] = (lambda s=sess: s.run(None, {"x": batch}), "fp32", OrtModule(sess))
+
+        def run_bf16():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return folded(torch.from_numpy(batch).contiguous(memory_format=torch.channels_last))
+
+        runners["torch bf16 (autocast)"] = (run_bf16, "bf16", folded)
+        times: dict[str, list[float]] = {k: [] for k in runners}
+        with torch.inference_mode():
+            for k, (fn, _, _) in runners.items():
+                fn()
+            for _ in range(repeats):
+                for k, (fn, _, _) in runners.items():
+                    t0 = time.perf_counter()
+                    fn()
+                    times[k].append(time.perf_counter() - t0)
+        mpx = batch.shape[0] * batch.shape[2] * batch.shape[3] / 1e6
+        acc: dict[str, tuple[float, float, int]] = {}
+        gts = [(np.asarray(Image.open(data / it["image"]).convert("RGB")), np.asarray(Image.open(data / it["label"])).astype(np.int32),
+                float(it.get("mpp") or 0.25)) for it in held_items]
+        for k, (_, prec, module) in runners.items():
+            m = LoadedModel(cfg, module if module is not folded else lm.module, lm.device, lm.source, prec)
+            ms = [instance_metrics(gt, predict_instances(m, rgb, mpp).inst) for rgb, gt, mpp in gts]
+            acc[k] = (float(np.mean([x.pq for x in ms])), float(np.mean([x.aji for x in ms])), sum(x.n_pred for x in ms))
+    lines = [f"ONNX Runtime {ort.__version__} vs torch {torch.__version__}, {threads} threads, load average {_load()}; "
+             f"batch {batch.shape[0]} x {batch.shape[2]}² px of real H&E at 0.5 µm/px; accuracy on the {len(gts)} held-out "
+             "MoNuSeg images (product maps -> nuclei).", "",
+             "| runtime | forward s/batch median [min] | s/MP | s/mm² at 0.5 µm/px (4 MP/mm²) | held-out PQ | AJI | nuclei |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for k in runners:
+        t = times[k]
+        pq, aji, n = acc[k]
+        lines.append(f"| {k} | {statistics.median(t):.3f} [{min(t):.3f}] | {statistics.median(t) / mpx:.3f} | "
+                     f"{4 * statistics.median(t) / mpx:.2f} | {pq:.4f} | {aji:.4f} | {n} |")
+    return "\n".join(lines) + "\n"
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--stage-child"]:  # internal: one instrumented `segtme` run (see stage_child)
         return stage_child(argv[1], argv[3:] if argv[2:3] == ["--"] else argv[2:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mode", choices=("40x", "working"), default="40x",
+    ap.add_argument("--mode", choices=("40x", "working", "onnx"), default="40x",
                     help="40x (headline): `segtme analyze` per stage on a 1000² and a 4000² px image at 0.25 µm/px and a "
                     "--region-05 px region at 0.5 µm/px; working: the engine on a 0.5 µm/px mosaic (--region)")
     ap.add_argument("--base", default=None, metavar="DIR",
@@ -570,6 +703,9 @@ def main(argv: list[str] | None = None) -> int:
         return sweep(args.threads)
     if args.mode == "40x":
         return headline_main(args, argv)
+    if args.mode == "onnx":
+        print(onnx_vs_torch(args.threads, max(3, args.repeats)))
+        return 0
 
     from segtme.models import resolve_config
 
