@@ -279,3 +279,21 @@ def test_malloc_tuning_applies_on_linux_glibc_and_can_be_turned_off():
     if sys.platform.startswith("linux") and runtime._libc() is not None:
         assert runtime.MALLOC_TUNED is True
         assert runtime._mallopt(256 << 20, 512 << 20) is True
+
+
+def test_flip_tta_is_flip_equivariant_and_off_by_default():
+    """With ``tta="flip"`` the maps of a flipped tile are the flipped maps of the tile (HV x / y
+    channels change sign with their flip); without it the plain forward is returned."""
+    m = tiny_random_model(0)
+    rng = np.random.default_rng(2)
+    tile = rng.integers(0, 256, (56, 56, 3), dtype=np.uint8)  # a multiple of pad_multiple: no padding
+    a = forward_tiles(m, [tile], tta="flip")[0]
+    b = forward_tiles(m, [np.ascontiguousarray(tile[:, ::-1])], tta="flip")[0]
+    np.testing.assert_allclose(b["prob"], a["prob"][:, :, ::-1], atol=1e-5)
+    np.testing.assert_allclose(b["hv"][0], -a["hv"][0][:, ::-1], atol=1e-5)
+    np.testing.assert_allclose(b["hv"][1], a["hv"][1][:, ::-1], atol=1e-5)
+    plain = forward_tiles(m, [tile])[0]
+    assert not np.allclose(plain["prob"], a["prob"], atol=1e-4)  # TTA really averages
+    np.testing.assert_allclose(forward_tiles(m, [tile], tta="none")[0]["prob"], plain["prob"], atol=1e-6)
+    with pytest.raises(InputError, match="flip"):
+        forward_tiles(m, [tile], tta="rotate")

@@ -228,7 +228,7 @@ def _segment_regions(fetch: Callable[[Sequence[int]], np.ndarray], s: float, hw:
         t_edge = int(opt.tile or cfg.tile_size)
         batch_size = max(1, BATCH_PIXELS // (t_edge * t_edge))
     predictor = GridPredictor(model, hw, ww, fetch, [ch.region for ch in chunks], opt.tile, opt.overlap,
-                              batch_size, opt.progress)
+                              batch_size, opt.progress, opt.tta)
     stitcher = Stitcher(cfg.tax, mpp, sink=sink)
 
     def post_chunk(ch, maps: Maps, rgb_work: np.ndarray) -> tuple[NucleiTable, tuple[float, ...]]:

@@ -109,8 +109,45 @@ def _autocast(model: LoadedModel):
     return contextlib.nullcontext()
 
 
+#: test-time augmentations ``forward_tiles`` knows
+TTA_MODES = ("none", "flip")
+
+
+def resolve_tta(model: LoadedModel, tta: str | None = None) -> str:
+    """``tta`` if given, else the model config's ``extra["tta"]``, else "none" (InputError for
+    an unknown mode)."""
+    mode = tta if tta is not None else str(model.config.extra.get("tta", "none"))
+    if mode not in TTA_MODES:
+        raise InputError(f"test-time augmentation must be one of {', '.join(TTA_MODES)}, got {mode!r}")
+    return mode
+
+
+def _run(module: torch.nn.Module, t: torch.Tensor, model: LoadedModel, tta: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(softmax prob, hv) of one normalised batch; ``tta="flip"``: the mean over the identity and
+    the horizontal, vertical and both flips, each mapped back (HV's x channel changes sign under
+    a horizontal flip, its y channel under a vertical one)."""
+    flips: tuple[tuple[int, ...], ...] = ((),) if tta == "none" else ((), (3,), (2,), (2, 3))
+    prob = hv = None
+    for dims in flips:
+        ti = t.flip(dims).contiguous(memory_format=torch.channels_last) if dims else t
+        with _autocast(model):
+            y = module(ti)
+        p = torch.softmax(y["sem"].float(), dim=1)
+        p = p.flip(dims) if dims else p
+        prob = p if prob is None else prob + p
+        if "hv" in y:
+            h = y["hv"].float()
+            if dims:
+                h = h.flip(dims)
+                sign = torch.tensor([-1.0 if 3 in dims else 1.0, -1.0 if 2 in dims else 1.0], device=h.device)
+                h = h * sign.view(1, 2, 1, 1)
+            hv = h if hv is None else hv + h
+    n = float(len(flips))
+    return prob / n, (hv / n if hv is not None else None)
+
+
 def forward_tiles(
-    model: LoadedModel, tiles: Sequence[np.ndarray], batch_size: int | None = None
+    model: LoadedModel, tiles: Sequence[np.ndarray], batch_size: int | None = None, tta: str | None = None
 ) -> list[dict[str, np.ndarray]]:
     """Run the model on working-resolution tiles.
 
@@ -120,7 +157,9 @@ def forward_tiles(
     Returns per tile ``{"prob": (C, h, w) float32 softmax, "hv": (2, h, w) float32}`` (``"hv"``
     absent for models without an HV head). Runs under ``torch.inference_mode``, channels_last,
     with bf16 autocast when ``model.precision`` resolves to bf16 (CUDA; CPUs with native bf16).
+    tta: test-time augmentation (``resolve_tta``: "none" or "flip", 4 forward passes).
     """
+    mode = resolve_tta(model, tta)
     keep_large_buffers()  # reuse large activation buffers (runtime._tune_glibc_malloc)
     io = model.config.io
     dev = model.device
@@ -143,10 +182,9 @@ def forward_tiles(
             with torch.inference_mode():
                 t = torch.from_numpy(x).to(dev).permute(0, 3, 1, 2).float().div_(255.0)
                 t = ((t - mean) / std).contiguous(memory_format=torch.channels_last)
-                with _autocast(model):
-                    y = module(t)
-                prob = torch.softmax(y["sem"].float()[:, :, :h, :w], dim=1).cpu().numpy()
-                hv = y["hv"].float()[:, :, :h, :w].cpu().numpy() if "hv" in y else None
+                p, v = _run(module, t, model, mode)
+                prob = p[:, :, :h, :w].cpu().numpy()
+                hv = v[:, :, :h, :w].cpu().numpy() if v is not None else None
             for k, i in enumerate(batch):
                 d = {"prob": np.ascontiguousarray(prob[k])}
                 if hv is not None:
@@ -190,8 +228,10 @@ class GridPredictor:
         overlap: int | None = None,
         batch_size: int = 8,
         progress: Progress | None = None,
+        tta: str | None = None,
     ) -> None:
         io = model.config.io
+        self.tta = resolve_tta(model, tta)
         self.model = model
         self.tile = int(tile or io.tile_size)
         self.overlap = int(io.tile_overlap if overlap is None else overlap)
@@ -236,7 +276,7 @@ class GridPredictor:
             for b0 in range(0, len(todo), self.batch_size):
                 ks = todo[b0 : b0 + self.batch_size]
                 crops = [rgb[ty - by0 : ty - by0 + th, tx - bx0 : tx - bx0 + tw] for (ty, tx, th, tw) in (self.grid[k] for k in ks)]
-                for k, o in zip(ks, forward_tiles(self.model, crops, self.batch_size)):
+                for k, o in zip(ks, forward_tiles(self.model, crops, self.batch_size, self.tta)):
                     if o["prob"].shape[0] != C:
                         raise ValueError(f"model returned {o['prob'].shape[0]} classes, config says {C}")
                     fresh[k] = o
@@ -286,6 +326,7 @@ def predict_maps(
     *,
     stitch: str = "blend",
     progress: Progress | None = None,
+    tta: str | None = None,
 ) -> Maps:
     """Tiled prediction over a working-resolution image, stitched into full maps.
 
@@ -294,7 +335,7 @@ def predict_maps(
     smooth window (``tiling.blend_window``, sin² ramp over the overlap) and normalised by the summed
     weights, so there are no seams; ``"last_writer"``: each tile overwrites the previous ones (the
     SegTME-UNI2 paper's HV stitching; kept for comparison, it leaves seams).
-    progress: called with the number of tiles finished after each batch.
+    progress: called with the number of tiles finished after each batch. tta: ``resolve_tta``.
     Memory: (C + 3) x H x W float32 — callers bound H, W (``pipeline.segment_image`` chunks).
     """
     cfg = model.config
@@ -308,7 +349,8 @@ def predict_maps(
     bs = max(1, int(batch_size))
     if stitch == "blend":
         whole = (0, 0, W, H)
-        gp = GridPredictor(model, H, W, lambda r: rgb_work[r[1] : r[3], r[0] : r[2]], [whole], tile, overlap, bs, progress)
+        gp = GridPredictor(model, H, W, lambda r: rgb_work[r[1] : r[3], r[0] : r[2]], [whole], tile, overlap, bs, progress,
+                           tta)
         return gp.predict(whole)
     grid = tile_grid(H, W, tile, overlap)
     C = cfg.num_classes
@@ -316,7 +358,7 @@ def predict_maps(
     hv: np.ndarray | None = None
     for b0 in range(0, len(grid), bs):
         boxes = grid[b0 : b0 + bs]
-        outs = forward_tiles(model, [rgb_work[y : y + h, x : x + w] for (y, x, h, w) in boxes], bs)
+        outs = forward_tiles(model, [rgb_work[y : y + h, x : x + w] for (y, x, h, w) in boxes], bs, tta)
         for (y, x, h, w), o in zip(boxes, outs):
             if o["prob"].shape[0] != C:
                 raise ValueError(f"model returned {o['prob'].shape[0]} classes, config says {C}")

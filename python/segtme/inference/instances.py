@@ -49,7 +49,7 @@ def predict_instances(model: LoadedModel, rgb: np.ndarray, mpp: float, options: 
     if c.instances != "maps":
         raise InputError(f"model {model.config.name!r} gives no nuclei of its own (contract: {c.instances!r})")
     work, s = to_working(rgb, mpp, model.config)
-    maps = predict_maps(model, work, opt.tile, opt.overlap, opt.batch_size or 8, progress=opt.progress)
+    maps = predict_maps(model, work, opt.tile, opt.overlap, opt.batch_size or 8, progress=opt.progress, tta=opt.tta)
     ins = instances_from_maps(maps, model.config.post)
     if s == 1.0:
         return ins

@@ -28,6 +28,8 @@ class InferenceOptions:
     chunk_size / halo: post-processing chunks and their halo (working px); None = defaults.
     pipelined: post-process chunk k while the model runs chunk k + 1 (same result).
     threads: torch CPU threads (None: torch's default).
+    tta: test-time augmentation "none" | "flip" (mean of the 4 flips, 4x the forward time); None =
+        the model config's ``extra["tta"]`` (default "none").
     progress: called with the number of tiles finished (not part of equality / repr).
     """
 
@@ -40,6 +42,7 @@ class InferenceOptions:
     halo: int | None = None
     pipelined: bool = True
     threads: int | None = None
+    tta: str | None = None
     progress: Progress | None = None
 
     def __post_init__(self) -> None:
@@ -53,6 +56,8 @@ class InferenceOptions:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 0):
                 raise InputError(f"{name} must be a non-negative integer, got {v!r}")
+        if self.tta is not None and self.tta not in ("none", "flip"):
+            raise InputError(f"tta must be 'none' or 'flip', got {self.tta!r}")
         if self.tile is not None and self.overlap is not None and self.overlap >= self.tile:
             raise InputError(f"need overlap < tile, got tile={self.tile}, overlap={self.overlap}")
 
