@@ -211,3 +211,17 @@ def test_cells_of_a_far_slide_tile_use_a_raster_of_the_tile_only(region):
         assert len(b.polygons[i]) and np.abs(b.polygons[i].min(0) - (a.polygons[i].min(0) + [60000, 80000])).max() < 2.5
     np.testing.assert_allclose(b.measurements["Cell: Area µm^2"][inner], a.measurements["Cell: Area µm^2"][inner],
                                rtol=0.25)
+
+
+def test_cell_statistics_combine_nucleus_and_cytoplasm_exactly():
+    from segtme.inference.cells import _combine
+
+    rng = np.random.default_rng(3)
+    cells = rng.integers(0, 5, (30, 40))
+    nuc = np.where(rng.random((30, 40)) < 0.4, cells, 0)
+    cyto = np.where(nuc > 0, 0, cells)
+    vals = rng.normal(size=(30, 40, 2))
+    got = _combine(label_stats(nuc, 4, vals), label_stats(cyto, 4, vals))
+    ref = label_stats(cells, 4, vals)
+    for q in ("count", "mean", "sum", "std", "max", "min"):
+        np.testing.assert_allclose(got[q], ref[q], rtol=1e-9, atol=1e-12, err_msg=q)

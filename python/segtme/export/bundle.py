@@ -90,24 +90,24 @@ def write_outputs(
     prov = provenance.to_dict()
     output_type = "cell" if opt.cells else getattr(result, "output_type", "detection")
     try:
-        cells = None
-        if output_type == "cell":
-            from ..inference.cells import CellOptions, build_cells
-
-            t0 = time.perf_counter()
-            say(f"cells: expanding {len(table)} nuclei by {opt.cell_expansion_um:g} µm")
-            cells = build_cells(table, rgb, CellOptions(expansion_um=opt.cell_expansion_um))
-            say(f"cells: done in {time.perf_counter() - t0:.1f} s")
         ids = object_ids(len(table))
         gj = "nuclei.geojson.gz" if opt.gzip else "nuclei.geojson"
         names = [gj] + (["overlay.png"] if opt.overlay else []) + ["nuclei.csv"]
         n = len(table)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segtme-overlay") as ex:
             overlay = None
-            if opt.overlay:
+            if opt.overlay:  # started first: it renders while the cells are built and the files written
                 say("overlay: rendering in the background")
                 overlay = ex.submit(write_overlay, folder.staged("overlay.png"), rgb, table,
                                     tissue_features=result.tissue_features, options=opt.overlay_options)
+            cells = None
+            if output_type == "cell":
+                from ..inference.cells import CellOptions, build_cells
+
+                t0 = time.perf_counter()
+                say(f"cells: expanding {len(table)} nuclei by {opt.cell_expansion_um:g} µm")
+                cells = build_cells(table, rgb, CellOptions(expansion_um=opt.cell_expansion_um))
+                say(f"cells: done in {time.perf_counter() - t0:.1f} s")
             t0 = time.perf_counter()
             last = [t0]
 

@@ -243,8 +243,12 @@ def build_cells(
                        else _region_rgb(image, (ox + rx0 / r, oy + ry0 / r, ox + rx1 / r, oy + ry1 / r),
                                         (rx1 - rx0, ry1 - ry0)))
                 od = hed_od(rgb)[..., :2]
-                for lab_map, dst in ((cells, cell_st), (cyto, cyto_st)):
-                    st = label_stats(lab_map, k, od)
+                # one pass over the cytoplasm pixels and one over the nucleus pixels; the cell's
+                # statistics combine the two (counts, sums, sums of squares, max, min)
+                st_c = label_stats(cyto, k, od)
+                st_n = label_stats(np.where(lab > 0, cells, 0), k, od)
+                st_cell = _combine(st_n, st_c)
+                for st, dst in ((st_cell, cell_st), (st_c, cyto_st)):
                     for j, s in enumerate(("hematoxylin", "eosin")):
                         for q in ("mean", "std", "max", "min"):
                             dst[f"{s}_od_{q}"][own] = st[q][own_l - 1, j]
@@ -290,6 +294,20 @@ def build_cells(
     return CellTable(cell_polys, meas, {"cell_expansion_um": float(options.expansion_um) if mpp else None,
                                         "cell_expansion_px": exp_in, "measure_mpp": (float(mpp) / r) if mpp else None,
                                         "windows": int(window_of.max() + 1) if n else 0})
+
+
+def _combine(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``label_stats`` of the union of two disjoint pixel sets from the stats of each."""
+    ca, cb = a["count"][:, None], b["count"][:, None]
+    c = ca + cb
+    s = np.nan_to_num(a["sum"]) + np.nan_to_num(b["sum"])
+    ss = (np.nan_to_num(a["std"]) ** 2 * np.maximum(ca - 1, 0) + np.nan_to_num(a["mean"]) ** 2 * ca
+          + np.nan_to_num(b["std"]) ** 2 * np.maximum(cb - 1, 0) + np.nan_to_num(b["mean"]) ** 2 * cb)  # sums of squares
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(c > 0, s / np.maximum(c, 1), np.nan)
+        var = np.where(c > 1, (ss - s * s / np.maximum(c, 1)) / np.maximum(c - 1, 1), np.nan)
+    return {"count": c[:, 0], "mean": mean, "sum": s, "std": np.sqrt(np.maximum(var, 0)),
+            "max": np.fmax(a["max"], b["max"]), "min": np.fmin(a["min"], b["min"])}
 
 
 def _repair(geoms: np.ndarray, nuc: np.ndarray, has: np.ndarray, window_of: np.ndarray) -> np.ndarray:
