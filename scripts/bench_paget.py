@@ -133,7 +133,8 @@ def region_main(args) -> int:
         del rgb
         ctx = mp.get_context("spawn")
         for rep in range(args.runs):
-            for model in ("default", args.paget_model):
+            for model in [m for m in ("default", args.paget_model) if m in args.models.split(",") or m == args.paget_model
+                          and "paget" in args.models.split(",")]:
                 q = ctx.Queue()
                 p = ctx.Process(target=_child_region, args=(png, 0.5, model, args.threads), kwargs={"q": q})
                 p.start()
@@ -142,6 +143,9 @@ def region_main(args) -> int:
                 out["run"] = rep + 1
                 rows.append(out)
                 print(json.dumps(out, default=str), flush=True)
+    if args.reuse_default:  # a previous run's default row (same mosaic and machine)
+        prev = json.loads(Path(args.reuse_default).read_text())["rows"]
+        rows = [r for r in prev if r["model"] == "default"] + rows
     by = {m: [r for r in rows if r["model"] == m] for m in ("default", args.paget_model)}
     med = {m: statistics.median(r["total_s"] for r in v) for m, v in by.items()}
     peak = {m: max(r["peak_rss_mib"] for r in v) for m, v in by.items()}
@@ -171,6 +175,8 @@ def main() -> int:
                     help="region mode: PAGET-H vs default end to end on a REGION² mosaic at 0.5 µm/px (e.g. 10000)")
     ap.add_argument("--paget-model", default="paget_h", help="region mode: the PAGET model (default paget_h)")
     ap.add_argument("--threads", type=int, default=2, help="region mode: torch threads per run")
+    ap.add_argument("--reuse-default", default=None, help="region mode: bench_paget_region.json whose default row to reuse")
+    ap.add_argument("--models", default="default,paget", help="region mode: which runs (default, paget or both)")
     ap.add_argument("--variants", default="b5,b0", help="MiT variants of PAGET-S to time (b0..b5)")
     ap.add_argument("--tiles", type=int, default=3)
     ap.add_argument("--runs", type=int, default=3)
