@@ -144,6 +144,19 @@ def test_resume_errors_and_plan_is_fixed(shared_data, tmp_path):
     assert t2.step == 2
     t2.fit()
     assert peek_run_state(state)["step"] == 3
+    # a finished run on a fresh machine (only the state file kept): --resume re-exports its model
+    import shutil
+
+    final = {k: v.clone() for k, v in t2.model.state_dict().items()}
+    shutil.rmtree(tmp_path / "r")
+    t3 = Trainer(train_config_from_dict(other), resume=True)
+    res = t3.fit()
+    assert res["step"] == 3 and res["best"][0]["json"] == "ckpt-step0000003.json"
+    from segtme.models import load_model
+
+    m = load_model(tmp_path / "r" / "checkpoints" / "ckpt-step0000003.json", device="cpu")
+    for k, v in m.module.state_dict().items():
+        assert torch.equal(v, final[k]), k
     # not a state file -> clear error
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not safetensors")

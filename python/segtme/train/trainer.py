@@ -290,6 +290,8 @@ class Trainer:
         n_run = 0
         t0 = time.time()
         self.interrupted = None
+        if self.step >= self.total_steps:
+            self._restore_final_checkpoint()
         restore = install_stop_handlers(self)
         try:
             self._fit_loop(it, bar, stop_at_step, save_every, run_terms, n_run, t0)
@@ -299,6 +301,22 @@ class Trainer:
             bar.close()
         return {"step": self.step, "total_steps": self.total_steps, "best": list(self.best), "out_dir": str(self.out),
                 "state_file": str(self.state_path), "interrupted": self.interrupted}
+
+    def _restore_final_checkpoint(self) -> None:
+        """A finished run resumed on a fresh machine (only its state file was kept): write the
+        last step's checkpoint again from the state, so ``--resume`` of a finished run yields
+        its model (``runs/`` is not committed; the state file is)."""
+        if not self.dist.is_main:
+            return
+        stem = f"ckpt-step{self.step:07d}"
+        if (self.ckpt_dir / f"{stem}.json").is_file():
+            return
+        self.best = [e for e in self.best if e["step"] != self.step]
+        if self.val_ds is None:
+            self._checkpoint({})
+        else:
+            self.save_model(self.ckpt_dir, stem)
+            log.info("re-exported the final checkpoint %s from %s", stem, self.state_path)
 
     def request_stop(self, why: str = "signal") -> None:
         """Stop after the current optimiser step, saving the state first (SIGTERM/SIGINT)."""
