@@ -213,6 +213,7 @@ def test_analyze_paget_writes_tissue_annotations_nuclei_overlay_report(tmp_path,
     assert fc["properties"]["segtme"]["tme"]  # the report's measurements are on the collection
     assert tissue and nuclei
     assert fc["features"][:len(tissue)] == tissue, "tissue annotations come first"
+    assert all(f["id"][14:18] == "85e6" and f["id"][19:22] == "ad2" for f in tissue)  # SegTME kind-2 ids
     names = [f["properties"]["classification"]["name"] for f in tissue]
     assert set(names) <= tissue_names and len(set(names)) == len(names)
     assert {f["properties"]["classification"]["name"] for f in nuclei} <= nucleus_names
@@ -326,3 +327,5 @@ def test_no_overlay_and_report_annotation(tmp_path, tiny_model_files, he_png, ca
         fc = json.loads((out / "nuclei.geojson").read_text(encoding="utf-8"))
         rep = [f for f in fc["features"] if f["properties"].get("name") == "SegTME TME report"]
         assert len(rep) == 1 and rep[0]["properties"]["objectType"] == "annotation"
+        # a SegTME kind-3 id (docs/qupath.md "Object IDs"): the extension never analyses it
+        assert rep[0]["id"][14:18] == "85e6" and rep[0]["id"][19:22] == "ad3"

@@ -55,6 +55,15 @@ def _jsonable(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def _tissue_with_segtme_ids(features: list, table: Any) -> list:
+    """PAGET tissue annotations with SegTME kind-2 ids (``export.ids.segtme_id``), so the QuPath
+    extension never analyses them as targets after a drag-and-drop import."""
+    from .ids import KIND_TISSUE, annotation_key, segtme_id
+
+    key = annotation_key(str(table.meta.get("source") or ""))
+    return [{**f, "id": segtme_id(KIND_TISSUE, key, i)} for i, f in enumerate(features or [])]
+
+
 def write_outputs(
     result: Any,
     out: str | Path | OutputFolder,
@@ -118,7 +127,8 @@ def write_outputs(
                     say(f"writing {gj}: {k}/{n} objects ({now - t0:.1f} s)")
 
             write_nuclei_geojson(folder.staged("nuclei.geojson"), table, output_type, report=result.report,
-                                 annotations=result.tissue_features, cells=cells, ids=ids, provenance=prov,
+                                 annotations=_tissue_with_segtme_ids(result.tissue_features, table), cells=cells,
+                                 ids=ids, provenance=prov,
                                  report_annotation=opt.report_annotation, gzip=opt.gzip, progress=geo_progress)
             say(f"writing nuclei.csv ({n} rows)")
             write_nuclei_csv(folder.staged("nuclei.csv"), table, ids=ids, cells=cells, comment=provenance.csv_comment(),

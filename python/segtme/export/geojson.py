@@ -409,9 +409,12 @@ def _report_feature(table: NucleiTable, report: dict | None) -> dict[str, Any] |
         return None
     meas = _report_measurements(report)
     w, h = size
+    from .ids import KIND_REPORT, annotation_key, segtme_id
+
     return {
         "type": "Feature",
-        "id": object_ids(1)[0],
+        # a SegTME report id (kind 3): the QuPath extension never analyses it as a target
+        "id": segtme_id(KIND_REPORT, annotation_key(str(table.meta.get("source") or "")), 0),
         "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [w, 0], [w, h], [0, h], [0, 0]]]},
         "properties": {"objectType": "annotation", "name": "SegTME TME report", "isLocked": True,
                        "measurements": meas},
