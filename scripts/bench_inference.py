@@ -626,9 +626,15 @@ def onnx_vs_torch(threads: int, repeats: int = 5) -> str:
                 super().__init__()
                 self.sess = sess
 
-            def forward(self, x):
-                sem, hv = self.sess.run(None, {"x": x.float().contiguous().numpy()})
-                return {"sem": torch.from_numpy(sem), "hv": torch.from_numpy(hv)}
+            def forward(self, x):  # one 512² tile at a time (static graph): pad, run, crop
+                outs = []
+                for k in range(x.shape[0]):
+                    h, w = x.shape[2:]
+                    xi = torch.nn.functional.pad(x[k:k + 1].float(), (0, 512 - w, 0, 512 - h), mode="reflect")
+                    sem, hv = self.sess.run(None, {"x": xi.contiguous().numpy()})
+                    outs.append((sem[..., :h, :w], hv[..., :h, :w]))
+                return {"sem": torch.from_numpy(np.concatenate([o[0] for o in outs])),
+                        "hv": torch.from_numpy(np.concatenate([o[1] for o in outs]))}
 
         runners: dict[str, tuple] = {
             "torch fp32": (lambda: folded(torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)), "fp32", folded),
@@ -652,6 +658,7 @@ def onnx_vs_torch(threads: int, repeats: int = 5) -> str:
                     fn()
                     times[k].append(time.perf_counter() - t0)
         mpx = batch.shape[0] * batch.shape[2] * batch.shape[3] / 1e6
+        print({k: [round(t, 4) for t in v] for k, v in times.items()}, flush=True)
         acc: dict[str, tuple[float, float, int]] = {}
         gts = [(np.asarray(Image.open(data / it["image"]).convert("RGB")), np.asarray(Image.open(data / it["label"])).astype(np.int32),
                 float(it.get("mpp") or 0.25)) for it in held_items]
