@@ -39,7 +39,9 @@ def test_registry_presets_and_output_contract(tiny):
         out = tiny.module(torch.randn(2, 3, 64, 96))
     assert set(out) == {"sem"} and out["sem"].shape == (2, 14, 64, 96)
     with pytest.raises(WeightsError):
-        load_model("paget_s", "cpu")  # no weights and no allow_random: a clear error, not random output
+        load_model("paget_s_b1", "cpu")  # architecture-only preset, no allow_random: a clear error, not random output
+    # paget_s / paget_h are shipped (the MiT-B0 student): they load without weights arguments
+    assert load_model("paget_s", "cpu").source.endswith("paget_b0.safetensors")
 
 
 def test_mask_to_geometry_is_exact_and_keeps_holes():
