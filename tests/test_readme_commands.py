@@ -21,11 +21,14 @@ from PIL import Image as PILImage
 
 from conftest import REPO, data_dir, load_monuseg
 from segtme.cli import build_parser, main
+from segtme.io.synthetic import write_slide
 
 RUN = {"models", "analyze", "tme", "eval"}
 PARSE_ONLY = {"serve": "a server runs until stopped (tests/test_server_cli.py starts one)",
               "train": "training takes minutes to hours", "distill": "training", "train-narrator": "training",
-              "pseudo-label": "long", "curriculum": "long"}
+              "pseudo-label": "long", "curriculum": "long",
+              "batch": "a cohort job (tests/test_batch.py runs it on built slides)",
+              "narrate-eval": "scores every region of a dataset (tests/test_narrative_eval.py runs it)"}
 
 
 def readme_commands() -> list[str]:
@@ -57,6 +60,13 @@ def files(tmp_path_factory):
                      resolutionunit="CENTIMETER")
     PILImage.fromarray(inst.astype(np.uint16)).save(d / "inst.png")
     PILImage.fromarray(((inst > 0) * 1).astype(np.uint8)).save(d / "cls.png")
+    # a small pyramidal, JPEG-tiled Aperio-style slide with the crop at (20000, 15000), the README's ROI
+    full, _, full_mpp = load_monuseg(1)[0]  # 1000² px = 0.06 mm² of tissue (above the 0.01 mm² minimum)
+    write_slide(d / "slide.svs", (24576, 19456), [(20000, 15000, full)], mpp=full_mpp)
+    ann = {"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {"objectType": "annotation"},
+           "geometry": {"type": "Polygon", "coordinates": [[[20000, 15000], [20600, 15000], [20600, 15600],
+                                                           [20000, 15600], [20000, 15000]]]}}]}
+    (d / "annotations.geojson").write_text(json.dumps(ann), encoding="utf-8")
     return d
 
 
@@ -90,14 +100,17 @@ def test_readme_command(cmd, files, monkeypatch, capsys, shared_data):
         argv += ["--limit", "2", "--no-baseline"]  # the README's line on 2 images, to stay quick
     rc = main(argv)
     cap = capsys.readouterr()
-    if rc != 0 and sub == "eval" and "--default-mpp" not in cmd and "no MPP known" in cap.err:
-        pytest.xfail("README's eval line needs --default-mpp 0.25 (18 MoNuSeg images have no MPP); "
-                     "requested on BOARD for the README owner")
     assert rc == 0, f"{cmd!r} failed: {cap.err}"
     if sub == "analyze":
         out = Path(argv[argv.index("--out") + 1]) if "--out" in argv else files / (Path(argv[1]).stem + "_segtme")
         names = {p.name for p in out.iterdir()}
-        assert {"nuclei.csv", "tme.json"} <= names and names & {"nuclei.geojson", "nuclei.geojson.gz"}
+        assert "nuclei.csv" in names and names & {"nuclei.geojson", "nuclei.geojson.gz"}
+        if "summary.json" in names:  # the slide path (--roi / --annotations / pyramids): one report per unit
+            summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+            assert summary["units"] and all(u["n_nuclei"] > 0 for u in summary["units"])
+            assert all(f"report-{u['name']}.json" in names for u in summary["units"])
+        else:
+            assert "tme.json" in names
     if sub == "tme" and "--out" in argv:
         rep = json.loads((files / argv[argv.index("--out") + 1]).read_text(encoding="utf-8"))
         assert rep["raw_data"]["N_total"] > 0
