@@ -8,6 +8,13 @@ its index repeats or its core overlaps an earlier core: ``requests.TileLedger``)
 ``NucleiBatch`` (per tile with ``per_tile_results``, else in chunks at the end), a final
 ``Progress`` with fraction 1.0, then the ``TMEReport`` over all nuclei of the annotation.
 
+Two job kinds (``_stream_job``): a nucleus model over an annotation pastes the tiles into one
+canvas over the annotation's bounds (+ the plan's margin) and, when the stream ends, runs the
+CLI's own path on it (``canvas.CanvasJob``: ``pipeline.segment_source``; Progress stage
+"receiving" per tile, then "segmenting" per batch of model tiles; with ``per_tile_results`` the
+nuclei come per chunk as the stitcher finalises them). PAGET models and jobs without an annotation
+segment tile by tile through the model's shared batcher (``job.TileJob``).
+
 A per-stream reader thread reads the client's messages (the config too), decodes and submits
 tiles, so one stream keeps several tiles in flight; the handler thread collects results and
 answers. A stream whose client sends nothing for ``limits.idle_timeout_s`` while the server has
@@ -33,6 +40,7 @@ from ..errors import SegTMEError
 from ._proto.segtme.v1 import segtme_pb2 as pb
 from ._proto.segtme.v1 import segtme_pb2_grpc as pb_grpc
 from .batcher import Cancelled, JobToken
+from .canvas import CanvasJob
 from .job import Submitted, TileJob
 from .limits import ServerLimits, StreamSlots
 from .messages import feature_batches, features_messages, report_message
@@ -52,6 +60,9 @@ from .runners import ModelRunner
 log = logging.getLogger("segtme.server")
 job_log = logging.getLogger("segtme.server.jobs")
 _POLL_S = 0.05
+#: DetectTME over a canvas: the part of the progress bar for receiving tiles (the rest is the
+#: segmentation of the canvas, by model tiles run)
+RECEIVE_FRACTION = 0.3
 
 
 @dataclass
@@ -350,9 +361,11 @@ class SegTMEServicer(pb_grpc.SegTMEServicer):
         spec, runner = self._spec(first.config)
         st.spec = spec
         token.name = spec.job_id or "detect"
-        job = TileJob(runner, spec, token, self.limits)
+        job = self._stream_job(runner, spec, token)
         st.job = job
         st.ready.set()
+        canvas = isinstance(job, CanvasJob)
+        last_frac = 0.0
 
         def send(msg):
             st.last_sent = time.monotonic()
@@ -372,19 +385,28 @@ class SegTMEServicer(pb_grpc.SegTMEServicer):
                     yield send(pb.DetectResponse(nuclei=m))
             del sub
             frac = min(job.tiles_done / expected, 0.99) if expected > 0 else 0.0
+            if canvas:  # tiles received: the first RECEIVE_FRACTION of the bar
+                frac = RECEIVE_FRACTION * min(frac, 1.0)
+            last_frac = max(last_frac, frac)
             yield send(pb.DetectResponse(progress=pb.Progress(
                 tiles_done=job.tiles_done, tiles_expected=expected, nuclei_so_far=job.nuclei,
-                fraction=frac, stage="segmenting")))
-        if spec.per_tile_results and job.paget_mode is None:
+                fraction=last_frac, stage="receiving" if canvas else "segmenting")))
+        if canvas:
+            for msg in self._segment_canvas(job, spec, token, expected):
+                if msg.HasField("progress"):
+                    last_frac = max(last_frac, msg.progress.fraction)
+                yield send(msg)
+        elif spec.per_tile_results and job.paget_mode is None:
             held = job.border_table()  # nuclei near tile edges, de-duplicated across tiles
             if len(held):
                 for m in features_messages(held, spec.output_type, -1):
                     yield send(pb.DetectResponse(nuclei=m))
         table = job.table()
         tissue = job.tissue(table)
+        last_frac = max(last_frac, min(job.tiles_done / expected, 0.99) if expected > 0 else 0.0)
         yield send(pb.DetectResponse(progress=pb.Progress(
             tiles_done=job.tiles_done, tiles_expected=expected, nuclei_so_far=len(table),
-            fraction=min(job.tiles_done / expected, 0.99) if expected > 0 else 0.0, stage="features")))
+            fraction=last_frac, stage="features")))
         if not spec.per_tile_results:
             for m in features_messages(table, spec.output_type, -1):
                 if token.cancelled:
@@ -401,6 +423,63 @@ class SegTMEServicer(pb_grpc.SegTMEServicer):
         yield send(pb.DetectResponse(progress=pb.Progress(
             tiles_done=job.tiles_done, tiles_expected=expected, nuclei_so_far=len(table), fraction=1.0, stage="done")))
         yield pb.DetectResponse(report=report_message(report, table, spec.annotation_id, time.perf_counter() - t0))
+
+    def _stream_job(self, runner: ModelRunner, spec: JobSpec, token: JobToken):
+        """The job for a DetectTME stream: nucleus models over an annotation run the CLI's path
+        on a canvas of the streamed tiles (``canvas.CanvasJob``; refused with INVALID_ARGUMENT
+        when the annotation's bounds exceed ``limits.max_canvas_pixels``); PAGET models and jobs
+        without an annotation segment tile by tile (``job.TileJob``)."""
+        c = runner.model.contract
+        if (runner.paget_mode is None and spec.geometry is not None and c.product == "nuclei"
+                and c.instances == "maps"):
+            return CanvasJob(runner, spec, token, self.limits)
+        return TileJob(runner, spec, token, self.limits)
+
+    def _segment_canvas(self, job: CanvasJob, spec: JobSpec, token: JobToken, expected: int):
+        """Run ``job.segment`` (the CLI's path on the canvas) in a worker thread and yield its
+        progress (model tiles run / planned, after the receiving part of the bar) and, with
+        ``per_tile_results``, its batches of final nuclei as they come. A cancelled job stops at
+        the worker's next model tile."""
+        events: queue.Queue = queue.Queue()
+
+        def progress(run: int, total: int) -> None:
+            events.put(("progress", run, total))
+
+        sink = (lambda t: events.put(("nuclei", t))) if spec.per_tile_results else None
+
+        def work() -> None:
+            try:
+                job.segment(progress, sink)
+                events.put(("done",))
+            except BaseException as e:  # handed to the handler thread
+                events.put(("error", e))
+
+        def msg(run: int, total: int):
+            frac = RECEIVE_FRACTION + (0.99 - RECEIVE_FRACTION) * (min(run / total, 1.0) if total > 0 else 0.0)
+            return pb.DetectResponse(progress=pb.Progress(
+                tiles_done=job.tiles_done, tiles_expected=expected, nuclei_so_far=job.nuclei,
+                fraction=frac, stage="segmenting"))
+
+        threading.Thread(target=work, name=f"segtme-canvas-{spec.job_id or 'detect'}", daemon=True).start()
+        yield msg(0, 1)
+        while True:
+            try:
+                ev = events.get(timeout=_POLL_S)
+            except queue.Empty:
+                if token.cancelled:
+                    raise Cancelled(token.name) from None
+                continue
+            if ev[0] == "done":
+                return
+            if ev[0] == "error":
+                raise ev[1]
+            if token.cancelled:
+                raise Cancelled(token.name)
+            if ev[0] == "progress":
+                yield msg(ev[1], ev[2])
+            else:
+                for m in features_messages(ev[1], spec.output_type, -1):
+                    yield pb.DetectResponse(nuclei=m)
 
     def _next_item(self, inbox: queue.Queue, token: JobToken, st: _Stream):
         idle = self.limits.idle_timeout_s

@@ -1,7 +1,9 @@
 """One job's tiles: queueing them for the model(s), post-processing each, and stitching them
 into the job's nuclei (ownership rule + seam de-duplication), plus PAGET tissue context.
 
-Shared by DetectTME (tiles streamed by the client) and AnalyzeImage (tiles cut by the server).
+Used by DetectTME for PAGET models and for jobs without an annotation (tiles streamed by the
+client; nucleus models over an annotation run the CLI's path on a canvas instead, ``canvas.py``)
+and by AnalyzeImage for PAGET models (tiles cut by the server).
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ Every limit maps to one status code so clients can react without parsing message
 * more than ``max_tiles_per_stream`` tiles in one DetectTME stream — RESOURCE_EXHAUSTED;
 * more than ``max_concurrent_streams`` DetectTME/AnalyzeImage jobs at once — RESOURCE_EXHAUSTED;
 * an AnalyzeImage image with more than ``max_image_pixels`` pixels — INVALID_ARGUMENT;
+* a DetectTME annotation (nucleus models) whose bounds exceed ``max_canvas_pixels`` working px
+  — INVALID_ARGUMENT on the JobConfig, before any tile (split the annotation);
 * a DetectTME stream idle for ``idle_timeout_s`` (the client sends nothing, the server has
   nothing to send) — DEADLINE_EXCEEDED.
 """
@@ -32,10 +34,14 @@ class ServerLimits:
     #: a DetectTME stream whose client sends nothing for this long (s) while the server has
     #: nothing left to send it is closed with DEADLINE_EXCEEDED (its job slot is freed)
     idle_timeout_s: float = 300.0
+    #: DetectTME with a nucleus model over an annotation pastes the tiles into one canvas over
+    #: the annotation's bounds (``server/canvas.py``, 3 bytes per working px): bounds larger than
+    #: this many working px are refused with INVALID_ARGUMENT (split the annotation)
+    max_canvas_pixels: int = 400_000_000
 
     def __post_init__(self) -> None:
         for name in ("max_message_bytes", "max_tile_pixels", "max_tiles_per_stream", "max_concurrent_streams",
-                     "max_image_pixels", "max_inflight_tiles_per_stream"):
+                     "max_image_pixels", "max_inflight_tiles_per_stream", "max_canvas_pixels"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"server limit {name} must be positive, got {getattr(self, name)}")
         t = float(self.idle_timeout_s)
