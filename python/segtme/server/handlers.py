@@ -40,7 +40,7 @@ from ..errors import SegTMEError
 from ._proto.segtme.v1 import segtme_pb2 as pb
 from ._proto.segtme.v1 import segtme_pb2_grpc as pb_grpc
 from .batcher import Cancelled, JobToken
-from .canvas import CanvasJob
+from .canvas import CanvasJob, canvas_fits
 from .job import Submitted, TileJob
 from .limits import ServerLimits, StreamSlots
 from .messages import feature_batches, features_messages, report_message
@@ -426,12 +426,13 @@ class SegTMEServicer(pb_grpc.SegTMEServicer):
 
     def _stream_job(self, runner: ModelRunner, spec: JobSpec, token: JobToken):
         """The job for a DetectTME stream: nucleus models over an annotation run the CLI's path
-        on a canvas of the streamed tiles (``canvas.CanvasJob``; refused with INVALID_ARGUMENT
-        when the annotation's bounds exceed ``limits.max_canvas_pixels``); PAGET models and jobs
-        without an annotation segment tile by tile (``job.TileJob``)."""
+        on a canvas of the streamed tiles (``canvas.CanvasJob``); PAGET models, jobs without an
+        annotation and annotations whose bounds exceed ``limits.max_canvas_pixels`` (a canvas of
+        them would not fit in memory) segment tile by tile (``job.TileJob``: same model, maps →
+        nuclei step and stitcher, but on the stream plan's tiles, ~95 % matched to the CLI)."""
         c = runner.model.contract
         if (runner.paget_mode is None and spec.geometry is not None and c.product == "nuclei"
-                and c.instances == "maps"):
+                and c.instances == "maps" and canvas_fits(runner, spec, self.limits)):
             return CanvasJob(runner, spec, token, self.limits)
         return TileJob(runner, spec, token, self.limits)
 

@@ -8,8 +8,6 @@ Every limit maps to one status code so clients can react without parsing message
 * more than ``max_tiles_per_stream`` tiles in one DetectTME stream — RESOURCE_EXHAUSTED;
 * more than ``max_concurrent_streams`` DetectTME/AnalyzeImage jobs at once — RESOURCE_EXHAUSTED;
 * an AnalyzeImage image with more than ``max_image_pixels`` pixels — INVALID_ARGUMENT;
-* a DetectTME annotation (nucleus models) whose bounds exceed ``max_canvas_pixels`` working px
-  — INVALID_ARGUMENT on the JobConfig, before any tile (split the annotation);
 * a DetectTME stream idle for ``idle_timeout_s`` (the client sends nothing, the server has
   nothing to send) — DEADLINE_EXCEEDED.
 """
@@ -36,7 +34,7 @@ class ServerLimits:
     idle_timeout_s: float = 300.0
     #: DetectTME with a nucleus model over an annotation pastes the tiles into one canvas over
     #: the annotation's bounds (``server/canvas.py``, 3 bytes per working px): bounds larger than
-    #: this many working px are refused with INVALID_ARGUMENT (split the annotation)
+    #: this many working px are segmented tile by tile instead (``job.TileJob``, no canvas)
     max_canvas_pixels: int = 400_000_000
 
     def __post_init__(self) -> None:
