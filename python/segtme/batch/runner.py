@@ -322,18 +322,10 @@ def write_cohort(out_root: Path, rows: list[dict[str, Any]]) -> tuple[Path, Path
     """cohort.csv always; cohort.parquet when pyarrow is installed. Returns (csv, parquet or
     None, note)."""
     from ..export.atomic import atomic_write_bytes, atomic_write_text
+    from ..export.tables import rows_to_csv
 
-    keys: list[str] = []
-    for r in rows:
-        for k in r:
-            if k not in keys:
-                keys.append(k)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    csv_path = atomic_write_text(out_root / COHORT_CSV, buf.getvalue())
+    keys = list(dict.fromkeys(k for r in rows for k in r))  # columns in order of first appearance
+    csv_path = atomic_write_text(out_root / COHORT_CSV, rows_to_csv(rows))
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq

@@ -13,6 +13,20 @@ from __future__ import annotations
 import argparse
 
 
+
+def _load_model(args):
+    """The model named by --model/--weights/--device/--precision; a bad name or file is one
+    InputError line (load_model raises ValueError for those)."""
+    from ..errors import InputError, SegTMEError
+    from ..models.registry import load_model
+
+    try:
+        return load_model(args.model, args.device, weights=args.weights, precision=args.precision)
+    except ValueError as e:
+        if isinstance(e, SegTMEError):
+            raise
+        raise InputError(str(e)) from None
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "batch",
@@ -90,7 +104,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ..batch.runner import (Progress, collect_jobs, cohort_rows, prepare_out_root, run_local, write_batch_report,
                                 write_cohort)
-    from ..errors import InputError, SegTMEError
 
     opts = _options(args)
     jobs = collect_jobs(args.inputs)
@@ -115,14 +128,7 @@ def run(args: argparse.Namespace) -> int:
                                          precision=args.precision),
                               force=args.force, progress=progress, on_result=on_result)
         else:
-            from ..models.registry import load_model
-
-            try:
-                model = load_model(args.model, args.device, weights=args.weights, precision=args.precision)
-            except ValueError as e:
-                if isinstance(e, SegTMEError):
-                    raise
-                raise InputError(str(e)) from None
+            model = _load_model(args)
             results = run_local(jobs, out_root, model, opts, force=args.force, progress=progress, on_result=on_result)
     write_batch_report(out_root, results)
     rows = cohort_rows(out_root, [r.name for r in results])
@@ -182,10 +188,9 @@ def run_slide_analysis(args: argparse.Namespace, flags: dict, folder, image_path
     pyramid reading, streamed outputs into the staged --out folder (published when complete):
     nuclei.geojson(.gz), nuclei.csv, tissue.geojson, tissue.png, report-<unit>.json, summary.json."""
     from ..batch.slide import SlideOptions, analyze_slide
-    from ..errors import InputError, SegTMEError
+    from ..errors import InputError
     from ..io.regions import parse_roi, read_annotations
     from ..io.source import open_source
-    from ..models.registry import load_model
 
     if getattr(args, "cells", False):
         raise InputError("--cells is not available on whole slides yet (detections are written); drop --cells or use --roi "
@@ -196,12 +201,7 @@ def run_slide_analysis(args: argparse.Namespace, flags: dict, folder, image_path
     try:
         prog.stage(f"{src.size[0]}x{src.size[1]} px slide at {src.mpp:g} µm/px ({src.mpp_source}), "
                    f"{len(src.level_sizes)} level(s); loading model {args.model}")
-        try:
-            model = load_model(args.model, args.device, weights=args.weights, precision=args.precision)
-        except ValueError as e:
-            if isinstance(e, SegTMEError):
-                raise
-            raise InputError(str(e)) from None
+        model = _load_model(args)
         opts = SlideOptions(mpp=flags.get("mpp"), roi=roi, detect_tissue=not args.no_tissue_detection,
                             gzip=True, narrative_backend=args.narrative,
                             tile=flags.get("tile"), overlap=flags.get("overlap"), batch_size=flags.get("batch"))
