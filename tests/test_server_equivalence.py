@@ -206,3 +206,34 @@ def test_detect_tme_cancel_during_canvas_segmentation_frees_the_job(stub, server
     while server.servicer.slots.in_use or [t for t in threading.enumerate() if t.name.startswith("segtme-canvas")]:
         assert time.monotonic() - t0 < 120, "the cancelled canvas job did not stop"
         time.sleep(0.05)
+
+
+def test_detect_tme_cells_with_per_tile_results_never_overlap(stub, mosaic, monkeypatch) -> None:
+    """Cells over a multi-tile annotation with ``per_tile_results`` (issue #15.6, server
+    included): built once over the whole canvas table, not per chunk, so no two cells overlap
+    (beyond polygon rounding) and each cell contains its nucleus. The canvas is cut into
+    256 px chunks here so that there are chunk seams to cross."""
+    from shapely.geometry import shape
+
+    import segtme.inference.options as options_mod
+
+    real = options_mod.InferenceOptions
+    monkeypatch.setattr(options_mod, "InferenceOptions",
+                        lambda **kw: real(**{"chunk_size": 256, "halo": 64, **kw}))
+    rgb, mpp, ann, bounds, plan, tiles = mosaic
+    geo = json.dumps({"type": "Polygon", "coordinates": [ANNOTATION]})
+    feats, progress, report, _ = run_job(stub, pb.JobConfig(image_mpp=mpp, annotation_geojson=geo, narrative_backend="none",
+                                                           output_type=pb.CELLS, per_tile_results=True), tiles, timeout=600)
+    assert report is not None and len(feats) > 100
+    cells = [shape(f["geometry"]) for f in feats]
+    nuclei = [shape(f["nucleusGeometry"]) for f in feats]
+    assert all(c.buffer(1.0).contains(n.centroid) for c, n in zip(cells, nuclei))
+    import shapely
+
+    tree = shapely.STRtree(cells)
+    worst = 0.0
+    for i, c in enumerate(cells):
+        for j in tree.query(c):
+            if j > i:
+                worst = max(worst, c.intersection(cells[j]).area / min(c.area, cells[j].area))
+    assert worst < 0.02, f"cells overlap: worst pair shares {worst:.1%} of the smaller cell"

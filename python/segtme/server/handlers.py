@@ -65,6 +65,13 @@ _POLL_S = 0.05
 RECEIVE_FRACTION = 0.3
 
 
+def _streams_chunks(spec: JobSpec) -> bool:
+    """Whether a canvas job streams its final nuclei chunk by chunk (``per_tile_results``).
+    Cells are not streamed: a cell is grown into the space its neighbours leave, so cells built
+    per chunk could overlap at chunk seams; they are built once over the whole table instead."""
+    return bool(spec.per_tile_results) and spec.output_type == "detection"
+
+
 @dataclass
 class _Stream:
     """State shared by a DetectTME handler and its reader thread."""
@@ -407,7 +414,7 @@ class SegTMEServicer(pb_grpc.SegTMEServicer):
         yield send(pb.DetectResponse(progress=pb.Progress(
             tiles_done=job.tiles_done, tiles_expected=expected, nuclei_so_far=len(table),
             fraction=last_frac, stage="features")))
-        if not spec.per_tile_results:
+        if not spec.per_tile_results or (canvas and not _streams_chunks(spec)):
             for m in features_messages(table, spec.output_type, -1):
                 if token.cancelled:
                     raise Cancelled(token.name)
@@ -446,7 +453,7 @@ class SegTMEServicer(pb_grpc.SegTMEServicer):
         def progress(run: int, total: int) -> None:
             events.put(("progress", run, total))
 
-        sink = (lambda t: events.put(("nuclei", t))) if spec.per_tile_results else None
+        sink = (lambda t: events.put(("nuclei", t))) if _streams_chunks(spec) else None
 
         def work() -> None:
             try:
