@@ -176,3 +176,17 @@ def test_png_named_tif_is_read_by_content(tmp_path, rgb):
     PILImage.fromarray(rgb).save(p, format="PNG")
     im = read_image(p)
     assert (im.rgb == rgb).all() and im.mpp is None and im.mpp_problem is None
+
+
+def test_read_image_of_a_file_object_is_one_line_without_object_repr():
+    """Issue #13.9: a file object instead of a path is a one-line InputError naming its type,
+    never a bare TypeError or an ``<_io.BytesIO object at 0x…>`` repr."""
+    import io as _io
+
+    from segtme.errors import InputError
+    from segtme.inference.imageio import read_image
+
+    with pytest.raises(InputError) as e:
+        read_image(_io.BytesIO(b"\x89PNG"))
+    msg = str(e.value)
+    assert "BytesIO" in msg and " at 0x" not in msg and "\n" not in msg

@@ -271,6 +271,8 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
     DEFAULT_MAX_PIXELS), checked from the header before any pixel data is decoded.
     Raises InputError for every unreadable / unsupported input.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"read_image: expected an image file path, got {type(path).__name__}")
     p = Path(path)
     limit = int(max_pixels) if max_pixels is not None else max_pixels_default()
     if not p.exists():
