@@ -403,7 +403,7 @@ class SegTMEServicer(pb_grpc.SegTMEServicer):
                 if msg.HasField("progress"):
                     last_frac = max(last_frac, msg.progress.fraction)
                 yield send(msg)
-        elif spec.per_tile_results and job.paget_mode is None:
+        elif spec.per_tile_results:
             held = job.border_table()  # nuclei near tile edges, de-duplicated across tiles
             if len(held):
                 for m in features_messages(held, spec.output_type, -1):

@@ -24,7 +24,7 @@ from .batcher import Cancelled, JobToken
 from .limits import ServerLimits
 from .requests import DecodedTile, JobSpec, RequestError, TileLedger, invalid
 from .runners import ModelRunner
-from .tiles import WorkTile, paget_instances, tile_nuclei, tile_paget, to_work_tile
+from .tiles import TISSUE_ID, WorkTile, paget_instances, tile_nuclei, tile_paget, to_work_tile
 
 log = logging.getLogger("segtme.server")
 _POLL_S = 0.05
@@ -60,7 +60,6 @@ class TileJob:
         self._finishing = False
         self._border_table: NucleiTable | None = None
         self.paget_mode = runner.paget_mode
-        self.nucleus_tissue: list[np.ndarray] = []
         self.tissue_pieces: list[dict] = []
         self.tiles_done = 0
         self.nuclei = 0
@@ -123,27 +122,24 @@ class TileJob:
             self.inflight.release()
         wt = sub.wt
         if self.paget_mode is None:
-            # nuclei near a core edge (either side) wait in the stitcher for de-duplication
-            # (``border_table``); the others are final now (streamed at once with ``per_tile_results``)
             found = tile_nuclei(wt, out, self.runner.cfg, self.spec.image_mpp, self.spec.geometry)
-            self._fresh = []
-            self.stitcher.add(found, wt.tile.core, wt.full_scale)
-            self.cores.append(wt.tile.core)
-            t = NucleiTable.concat(self._fresh, renumber=False) if self._fresh else NucleiTable.empty(
-                self.runner.cfg.tax, self.spec.image_mpp)
-            self._fresh = []
-            self.nuclei = self.stitcher.count  # progress: final nuclei so far (held ones follow at the end)
         else:
             inst = None
             if self.paget_mode == "panoptic":
                 inst = self._instances(sub, iout, field_name)
             pt_ = tile_paget(wt, out, self.runner.cfg, self.spec.image_mpp, self.spec.geometry,
                              mode=self.paget_mode, inst=inst)
-            t = pt_.table
-            self.nucleus_tissue.append(pt_.nucleus_tissue)
+            found = pt_.table  # carries each nucleus's tissue id in extra[TISSUE_ID]
             self.tissue_pieces.extend(pt_.tissue_features)
-            self.nuclei += len(t)
-            self.tables.append(t)
+        # the one stitcher: nuclei near a core edge (either side) wait for de-duplication
+        # (``border_table``); the others are final now (streamed at once with ``per_tile_results``)
+        self._fresh = []
+        self.stitcher.add(found, wt.tile.core, wt.full_scale)
+        self.cores.append(wt.tile.core)
+        t = NucleiTable.concat(self._fresh, renumber=False) if self._fresh else NucleiTable.empty(
+            self.runner.cfg.tax, self.spec.image_mpp)
+        self._fresh = []
+        self.nuclei = self.stitcher.count  # progress: final nuclei so far (held ones follow at the end)
         self.tiles_done += 1
         return t
 
@@ -194,8 +190,7 @@ class TileJob:
     def table(self) -> NucleiTable:
         """All nuclei of the job: each tile's final nuclei plus ``border_table``, numbered 1..N."""
         cfg = self.runner.cfg
-        if self.paget_mode is None:
-            self.border_table()  # appends the de-duplicated border nuclei to self.tables
+        self.border_table()  # appends the de-duplicated border nuclei to self.tables
         tables = list(self.tables)
         tables = [x for x in tables if len(x)]
         t = NucleiTable.concat(tables, renumber=True) if tables else NucleiTable.empty(cfg.tax, self.spec.image_mpp)
@@ -217,7 +212,7 @@ class TileJob:
         merged = merge_tissue_features(self.tissue_pieces, clip=self.spec.geometry, mpp=self.spec.image_mpp)
         order = {c.name: c.id for c in self.runner.cfg.tax.classes}
         merged.sort(key=lambda f: order.get(f["properties"]["classification"]["name"], 1 << 30))
-        ctx = np.concatenate(self.nucleus_tissue) if self.nucleus_tissue else np.zeros(0, np.int32)
+        ctx = np.asarray(table.extra.pop(TISSUE_ID, np.zeros(len(table))), np.float64).astype(np.int32)
         attach_tissue_context(table, ctx, merged)
         return merged
 

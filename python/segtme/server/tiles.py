@@ -89,12 +89,19 @@ def owned(table: NucleiTable, core: tuple[int, int, int, int], geometry=None) ->
     return keep
 
 
+#: ``NucleiTable.extra`` column of a PAGET job's nuclei: the PAGET id of the tissue region under
+#: each nucleus (server-internal; not an exported measurement)
+TISSUE_ID = "paget_tissue_id"
+
+
 @dataclass
 class PagetTile:
     """What one streamed tile contributes to a PAGET job (all in full-resolution px).
 
-    table: the owned nuclei (ownership rule); nucleus_tissue: (N,) PAGET id of the tissue region
-    under each owned nucleus; tissue_features: the tile's tissue annotations clipped to its core
+    table: the tile's nuclei inside ``geometry`` (margins included: which tile owns each nucleus
+    is the job's stitcher's decision, as for nucleus models), with the PAGET id of the tissue
+    region under each nucleus in ``table.extra[TISSUE_ID]`` (so it follows the stitcher's
+    subsets); nucleus_tissue: the same ids as an int array; tissue_features: the tile's tissue annotations clipped to its core
     (cores partition the annotation bounds, so merging the tiles' pieces per class gives seamless
     regions without overlaps between classes)."""
 
@@ -132,7 +139,13 @@ def tile_paget(wt: WorkTile, out: dict[str, np.ndarray], cfg: ModelConfig, image
     res = paget_result_from_prob(
         out["prob"][:, :h, :w], wt.padded[:h, :w], cfg, scale=wt.full_scale, input_mpp=image_mpp, mode=mode,
         inst=inst, offset_xy=(wt.tile.x, wt.tile.y), compute_features=False)
-    keep = owned(res.nuclei, wt.tile.core, geometry)
+    t = res.nuclei
+    keep = np.ones(len(t), bool)
+    if geometry is not None and len(t):
+        keep = shapely.intersects_xy(geometry, t.centroid[:, 0], t.centroid[:, 1])
+    t = t.subset(keep)
+    ids = np.asarray(res.nucleus_tissue)[keep]
+    t.extra[TISSUE_ID] = ids.astype(np.float64)
     x0, y0, x1, y1 = wt.tile.core
     tissue = merge_tissue_features(res.tissue_features, clip=shapely.box(x0, y0, x1, y1), mpp=image_mpp)
-    return PagetTile(res.nuclei.subset(keep), res.nucleus_tissue[keep], tissue)
+    return PagetTile(t, ids, tissue)
