@@ -72,6 +72,16 @@ def keep_large_buffers() -> None:
         _mallopt(256 << 20, 512 << 20)
 
 
+def trim_free_memory() -> bool:
+    """Return the heap's free memory to the OS (glibc ``malloc_trim(0)``); True if it ran
+    (Linux glibc only)."""
+    libc = _libc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True
+
+
 def release_free_memory() -> None:
     """After a large job's model stage: return the heap's free memory to the OS (glibc
     ``malloc_trim``) and go back to glibc's usual thresholds for large blocks (32 MiB mmap, the
@@ -79,7 +89,7 @@ def release_free_memory() -> None:
     if not MALLOC_TUNED:
         return
     _mallopt(32 << 20, 64 << 20)
-    _libc().malloc_trim(0)
+    trim_free_memory()
 
 
 def limit_malloc_arenas(n: int | None = None) -> bool:

@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     check_bindable(args.host, args.port)  # a busy port or a bad --host: one line, before the model loads
     if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
         log.warning("binding %s without --token: anyone who can reach this port can use the server", args.host)
-    from ..server.memory import limit_malloc_arenas
+    from ..runtime import limit_malloc_arenas
 
     limit_malloc_arenas()  # before the server's threads allocate (flat RSS under load; docs/server.md)
     from ..server.service import ServerConfig, build_server  # heavy (torch): after argument checks
