@@ -13,7 +13,8 @@ import pytest
 
 from segtme.narrative import NarrativeBackendError, build_prompt, get_backend, render_template
 from segtme.narrative.backends import OpenAIBackend
-from segtme.tme import build_tme_report, nuclei_table_from_maps, report_measurements, translate_tme_to_bio_tokens
+from segtme.report import build_tme_report
+from segtme.tme import nuclei_table_from_maps, report_measurements, translate_tme_to_bio_tokens
 from segtme.tme import analyze_tme_from_maps
 
 

@@ -103,7 +103,8 @@ def _consep(shared_data, n):
 
 @pytest.mark.data
 def test_template_narrative_fully_grounded_on_real_segmentations(shared_data):
-    from segtme.tme import build_tme_report, nuclei_table_from_maps
+    from segtme.report import build_tme_report
+    from segtme.tme import nuclei_table_from_maps
 
     n_claims = 0
     for inst, cls, mpp in _consep(shared_data, 6):

@@ -1,7 +1,9 @@
-"""Tumour-microenvironment features, biological tokens and the TME report (paper sections 7-8).
+"""Tumour-microenvironment features and biological tokens (paper sections 7-8).
 
 Public API (paper names): ``analyze_tme_from_maps``, ``analyze_tme_from_nuclei``,
-``translate_tme_to_bio_tokens``, ``build_tme_report``, ``report_measurements``, ``TMEThresholds``.
+``translate_tme_to_bio_tokens``, ``report_measurements``, ``TMEThresholds``. The TME report
+(features → tokens → narrative → verifier) is ``segtme.report.build_tme_report``: it composes
+``tme`` and ``narrative``, so it sits above both.
 """
 
 from .features import (
@@ -16,11 +18,11 @@ from .thresholds import DEFAULT_THRESHOLDS, TMEThresholds
 from .tokens import AXES, INDETERMINATE, translate_tme_to_bio_tokens
 
 
-def __getattr__(name: str):  # report pulls in the narrative package; import lazily
-    if name in ("build_tme_report", "report_measurements", "report_from_features"):
-        from . import report
+def __getattr__(name: str):  # report_measurements: imported on first use
+    if name == "report_measurements":
+        from .report import report_measurements
 
-        return getattr(report, name)
+        return report_measurements
     raise AttributeError(name)
 
 
@@ -33,10 +35,8 @@ __all__ = [
     "TMEThresholds",
     "analyze_tme_from_maps",
     "analyze_tme_from_nuclei",
-    "build_tme_report",
     "nuclei_table_from_maps",
     "register_feature_group",
-    "report_from_features",
     "report_measurements",
     "translate_tme_to_bio_tokens",
 ]

@@ -1,9 +1,6 @@
 """QuPath measurements of a TME report: ``report_measurements(report)`` flattens a report
-(``segtme.report.build_tme_report``) into annotation measurements whose names carry their units.
-
-``build_tme_report`` / ``report_from_features`` / ``REPORT_SCHEMA`` moved to ``segtme.report``
-(the report composes ``tme`` and ``narrative``, so it sits above both); they are still served
-from here, lazily, for callers not yet migrated.
+(``segtme.report.build_tme_report``, which sits above ``tme`` and ``narrative``) into annotation
+measurements whose names carry their units.
 """
 
 from __future__ import annotations
@@ -13,17 +10,6 @@ from typing import Any, Mapping
 from ..taxonomy import ROLE_NAMES
 
 __all__ = ["report_measurements"]
-
-_MOVED = ("build_tme_report", "report_from_features", "REPORT_SCHEMA")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        from .. import report as _report
-
-        return getattr(_report, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 def report_measurements(report: Mapping[str, Any]) -> dict[str, float]:
     """QuPath annotation measurements (name -> float) from a report; units are in the names
