@@ -86,3 +86,67 @@ def test_distill_builds_labels_and_the_loss_falls(shared_data, tmp_path):
     p.write_text(json.dumps(cfg))
     assert main(["distill", str(p), "--labels-only"]) == 0
     assert (labels / "train_1_sem_map.png").stat().st_mtime_ns == before
+
+
+def test_class_weights_from_counts_inverse_sqrt_normalised_and_capped():
+    from segtme.paget.distill import ClassWeightOptions, class_weights_from_counts
+
+    counts = np.array([50.0, 0.0, 40.0, 9.9, 0.1])
+    w = class_weights_from_counts(counts, ClassWeightOptions(power=0.5, cap=1e9))
+    f = counts / counts.sum()
+    assert w[1] == 1.0  # a class without pixels: weight 1 (never a target)
+    assert (f * w).sum() == pytest.approx(1.0)  # mean weight per pixel is 1
+    assert w[0] / w[2] == pytest.approx(np.sqrt(40 / 50)) and w[3] / w[4] == pytest.approx(np.sqrt(0.1 / 9.9))
+    capped = class_weights_from_counts(counts, ClassWeightOptions(power=0.5, cap=3.0))
+    assert capped.max() == 3.0 and capped[0] == pytest.approx(w[0])
+    with pytest.raises(InputError):
+        class_weights_from_counts(np.zeros(3))
+
+
+def test_auto_class_weights_from_the_training_labels_only(tmp_path):
+    """``[loss] class_weights = "auto"``: counted on the training images' label maps only (the
+    held-out image's classes do not count), in working px (MPP²), 255 not counted; the weighted CE
+    accepts the list and gives the unweighted loss for weights of 1."""
+    import torch
+
+    from segtme.paget.distill import training_config
+    from segtme.train.losses import build_loss
+
+    lab = tmp_path / "labels"
+    lab.mkdir()
+    a = np.full((4, 4), 2, np.uint8)
+    a[0, :2] = 5  # 2 fibroblast px, 14 stroma px
+    a[3, 3] = 255
+    b = np.full((4, 4), 1, np.uint8)  # held out: epithelium only
+    Image.fromarray(a).save(lab / "a_sem_map.png")
+    Image.fromarray(b).save(lab / "b_sem_map.png")
+    img = tmp_path / "imgs"
+    img.mkdir()
+    for k in ("a", "b"):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(img / f"{k}.png")
+    (lab / "manifest.json").write_text(json.dumps({"accepted": [
+        {"key": "a", "image": str(img / "a.png"), "sem_map": "a_sem_map.png", "mpp": 0.25},
+        {"key": "b", "image": str(img / "b.png"), "sem_map": "b_sem_map.png", "mpp": 0.25}]}))
+    cfg = {"distill": {"images": {"path": str(img), "mpp": 0.25, "val": ["b"]}},
+           "model": {"preset": "paget_s_b0"},
+           "loss": {"name": "ce", "class_weights": "auto", "class_weight_power": 0.5, "class_weight_cap": 10.0}}
+    d = training_config(cfg, lab)
+    w = d["loss"]["class_weights"]
+    assert len(w) == 14 and set(d["loss"]) == {"name", "class_weights"}
+    assert w[1] == 1.0  # epithelium only in the held-out image: not counted
+    f_str, f_fib = 13 / 15, 2 / 15  # 255 not counted
+    norm = np.sqrt(f_str) + np.sqrt(f_fib)
+    assert w[2] == pytest.approx(1 / np.sqrt(f_str) / norm, abs=1e-4)
+    assert w[5] == pytest.approx(1 / np.sqrt(f_fib) / norm, abs=1e-4)
+    saved = json.loads((lab / "class_weights.json").read_text())
+    assert saved["weights"] == w and saved["n_train_images"] == 1
+
+    loss = build_loss(**d["loss"])
+    logits = torch.randn(1, 14, 4, 4)
+    tgt = torch.from_numpy(a.astype(np.int64))[None]
+    plain = build_loss("ce")({"sem": logits}, {"sem": tgt})["total"]
+    ones = build_loss("ce", class_weights=[1.0] * 14)({"sem": logits}, {"sem": tgt})["total"]
+    assert float(ones) == pytest.approx(float(plain))
+    assert float(loss({"sem": logits}, {"sem": tgt})["total"]) != pytest.approx(float(plain))
+    with pytest.raises(ValueError, match="class_weights"):
+        build_loss("ce", class_weights="auto")

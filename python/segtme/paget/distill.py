@@ -41,7 +41,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -330,9 +330,92 @@ PAPER_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+@dataclass(frozen=True)
+class ClassWeightOptions:
+    """``[loss] class_weights = "auto"``: per-class CE weights from the training labels.
+
+    power: w_c = f_c^-power (0.5 = inverse square root of the pixel frequency f_c);
+    cap: largest weight after normalisation; working_mpp: µm/px the trainer works at (each
+    image's pixel counts are scaled by (its MPP / working_mpp)², i.e. counted in working px)."""
+
+    power: float = 0.5
+    cap: float = 10.0
+    working_mpp: float = 0.5
+
+
+def label_pixel_counts(labels_dir: str | Path, keys: set[str] | None, num_classes: int,
+                       working_mpp: float = 0.5) -> np.ndarray:
+    """(num_classes,) float pixel counts of each PAGET id over the label maps of ``keys`` (None =
+    every image of the manifest), in working px (counts x (image MPP / working_mpp)²); 255
+    (unresolved) and ids ≥ num_classes are not counted."""
+    from ..data.sample import read_label
+
+    root = Path(labels_dir)
+    man = json.loads((root / "manifest.json").read_text())
+    counts = np.zeros(num_classes, np.float64)
+    for it in man["accepted"]:
+        if keys is not None and it["key"] not in keys:
+            continue
+        lab = np.asarray(read_label(root / it["sem_map"])).astype(np.int64).ravel()
+        c = np.bincount(lab[lab < num_classes], minlength=num_classes)[:num_classes]
+        counts += c * (float(it["mpp"]) / float(working_mpp)) ** 2
+    return counts
+
+
+def class_weights_from_counts(counts: np.ndarray, opts: ClassWeightOptions = ClassWeightOptions()) -> np.ndarray:
+    """Pure: per-class weights from pixel counts. f_c = counts / sum; w_c = f_c^-power for
+    classes with pixels, normalised so that the mean weight per pixel (Σ f_c w_c) is 1, then
+    capped at ``opts.cap``; classes without pixels get 1 (they never occur as targets)."""
+    counts = np.asarray(counts, np.float64)
+    if counts.sum() <= 0:
+        raise InputError("class_weights = 'auto': the training labels have no supervised pixel")
+    f = counts / counts.sum()
+    present = f > 0
+    w = np.ones_like(f)
+    w[present] = f[present] ** (-float(opts.power))
+    w[present] /= float((f[present] * w[present]).sum())
+    return np.minimum(w, float(opts.cap))
+
+
+def class_weights_from_labels(labels_dir: str | Path, train_keys: set[str], num_classes: int,
+                              opts: ClassWeightOptions = ClassWeightOptions()) -> tuple[list[float], list[float]]:
+    """(weights, pixel frequencies) from the label maps of the TRAINING images ``train_keys``."""
+    counts = label_pixel_counts(labels_dir, train_keys, num_classes, opts.working_mpp)
+    w = class_weights_from_counts(counts, opts)
+    return [round(float(x), 4) for x in w], [float(x) for x in counts / counts.sum()]
+
+
+def _resolve_auto_class_weights(loss: dict[str, Any], labels_dir: str | Path, val: list[str],
+                                num_classes: int) -> dict[str, Any]:
+    """``[loss] class_weights = "auto"`` -> the list from the training labels (held-out keys
+    excluded); the options keys (class_weight_power / _cap / _working_mpp) are consumed. The
+    weights and frequencies are written to ``<labels_dir>/class_weights.json``."""
+    loss = dict(loss)
+    opts = ClassWeightOptions(power=float(loss.pop("class_weight_power", 0.5)),
+                              cap=float(loss.pop("class_weight_cap", 10.0)),
+                              working_mpp=float(loss.pop("class_weight_working_mpp", 0.5)))
+    if loss.get("class_weights") != "auto":
+        return loss
+    man = json.loads((Path(labels_dir) / "manifest.json").read_text())
+    held = set(val)
+    train = {it["key"] for it in man["accepted"] if it["key"] not in held}
+    w, f = class_weights_from_labels(labels_dir, train, num_classes, opts)
+    loss["class_weights"] = w
+    from ..taxonomy import PAGET13
+
+    names = list(PAGET13.names)[:num_classes]
+    atomic_write_text(Path(labels_dir) / "class_weights.json", json.dumps(
+        {"options": asdict(opts), "n_train_images": len(train),
+         "classes": names, "weights": w, "pixel_frequency": [round(x, 6) for x in f]}, indent=1))
+    log.info("class weights (auto, %d training images): %s", len(train),
+             ", ".join(f"{n} {x:.3f}" for n, x in zip(names, w)))
+    return loss
+
+
 def training_config(cfg: Mapping[str, Any], labels_dir: str | Path) -> dict[str, Any]:
     """The shared trainer's config: the file's sections over the paper's defaults, plus the
-    aggregated labels as a ``pseudo`` dataset."""
+    aggregated labels as a ``pseudo`` dataset; ``[loss] class_weights = "auto"`` is resolved
+    from the training images' labels (``ClassWeightOptions``)."""
     d: dict[str, Any] = {k: dict(v) for k, v in PAPER_TRAIN_DEFAULTS.items()}
     for sec, v in cfg.items():
         if sec == "distill":
@@ -348,7 +431,19 @@ def training_config(cfg: Mapping[str, Any], labels_dir: str | Path) -> dict[str,
         val = val_keys(cfg["distill"]["images"]) if "distill" in cfg and "images" in cfg["distill"] else []
         if val:
             d["data"][0]["val"] = val
+    if d.get("loss", {}).get("class_weights") == "auto" or any(k.startswith("class_weight_") for k in d.get("loss", {})):
+        val = val_keys(cfg["distill"]["images"]) if "distill" in cfg and "images" in cfg["distill"] else []
+        d["loss"] = _resolve_auto_class_weights(d["loss"], labels_dir, val, _num_classes(d["model"]))
     return d
+
+
+def _num_classes(model: Mapping[str, Any]) -> int:
+    """Number of outputs of the student the config builds (PAGET: 14 = 13 classes + background)."""
+    if "num_classes" in model:
+        return int(model["num_classes"])
+    from ..taxonomy import PAGET13
+
+    return len(PAGET13.names)
 
 
 def distill(config: Mapping[str, Any] | str | Path, *, labels_only: bool = False,

@@ -115,10 +115,21 @@ class UperHoVerLoss(nn.Module):
 
 class SemanticCELoss(nn.Module):
     """Semantic cross-entropy only (ignore 255; FG_UNKNOWN marginal term), for models without an
-    HV head (e.g. a SegFormer student)."""
+    HV head (e.g. a SegFormer student). ``class_weights``: optional positive weight per class (one
+    per model output, as ``UperHoVerLoss``'s); None = the unweighted loss."""
+
+    def __init__(self, class_weights: list[float] | None = None):
+        super().__init__()
+        if class_weights is not None and (isinstance(class_weights, str) or not class_weights
+                                          or min(float(w) for w in class_weights) <= 0):
+            raise ValueError("[loss] class_weights must be a non-empty list of positive numbers (one per class)")
+        self.class_weights = None if class_weights is None else torch.tensor([float(w) for w in class_weights])
 
     def forward(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        l_sem = semantic_loss(outputs["sem"], batch["sem"])
+        cw = self.class_weights
+        if cw is not None and cw.numel() != outputs["sem"].shape[1]:
+            raise ValueError(f"[loss] class_weights has {cw.numel()} values for {outputs['sem'].shape[1]} classes")
+        l_sem = semantic_loss(outputs["sem"], batch["sem"], class_weights=cw)
         return {"total": l_sem, "sem": l_sem}
 
 
