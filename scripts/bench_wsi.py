@@ -90,8 +90,11 @@ def child(args) -> None:
         from segtme.batch.ray_exec import RayOptions, run_ray
 
         # the actors load the model themselves (spec string)
-        rs = run_ray(collect_jobs(args.child_inputs), out, args.model, SlideOptions(detect_tissue=not args.no_tissue),
-                     RayOptions(workers=args.workers, cpus_per_worker=1.0, device="cpu"))
+        from segtme.inference.options import InferenceOptions
+
+        rs = run_ray(collect_jobs(args.child_inputs), out, args.model,
+                     SlideOptions(detect_tissue=not args.no_tissue, inference=InferenceOptions(device="cpu")),
+                     RayOptions(workers=args.workers, cpus_per_worker=1.0))
         res["status"] = [r.status for r in rs]
         sums = [json.loads((out / r.name / "summary.json").read_text()) for r in rs if r.status == "done"]
     if "status" in res:

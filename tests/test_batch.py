@@ -60,6 +60,49 @@ def test_slide_path_gives_the_pipelines_nuclei(tmp_path, he):
     assert a == b == len(ref)
 
 
+def test_one_inference_options_object_from_slide_to_engine(tmp_path, he, monkeypatch):
+    """SlideOptions carries the image path's InferenceOptions as they are: the engine gets the
+    same object (progress aside), so a slide run with non-default tiles / chunks = segment_image
+    with those options."""
+    import segtme.pipeline as pl
+    from segtme.inference.options import InferenceOptions
+
+    rgb = he[1][:500, :600]
+    opt = InferenceOptions(tile=96, overlap=8, chunk_size=256, halo=48, batch_size=3)
+    ref = segment_image(rgb, 0.25, MODEL, opt)
+    seen = []
+    orig = pl.segment_source
+    monkeypatch.setattr(pl, "segment_source", lambda src, m, o, **k: seen.append(o) or orig(src, m, o, **k))
+    res = analyze_slide(ArraySource(rgb, 0.25), MODEL, tmp_path, SlideOptions(detect_tissue=False, inference=opt))
+    assert seen and all(o == opt and o.progress is not None for o in seen)
+    assert res.units[0].n_nuclei == len(ref) > 10
+    assert res.tiles_total == pl.count_tiles(rgb.shape, 0.25, MODEL.config, tile=96, overlap=8) != \
+        pl.count_tiles(rgb.shape, 0.25, MODEL.config)
+
+
+def test_slide_options_pickle_compare_and_validate():
+    import pickle
+
+    from segtme.batch.runner import slide_options
+    from segtme.inference.options import InferenceOptions
+
+    o = SlideOptions(roi=(1, 2, 3, 4), inference=InferenceOptions(tile=96, batch_size=2, precision="fp32"))
+    assert pickle.loads(pickle.dumps(o)) == o  # what Ray ships to its workers
+    assert InferenceOptions(progress=print) == InferenceOptions() and "progress" not in repr(InferenceOptions())
+    with pytest.raises(InputError, match="progress"):
+        SlideOptions(inference=InferenceOptions(progress=print))
+    with pytest.raises(InputError, match="InferenceOptions"):
+        SlideOptions(inference={"tile": 96})
+    # keyword style (segtme.analyze_slide(..., tile=96)): InferenceOptions fields fold into .inference
+    k = slide_options(gzip=False, tile=96, overlap=8, device="cpu", inference=InferenceOptions(batch_size=2))
+    assert k == SlideOptions(gzip=False, inference=InferenceOptions(tile=96, overlap=8, device="cpu", batch_size=2))
+    with pytest.raises(TypeError, match="unknown slide option"):
+        slide_options(tiles=96)
+    with pytest.raises(InputError, match="tile") as e:
+        slide_options(tile=0)
+    assert "\n" not in str(e.value)
+
+
 def test_tissue_detection_keeps_background_from_the_model(tmp_path, slides, he):
     a = slides[0]
     (tmp_path / "t").mkdir()
@@ -223,6 +266,33 @@ def test_cli_batch(tmp_path, slides, monkeypatch, capsys):
         assert rc == 2 and e.startswith("error: ") and msg in e and e.count("\n") == 1
     (tmp_path / "f").write_text("x")
     assert main(["batch", str(slides[1]), "--out", str(tmp_path / "f")]) == 2
+    capsys.readouterr()
+
+
+def test_cli_batch_builds_one_inference_options(tmp_path, slides, monkeypatch, capsys):
+    """`segtme batch` parses --tile/--overlap/--batch/--device/--precision as `segtme analyze`
+    does (same checks, same messages, before the model loads) into SlideOptions.inference."""
+    import segtme.batch.runner as runner
+    import segtme.models.registry as reg
+    from segtme.cli import main
+    from segtme.inference.options import InferenceOptions
+
+    loaded, got = [], []
+    monkeypatch.setattr(reg, "load_model", lambda *a, **k: loaded.append((a, k)) or MODEL)
+    monkeypatch.setattr(runner, "run_local", lambda jobs, out, model, opts, **k: got.append(opts) or [])
+    rc = main(["batch", str(slides[1]), "--out", str(tmp_path / "o"), "--no-progress", "--tile", "96",
+               "--overlap", "8", "--batch", "2", "--device", "cpu", "--precision", "fp32"])
+    assert rc == 0 and got[0].inference == InferenceOptions(device="cpu", precision="fp32", tile=96, overlap=8,
+                                                            batch_size=2)
+    assert loaded[0][0][1] == "cpu" and loaded[0][1]["precision"] == "fp32"
+    loaded.clear()
+    for bad, msg in ((["--tile", "8"], "--tile must be at least 16"), (["--tile", "x"], "--tile must be a whole number"),
+                     (["--batch", "0"], "--batch must be at least 1"),
+                     (["--tile", "64", "--overlap", "32"], "--overlap 32 must be less than half of --tile 64")):
+        rc = main(["batch", str(slides[1]), "--out", str(tmp_path / "o")] + bad)
+        e = capsys.readouterr().err
+        assert rc == 2 and e.startswith(f"error: {msg}") and e.count("\n") == 1
+    assert not loaded
 
 
 def test_cli_analyze_takes_slides_rois_and_annotations(tmp_path, slides, monkeypatch, capsys):

@@ -59,8 +59,10 @@ def _strip(rows):
 def test_ray_equals_local_reports_corrupt_and_resumes_after_a_killed_worker(tmp_path, slides, model, cluster):
     from segtme.batch.ray_exec import RayOptions, run_ray
 
+    from segtme.inference.options import InferenceOptions
+
     jobs = collect_jobs(slides)
-    opts = SlideOptions()
+    opts = SlideOptions(inference=InferenceOptions(batch_size=3, chunk_size=512))  # shipped to the actors as it is
     local = prepare_out_root(tmp_path / "local")
     rl = run_local(jobs, local, model, opts)
     rr_out = prepare_out_root(tmp_path / "ray")

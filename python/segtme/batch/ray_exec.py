@@ -31,15 +31,14 @@ log = logging.getLogger(__name__)
 class RayOptions:
     """address: None = start a local cluster; workers: actors (one model each);
     cpus_per_worker / gpus_per_worker: Ray resources per actor (torch threads = CPUs);
-    device / weights / precision: how each actor loads the model (a spec string)."""
+    weights: the weights file each actor loads a spec-string model with (device and precision:
+    the job's ``SlideOptions.inference``)."""
 
     address: str | None = None
     workers: int = 2
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
-    device: str = "auto"
     weights: str | None = None
-    precision: str = "auto"
     object_store_mb: int = 256
 
 
@@ -117,7 +116,8 @@ def run_ray(jobs: Sequence[Job], out_root: str | Path, model: Any, opts: SlideOp
         mref = ray.put(model) if not isinstance(model, str) else model
 
         def new_actor():
-            return Actor.remote(mref, ropts.device, ropts.weights, ropts.precision, max(1, int(ropts.cpus_per_worker)))
+            return Actor.remote(mref, opts.inference.device, ropts.weights, opts.inference.precision,
+                                max(1, int(ropts.cpus_per_worker)))
 
         n = max(1, min(ropts.workers, len(todo)))
         actors = [new_actor() for _ in range(n)]

@@ -361,19 +361,21 @@ def analyze_slide_to(source: Any, out_dir: str | Path, model: Any = "default", *
     mpp: level-0 µm/px, only needed when the file has no (valid) resolution metadata.
     roi: level-0 (x, y, w, h) px. annotations: QuPath GeoJSON of polygons (level-0 px; one TME
     report each). detect_tissue: skip background (tissue mask on an 8 µm/px thumbnail).
-    model: name / config path / ``LoadedModel``. options: further ``SlideOptions`` fields
-    (tile, overlap, batch_size, gzip, write_csv, narrative_backend, reader, tissue).
+    model: name / config path / ``LoadedModel`` (a name is loaded on ``device`` with the
+    inference options' precision). options: further ``SlideOptions`` fields (gzip, write_csv,
+    narrative_backend, reader, tissue, inference) and ``InferenceOptions`` fields (tile,
+    overlap, chunk_size, halo, batch_size, precision, ...), which go into ``inference``.
     Nothing is left in ``out_dir`` if it fails (a staging folder next to it is removed)."""
     from ..io.regions import parse_roi
 
     out = Path(out_dir)
     parent = prepare_out_root(out.parent if str(out.parent) else Path("."))
-    opts = SlideOptions(mpp=mpp, roi=parse_roi(roi) if roi is not None else None, annotations=annotations,
-                        detect_tissue=detect_tissue, **options)
+    opts = slide_options(mpp=mpp, roi=parse_roi(roi) if roi is not None else None, annotations=annotations,
+                         detect_tissue=detect_tissue, device=device, **options)
     if isinstance(model, str):
         from ..models.registry import load_model
 
-        model = load_model(model, device, weights=weights)
+        model = load_model(model, opts.inference.device, weights=weights, precision=opts.inference.precision)
     stage = _stage(parent)
     try:
         res = analyze_slide(source, model, stage, opts, progress=progress)
@@ -384,3 +386,22 @@ def analyze_slide_to(source: Any, out_dir: str | Path, model: Any = "default", *
         return res
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def slide_options(**kw: Any) -> SlideOptions:
+    """``SlideOptions`` from keyword settings: ``SlideOptions`` fields as they are, and
+    ``InferenceOptions`` fields (tile, overlap, chunk_size, halo, batch_size, device, precision,
+    ...) folded into its ``inference`` (over an ``inference=`` given too). Unknown keys raise
+    TypeError; invalid values a one-line InputError."""
+    from dataclasses import fields
+
+    from ..inference.options import InferenceOptions
+
+    slide_keys = {f.name for f in fields(SlideOptions)}
+    inf_keys = {f.name for f in fields(InferenceOptions)} - {"progress"}
+    bad = sorted(set(kw) - slide_keys - inf_keys)
+    if bad:
+        raise TypeError(f"unknown slide option(s) {bad}; known: {sorted(slide_keys | inf_keys)}")
+    inf = {k: kw.pop(k) for k in list(kw) if k in inf_keys}
+    base = kw.pop("inference", None) or InferenceOptions()
+    return SlideOptions(inference=base.replace(**inf) if inf else base, **kw)

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..inference.nuclei import NucleiTable
+from ..inference.options import InferenceOptions
 from ..io.regions import Unit, analysis_units, plan_regions, read_annotations, unit_mask
 from ..io.source import ImageSource, open_source
 from ..io.tissue import TissueMask, TissueParams, detect_tissue, full_mask
@@ -55,7 +56,10 @@ class SlideOptions:
     detect_tissue: skip background (``io.tissue``); False analyses every pixel of the units.
     tissue: detection settings. reader: ``open_source`` reader. gzip: ``nuclei.geojson.gz``.
     write_csv: also ``nuclei.csv`` (QuPath measurement-table layout). narrative_backend: for the TME reports.
-    tile / overlap / chunk_size / halo / batch_size: working px / tiles per pass (None: model's).
+    inference: how the model runs (``InferenceOptions``: tile / overlap / chunk_size / halo in
+    working px, batch_size, device / precision for whoever loads the model) — the same object
+    ``segtme analyze`` passes for an image. Its ``progress`` must stay None (the options travel
+    to Ray workers); slide progress is ``analyze_slide(progress=...)``.
     """
 
     mpp: float | None = None
@@ -67,11 +71,14 @@ class SlideOptions:
     gzip: bool = True
     write_csv: bool = True
     narrative_backend: str = "template"
-    tile: int | None = None
-    overlap: int | None = None
-    chunk_size: int | None = None
-    halo: int | None = None
-    batch_size: int | None = None
+    inference: InferenceOptions = field(default_factory=InferenceOptions)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.inference, InferenceOptions):
+            raise InputError(f"SlideOptions.inference must be an InferenceOptions, got {type(self.inference).__name__}")
+        if self.inference.progress is not None:
+            raise InputError("SlideOptions.inference.progress must be None: pass progress= to analyze_slide / "
+                             "process_job (the options are shipped to Ray workers)")
 
 
 @dataclass
@@ -130,6 +137,13 @@ def _check_model(model) -> None:
         raise InputError(f"model {cfg.name} segments whole images in one call; slides need a tiled model (e.g. 'default')")
 
 
+def _count_tiles(shape_hw: tuple[int, int], mpp: float, cfg, opt: InferenceOptions) -> int:
+    """Model tiles the pipeline plans for a (H, W) level-0 px box at ``mpp`` under ``opt``."""
+    from ..pipeline import count_tiles
+
+    return count_tiles(shape_hw, mpp, cfg, chunk_size=opt.chunk_size, halo=opt.halo, tile=opt.tile, overlap=opt.overlap)
+
+
 def segment_region(
     src: ImageSource,
     box: tuple[int, int, int, int],
@@ -150,9 +164,8 @@ def segment_region(
     already cut to the tissue's pieces). Returns (tiles run, tiles planned) of this box."""
     import inspect
 
-    from ..inference.options import InferenceOptions
     from ..io.source import SubSource
-    from ..pipeline import count_tiles, segment_source
+    from ..pipeline import segment_source
 
     cfg = model.config
     sub = SubSource(src, box)
@@ -169,13 +182,12 @@ def segment_region(
         out.ids, out.mpp = t.ids, src.mpp
         sink(out)
 
-    opt = InferenceOptions(tile=opts.tile, overlap=opts.overlap, chunk_size=opts.chunk_size, halo=opts.halo,
-                           batch_size=opts.batch_size, progress=tick)
+    opt = opts.inference.replace(progress=tick)
     kw: dict[str, Any] = {}
     if keep_chunk is not None and "keep_chunk" in inspect.signature(segment_source).parameters:
         kw["keep_chunk"] = lambda core: keep_chunk((core[0] + ox, core[1] + oy, core[2] + ox, core[3] + oy))
     w, h = sub.size
-    planned = count_tiles((h, w), src.mpp, cfg, opts.chunk_size, opts.halo, opts.tile, opts.overlap)
+    planned = _count_tiles((h, w), src.mpp, cfg, opt)
     segment_source(sub, model, opt, sink=shifted, **kw)
     return ran[0], planned if not kw else ran[0]
 
@@ -255,11 +267,9 @@ def analyze_slide(
             return m, m
 
         # plan every unit's regions first: the tile total for progress, before any model work
-        from ..pipeline import count_tiles
-
         plans = [plan_regions(tissue, run_mask(u)[1], u, margin_um=REGION_MARGIN_UM) for u in units]
-        tiles_total = sum(count_tiles((b[3] - b[1], b[2] - b[0]), src.mpp, cfg, opts.chunk_size, opts.halo, opts.tile,
-                                      opts.overlap) for boxes in plans for b in boxes)
+        tiles_total = sum(_count_tiles((b[3] - b[1], b[2] - b[0]), src.mpp, cfg, opts.inference)
+                          for boxes in plans for b in boxes)
         tiles_run = 0
         done = [0]
 

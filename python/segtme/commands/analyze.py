@@ -44,11 +44,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    from ._options import add_inference_arguments, add_model_arguments
+
     p.add_argument("image", help="PNG, JPEG or TIFF image")
     p.add_argument("--mpp", default=None, metavar="MPP",
                    help="microns per pixel of the image (required unless the file records it)")
-    p.add_argument("--model", default="default", help="model name (see `segtme models`) or path to a .json/.safetensors")
-    p.add_argument("--weights", default=None, help="weights .safetensors for the model (overrides the config's)")
+    add_model_arguments(p)
     p.add_argument("--instance-source", default=None,
                    help="PAGET-H only: model giving the nucleus instances (default: the config's, i.e. the shipped "
                    "'default' UperHoVer); a model name or .json/.safetensors path, or 'classical'")
@@ -68,32 +69,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also write the TME report as an image-sized QuPath annotation in nuclei.geojson "
                    "(QuPath's 'Resolve hierarchy' then makes it the parent of your annotations)")
     p.add_argument("--narrative", default="template", help="narrative backend for the TME report (default: template)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="forward-pass arithmetic: auto = bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32")
-    p.add_argument("--tile", default=None, metavar="PX", help="tile size in working px (default: the model's)")
-    p.add_argument("--overlap", default=None, metavar="PX", help="tile overlap in working px (default: the model's)")
-    p.add_argument("--batch", default=None, metavar="N", help="tiles per forward pass (default: 8 x 256² working px per batch)")
+    add_inference_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar or stage lines")
     from .batch import add_slide_arguments  # whole slides / regions (wsi helper)
 
     add_slide_arguments(p)
     p.set_defaults(func=run)
-
-
-def _int_flag(value: str | None, flag: str, minimum: int) -> int | None:
-    """``value`` as an int >= ``minimum`` (None stays None), else InputError."""
-    from ..errors import InputError
-
-    if value is None:
-        return None
-    try:
-        v = int(str(value).strip())
-    except ValueError:
-        raise InputError(f"{flag} must be a whole number, got {value!r}") from None
-    if v < minimum:
-        raise InputError(f"{flag} must be at least {minimum}, got {v}")
-    return v
 
 
 def _float_flag(value: str, flag: str, lo: float, hi: float, unit: str) -> float:
@@ -109,22 +90,21 @@ def _float_flag(value: str, flag: str, lo: float, hi: float, unit: str) -> float
 
 
 def check_flags(args: argparse.Namespace) -> dict:
-    """Validate every flag before any work; returns the parsed numbers. InputError on the first
-    bad one (one line naming the flag and the value)."""
+    """Validate every flag before any work; returns the parsed values: "inference" (the one
+    ``InferenceOptions``: device, precision, tile, overlap, batch_size), "mpp",
+    "cell_expansion", "overlay_size". InputError on the first bad one (one line naming the flag
+    and the value)."""
     from ..errors import InputError
     from ..inference.imageio import validate_mpp
+    from ._options import inference_options, int_flag
 
     out = {
-        "batch": _int_flag(args.batch, "--batch", 1),
-        "tile": _int_flag(args.tile, "--tile", 16),
-        "overlap": _int_flag(args.overlap, "--overlap", 0),
+        "inference": inference_options(args),
         "mpp": validate_mpp(args.mpp, "--mpp") if args.mpp is not None else None,
         "cell_expansion": 5.0 if args.cell_expansion is None else _float_flag(args.cell_expansion, "--cell-expansion",
                                                                               0.0, 100.0, "µm"),
-        "overlay_size": _int_flag(args.overlay_size, "--overlay-size", 0),
+        "overlay_size": int_flag(args.overlay_size, "--overlay-size", 0),
     }
-    if out["tile"] is not None and out["overlap"] is not None and 2 * out["overlap"] >= out["tile"]:
-        raise InputError(f"--overlap {out['overlap']} must be less than half of --tile {out['tile']}")
     if out["overlay_size"] and out["overlay_size"] < 64:
         raise InputError(f"--overlay-size must be 0 (full size) or at least 64 px, got {out['overlay_size']}")
     if args.cell_expansion is not None and not args.cells:
@@ -135,19 +115,19 @@ def check_flags(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from ..errors import InputError, SegTMEError
+    from ..errors import InputError
     from ..export.bundle import ExportOptions, write_outputs
     from ..export.outdir import OutputFolder, signals_cleanup
     from ..export.overlay import OverlayOptions
     from ..export.provenance import Provenance
     from ..inference.imageio import read_image
-    from ..models.registry import load_model
-    from ..inference.options import InferenceOptions
     from ..pipeline import analyze, count_tiles
+    from ._options import load_model_for
     from ._progress import RunProgress
 
     log = logging.getLogger("segtme.analyze")
     flags = check_flags(args)
+    inf = flags["inference"]
     image_path = Path(args.image)
     if not image_path.exists():
         raise InputError(f"{image_path}: file not found")
@@ -171,23 +151,18 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(img.missing_mpp_message())  # says "not valid" for e.g. Aperio MPP = -0.5
         mpp_source = "user (--mpp)" if flags["mpp"] is not None else (getattr(img, "mpp_source", "") or "file")
         prog.stage(f"{img.size[0]}x{img.size[1]} px at {mpp:g} µm/px ({mpp_source}); loading model {args.model}")
-        try:
-            model = load_model(args.model, args.device, weights=args.weights, precision=args.precision)
-        except ValueError as e:  # invalid --device
-            if isinstance(e, SegTMEError):
-                raise
-            raise InputError(str(e)) from None
+        model = load_model_for(args, inf)
         if args.instance_source is not None:
             from ..paget.model import is_paget, paget_mode
 
             if not (is_paget(model.config) and paget_mode(model.config) == "panoptic"):
                 raise InputError(f"--instance-source applies to PAGET-H models only; {model.config.name!r} is not one")
 
-        total = count_tiles(img.rgb.shape, mpp, model.config, tile=flags["tile"], overlap=flags["overlap"])
+        total = count_tiles(img.rgb.shape, mpp, model.config, chunk_size=inf.chunk_size, halo=inf.halo, tile=inf.tile,
+                            overlap=inf.overlap)
         progress = prog.counter(total, "tile", "segmenting")
         try:
-            opt = InferenceOptions(device=args.device, precision=args.precision, tile=flags["tile"],
-                                   overlap=flags["overlap"], batch_size=flags["batch"], progress=progress)
+            opt = inf.replace(progress=progress)
             res = analyze(
                 img.rgb, mpp, model, opt, narrative_backend=args.narrative,
                 output_type="cell" if args.cells else "detection", instance_source=args.instance_source,
@@ -201,9 +176,9 @@ def run(args: argparse.Namespace) -> int:
         params = {
             "output_type": "cell" if args.cells else "detection",
             "cell_expansion_um": flags["cell_expansion"] if args.cells else None,
-            "tile": flags["tile"] or model.config.tile_size,
-            "overlap": flags["overlap"] if flags["overlap"] is not None else model.config.tile_overlap,
-            "batch": flags["batch"], "device": str(model.device), "precision": args.precision,
+            "tile": inf.tile or model.config.tile_size,
+            "overlap": inf.overlap if inf.overlap is not None else model.config.tile_overlap,
+            "batch": inf.batch_size, "device": str(model.device), "precision": inf.precision,
             "narrative": args.narrative, "model_mpp": model.config.mpp,
             "instance_source": args.instance_source,
         }

@@ -13,21 +13,9 @@ from __future__ import annotations
 import argparse
 
 
-
-def _load_model(args):
-    """The model named by --model/--weights/--device/--precision; a bad name or file is one
-    InputError line (load_model raises ValueError for those)."""
-    from ..errors import InputError, SegTMEError
-    from ..models.registry import load_model
-
-    try:
-        return load_model(args.model, args.device, weights=args.weights, precision=args.precision)
-    except ValueError as e:
-        if isinstance(e, SegTMEError):
-            raise
-        raise InputError(str(e)) from None
-
 def register(sub: argparse._SubParsersAction) -> None:
+    from ._options import add_inference_arguments, add_model_arguments
+
     p = sub.add_parser(
         "batch",
         help="analyse whole slides / cohorts (folders, globs, manifest CSV); resumable; optional Ray",
@@ -44,13 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--roi", default=None, help="analyse only x,y,w,h (level-0 px) of every slide")
     p.add_argument("--annotations", default=None,
                    help="QuPath GeoJSON of polygon annotations (level-0 px): one TME report per annotation")
-    p.add_argument("--model", default="default", help="model name (see `segtme models`) or .json/.safetensors path")
-    p.add_argument("--weights", default=None, help="weights .safetensors (overrides the config's)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
-    p.add_argument("--tile", type=int, default=None, help="tile size in working px (default: the model's)")
-    p.add_argument("--overlap", type=int, default=None, help="tile overlap in working px (default: the model's)")
-    p.add_argument("--batch", type=int, default=None, help="tiles per forward pass")
+    add_model_arguments(p)
+    add_inference_arguments(p)
     p.add_argument("--no-tissue-detection", action="store_true", help="analyse every pixel (no background skipping)")
     p.add_argument("--min-tissue-mm2", type=float, default=None,
                    help="smallest tissue piece kept by tissue detection, mm² (default 0.01)")
@@ -71,22 +54,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _options(args: argparse.Namespace):
+    """The run's one ``SlideOptions`` (its ``inference`` from the shared model/tile flags), every
+    flag checked before any work."""
     from ..errors import InputError
     from ..io.image import validate_mpp
     from ..io.regions import parse_roi, read_annotations
     from ..io.tissue import TissueParams
     from ..batch.slide import SlideOptions
+    from ._options import inference_options
 
+    inf = inference_options(args)
     mpp = validate_mpp(args.mpp, "--mpp") if args.mpp is not None else None
     roi = parse_roi(args.roi) if args.roi is not None else None
     if args.annotations is not None:
         read_annotations(args.annotations)  # validated now, parsed again per slide
-    for name in ("tile", "batch", "workers"):
-        v = getattr(args, name)
-        if v is not None and v <= 0:
-            raise InputError(f"--{name} must be a positive integer, got {v}")
-    if args.overlap is not None and args.overlap < 0:
-        raise InputError(f"--overlap must be >= 0, got {args.overlap}")
+    if args.workers <= 0:
+        raise InputError(f"--workers must be a positive integer, got {args.workers}")
     if args.gpus_per_worker < 0 or args.cpus_per_worker <= 0:
         raise InputError("--gpus-per-worker must be >= 0 and --cpus-per-worker > 0")
     tissue = TissueParams()
@@ -96,7 +79,7 @@ def _options(args: argparse.Namespace):
         tissue = TissueParams(min_tissue_um2=args.min_tissue_mm2 * 1e6)
     return SlideOptions(mpp=mpp, roi=roi, annotations=args.annotations, detect_tissue=not args.no_tissue_detection,
                         tissue=tissue, gzip=not args.no_gzip, write_csv=not args.no_csv, narrative_backend=args.narrative,
-                        tile=args.tile, overlap=args.overlap, batch_size=args.batch)
+                        inference=inf)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -124,11 +107,12 @@ def run(args: argparse.Namespace) -> int:
 
             results = run_ray(jobs, out_root, args.model, opts,
                               RayOptions(address=args.ray_address, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
-                                         gpus_per_worker=args.gpus_per_worker, device=args.device, weights=args.weights,
-                                         precision=args.precision),
+                                         gpus_per_worker=args.gpus_per_worker, weights=args.weights),
                               force=args.force, progress=progress, on_result=on_result)
         else:
-            model = _load_model(args)
+            from ._options import load_model_for
+
+            model = load_model_for(args, opts.inference)
             results = run_local(jobs, out_root, model, opts, force=args.force, progress=progress, on_result=on_result)
     write_batch_report(out_root, results)
     rows = cohort_rows(out_root, [r.name for r in results])
@@ -189,6 +173,7 @@ def run_slide_analysis(args: argparse.Namespace, flags: dict, folder, image_path
     nuclei.geojson(.gz), nuclei.csv, tissue.geojson, tissue.png, report-<unit>.json, summary.json."""
     from ..batch.slide import SlideOptions, analyze_slide
     from ..errors import InputError
+    from ._options import load_model_for
     from ..io.regions import parse_roi, read_annotations
     from ..io.source import open_source
 
@@ -201,10 +186,10 @@ def run_slide_analysis(args: argparse.Namespace, flags: dict, folder, image_path
     try:
         prog.stage(f"{src.size[0]}x{src.size[1]} px slide at {src.mpp:g} µm/px ({src.mpp_source}), "
                    f"{len(src.level_sizes)} level(s); loading model {args.model}")
-        model = _load_model(args)
+        inf = flags["inference"]
+        model = load_model_for(args, inf)
         opts = SlideOptions(mpp=flags.get("mpp"), roi=roi, detect_tissue=not args.no_tissue_detection,
-                            gzip=True, narrative_backend=args.narrative,
-                            tile=flags.get("tile"), overlap=flags.get("overlap"), batch_size=flags.get("batch"))
+                            gzip=True, narrative_backend=args.narrative, inference=inf)
         def progress(done: int, total: int) -> None:
             if not args.no_progress and (done % 50 == 0):
                 prog.stage(f"{done} tiles")

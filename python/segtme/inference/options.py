@@ -8,7 +8,7 @@ choices. All lengths are working px (pixels at the model's ``cfg.mpp``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Mapping
 
 from ..errors import InputError
@@ -30,7 +30,9 @@ class InferenceOptions:
     threads: torch CPU threads (None: torch's default).
     tta: test-time augmentation "none" | "flip" (mean of the 4 flips, 4x the forward time); None =
         the model config's ``extra["tta"]`` (default "none").
-    progress: called with the number of tiles finished (not part of equality / repr).
+    progress: called with the number of tiles finished (not part of equality / repr; a callback
+        of this process: whoever ships options to another process, e.g. ``batch.SlideOptions``
+        to Ray workers, leaves it None).
     """
 
     device: str = "auto"
@@ -43,7 +45,7 @@ class InferenceOptions:
     pipelined: bool = True
     threads: int | None = None
     tta: str | None = None
-    progress: Progress | None = None
+    progress: Progress | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
