@@ -139,6 +139,40 @@ def test_corrupt_files_are_one_line_errors(tmp_path, content):
     assert "\n" not in str(e.value) and str(p) in str(e.value)
 
 
+@pytest.mark.parametrize("reader", ["tifffile", "openslide"])
+def test_a_reader_failing_at_open_closes_its_file(tmp_path, svs, reader, monkeypatch):
+    """Both pyramid readers share one open-time rule (``levels.closed_on_failure``): any failure
+    after the file is open closes it; an InputError passes as it is, anything else becomes one
+    line naming the file."""
+    import segtme.io.levels as lv
+
+    if reader == "openslide":
+        pytest.importorskip("openslide")
+    closed = []
+    orig = lv.closed_on_failure
+
+    def spy(handle, what):
+        closed.append(handle)
+        return orig(handle, what)
+
+    mod = __import__("segtme.io.tiff" if reader == "tifffile" else "segtme.io.openslide_source", fromlist=["x"])
+    monkeypatch.setattr(mod, "closed_on_failure", spy)
+    monkeypatch.setattr(mod, "resolve_mpp", lambda *a: (_ for _ in ()).throw(ValueError("boom")))
+    with pytest.raises(InputError) as e:
+        open_source(svs, reader=reader)
+    assert str(svs) in str(e.value) and str(e.value).endswith(": boom") and "\n" not in str(e.value)
+    monkeypatch.setattr(mod, "resolve_mpp", lambda *a: (_ for _ in ()).throw(InputError("no mpp here")))
+    with pytest.raises(InputError, match="^no mpp here$"):
+        open_source(svs, reader=reader)
+    assert len(closed) == 2
+    h = closed[0]
+    if reader == "tifffile":
+        assert h.filehandle.closed
+    else:
+        with pytest.raises(Exception):
+            h.dimensions  # a closed OpenSlide refuses every call
+
+
 def test_truncated_slide_is_refused_up_front(tmp_path, svs):
     data = svs.read_bytes()
     p = tmp_path / "trunc.svs"

@@ -4,9 +4,10 @@ thumbnails, and the MPP decision (``resolve_mpp``). See ``io.source`` for the sa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -17,6 +18,21 @@ from .mpp import MppInfo
 log = logging.getLogger(__name__)
 
 Box = tuple[int, int, int, int]
+
+
+@contextlib.contextmanager
+def closed_on_failure(handle, what: str) -> Iterator[None]:
+    """The open-time checks of a pyramid reader: on any failure inside, ``handle`` (the open
+    file / slide) is closed; an InputError passes as it is, any other exception becomes the
+    one-line ``InputError(f"{what}: {e}")``."""
+    try:
+        yield
+    except InputError:
+        handle.close()
+        raise
+    except Exception as e:
+        handle.close()
+        raise InputError(f"{what}: {e}") from None
 
 
 # --------------------------------------------------------------------------- sampling

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import InputError
 from .mpp import MppInfo, openslide_mpp, tiff_mpp
 from .image import TIFF_MAGIC
-from .levels import _Levels, resolve_mpp
+from .levels import _Levels, closed_on_failure, resolve_mpp
 
 
 def _tiff_metadata_mpp(path: Path) -> MppInfo:
@@ -49,7 +49,7 @@ class OpenSlideSource(_Levels):
             self._slide = openslide.OpenSlide(str(p))
         except Exception as e:  # OpenSlideUnsupportedFormatError, OpenSlideError
             raise InputError(f"{p}: OpenSlide cannot open this file (corrupt or unsupported format): {e}") from None
-        try:
+        with closed_on_failure(self._slide, f"{p}: OpenSlide cannot read this slide"):
             self.vendor = self._slide.properties.get("openslide.vendor", "")
             self.size = tuple(int(v) for v in self._slide.dimensions)  # type: ignore[assignment]
             self.level_sizes = [tuple(int(v) for v in d) for d in self._slide.level_dimensions]  # type: ignore[misc]
@@ -58,12 +58,6 @@ class OpenSlideSource(_Levels):
                 found = openslide_mpp(self._slide.properties)
             self.mpp, self.mpp_source = resolve_mpp(found, mpp, self.path)
             self._read_level(0, 0, 0, min(8, self.size[0]), min(8, self.size[1]))
-        except InputError:
-            self._slide.close()
-            raise
-        except Exception as e:
-            self._slide.close()
-            raise InputError(f"{p}: OpenSlide cannot read this slide: {e}") from None
 
     def _read_level(self, k: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         dx, dy = self.level_downsample(k)

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import InputError
 from .image import _check_size, as_rgb_uint8, max_pixels_default
 from .mpp import MppInfo, tiff_mpp
-from .levels import _Levels, resolve_mpp
+from .levels import _Levels, closed_on_failure, resolve_mpp
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class TiffSource(_Levels):
             self._tif = tifffile.TiffFile(p)
         except Exception as e:
             raise InputError(f"{p}: cannot read TIFF (corrupt or truncated?): {e}") from None
-        try:
+        with closed_on_failure(self._tif, f"{p}: cannot read TIFF (corrupt, truncated or unsupported compression?)"):
             if not self._tif.series:
                 raise InputError(f"{p}: TIFF has no images")
             series = self._tif.series[0]
@@ -110,12 +110,6 @@ class TiffSource(_Levels):
             self.compression = str(getattr(lv0.page.compression, "name", lv0.page.compression))
             # decode one segment now so a missing codec or corrupt data fails before any work
             self._read_level(0, 0, 0, min(lv0.width, 8), min(lv0.height, 8))
-        except InputError:
-            self._tif.close()
-            raise
-        except Exception as e:
-            self._tif.close()
-            raise InputError(f"{p}: cannot read TIFF (corrupt, truncated or unsupported compression?): {e}") from None
 
     # ------------------------------------------------------------------ segments
 

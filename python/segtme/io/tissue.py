@@ -128,7 +128,7 @@ class TissueMask:
         return feats
 
     def write_geojson(self, path: str | Path) -> Path:
-        from ..export.atomic import atomic_write_text
+        from ..atomic import atomic_write_text
 
         fc = {"type": "FeatureCollection", "features": self.to_features()}
         return atomic_write_text(path, json.dumps(fc))
@@ -139,7 +139,7 @@ class TissueMask:
 
         from PIL import Image
 
-        from ..export.atomic import atomic_write_bytes
+        from ..atomic import atomic_write_bytes
 
         buf = io.BytesIO()
         Image.fromarray(self.mask.astype(np.uint8) * 255, "L").save(buf, format="PNG")
