@@ -65,16 +65,18 @@ def test_one_inference_options_object_from_slide_to_engine(tmp_path, he, monkeyp
     same object (progress aside), so a slide run with non-default tiles / chunks = segment_image
     with those options."""
     import segtme.pipeline as pl
+    import segtme.runtime as rt
     from segtme.inference.options import InferenceOptions
 
     rgb = he[1][:500, :600]
-    opt = InferenceOptions(tile=96, overlap=8, chunk_size=256, halo=48, batch_size=3)
+    opt = InferenceOptions(tile=96, overlap=8, chunk_size=256, halo=48, batch_size=3, threads=1)
     ref = segment_image(rgb, 0.25, MODEL, opt)
-    seen = []
+    seen, threads = [], []
     orig = pl.segment_source
     monkeypatch.setattr(pl, "segment_source", lambda src, m, o, **k: seen.append(o) or orig(src, m, o, **k))
+    monkeypatch.setattr(rt, "set_torch_threads", threads.append)
     res = analyze_slide(ArraySource(rgb, 0.25), MODEL, tmp_path, SlideOptions(detect_tissue=False, inference=opt))
-    assert seen and all(o == opt and o.progress is not None for o in seen)
+    assert seen and all(o == opt and o.progress is not None for o in seen) and threads == [1]
     assert res.units[0].n_nuclei == len(ref) > 10
     assert res.tiles_total == pl.count_tiles(rgb.shape, 0.25, MODEL.config, tile=96, overlap=8) != \
         pl.count_tiles(rgb.shape, 0.25, MODEL.config)

@@ -232,9 +232,11 @@ def analyze_slide(
     ``io.regions.read_annotations`` (else ``opts.annotations`` is read). All validation (file,
     MPP, ROI, annotations) happens before any model work."""
     from ..pipeline import build_report
+    from ..runtime import set_torch_threads
 
     t_start = time.perf_counter()
     _check_model(model)
+    set_torch_threads(opts.inference.threads)  # as ``pipeline.analyze`` does for an image
     out = Path(out_dir)
     src = open_source(source, opts.mpp, reader=opts.reader) if not isinstance(source, ImageSource) else source
     own = not isinstance(source, ImageSource)
