@@ -19,8 +19,10 @@ per tree on the first image (file cache; the compiled-model cache, in a temporar
     git worktree add /work/scratch/base <old-commit>
     python scripts/bench_inference.py --base /work/scratch/base --repeats 2 --write-docs
 
-**ONNX Runtime (``--mode onnx``)**: the folded default model in ONNX Runtime (fp32 and int8
-static QDQ) against torch fp32 / bf16 on the same 512² tile (batch 1), with held-out PQ/AJI of each.
+**ONNX Runtime (``--mode onnx``)**: the product's ONNX Runtime module (the shipped
+``weights/default.onnx``, fp32) and an int8 static-QDQ variant of it against torch fp32 (and bf16
+where the CPU has it) on the same 512² tiles (batch 2), wall and CPU s per tile, with held-out
+PQ/AJI of each (``--no-accuracy`` skips that).
 
 **Working-resolution mode (``--mode working``)**, one run measures, in this order (so the
 ratios share the same machine load):
@@ -547,12 +549,16 @@ def render_headline(res: dict, images: dict[str, tuple[str, float]], mm2: dict[s
 
 
 # ----------------------------------------------------------------------------- ONNX Runtime lever
-def onnx_vs_torch(threads: int, repeats: int = 5) -> str:
-    """``--mode onnx``: the shipped default model's folded inference module exported to ONNX and
-    run by ONNX Runtime (CPU, fp32; int8 static QDQ quantisation calibrated on real tiles) against
-    torch (fp32 and bf16 autocast) on the same real-H&E 512² tile at 0.5 µm/px (batch 1: the exported
-    graph has static shapes), interleaved; accuracy = PQ/AJI against the ground truth of the 5 held-out MoNuSeg
-    images through the product's maps -> nuclei step (``inference.instances.predict_instances``)."""
+def onnx_vs_torch(threads: int, repeats: int = 5, accuracy: bool = True) -> str:
+    """``--mode onnx``: the product's ONNX Runtime module of the shipped default model
+    (``load_model("default")`` -> ``models.onnx_runtime.OrtModule`` running the shipped
+    ``weights/default.onnx``, fp32) and an int8 variant of that graph (static QDQ, calibrated on 8
+    non-held-out training tiles; built here, needs the ``onnx`` extra) against torch (the folded
+    eager module, fp32; bf16 autocast only where the CPU has native bf16) on the same real-H&E
+    512² tiles at 0.5 µm/px, batch 2 (the product's batch at 512²), interleaved. Wall and CPU
+    (process) seconds per tile. Accuracy = PQ/AJI against the ground truth of the 5 held-out
+    MoNuSeg images through the product's maps -> nuclei step (``inference.instances.predict_instances``),
+    each runtime's module in a ``LoadedModel`` of the same config."""
     import onnxruntime as ort
     import torch
     from PIL import Image
@@ -560,12 +566,19 @@ def onnx_vs_torch(threads: int, repeats: int = 5) -> str:
     from segtme.eval.metrics import instance_metrics
     from segtme.inference.engine import _prepare
     from segtme.inference.instances import predict_instances
-    from segtme.models.registry import LoadedModel, load_model
+    from segtme.models import onnx_runtime
+    from segtme.models.registry import LoadedModel, cpu_has_native_bf16, load_model
 
     torch.set_num_threads(threads)
-    os.environ["SEGTME_COMPILED"] = "0"
+    os.environ["SEGTME_RUNTIME"] = "torch"
     lm = load_model("default", "cpu", precision="fp32")
     folded = _prepare(lm)
+    os.environ["SEGTME_RUNTIME"] = "onnx"
+    product = load_model("default", "cpu", precision="auto")
+    os.environ.pop("SEGTME_RUNTIME")
+    if not isinstance(product.module, onnx_runtime.OrtModule):
+        raise SystemExit("the product did not load the ONNX Runtime module (see the log); regenerate the graph with "
+                         "python scripts/export_onnx.py")
     cfg = lm.config
     data = Path(os.environ.get("SEGTME_DATA_DIR", REPO.parent / "shared" / "data")) / "monuseg-train"
     items = json.loads((data / "index.json").read_text())
@@ -579,30 +592,27 @@ def onnx_vs_torch(threads: int, repeats: int = 5) -> str:
 
     mean = np.asarray(cfg.io.mean, np.float32).reshape(1, 3, 1, 1)
     std = np.asarray(cfg.io.std, np.float32).reshape(1, 3, 1, 1)
+    T = int(cfg.tile_size)
 
     def norm(tiles: list[np.ndarray]) -> np.ndarray:
         x = np.stack(tiles).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
         return np.ascontiguousarray((x - mean) / std)
 
-    def pad512(a: np.ndarray) -> np.ndarray:
-        return np.pad(a, ((0, 512 - a.shape[0]), (0, 512 - a.shape[1]), (0, 0)), mode="reflect")
+    def pad(a: np.ndarray) -> np.ndarray:
+        return np.pad(a, ((0, T - a.shape[0]), (0, T - a.shape[1]), (0, 0)), mode="reflect")
 
-    batch = norm([pad512(half(other[0]))])
+    batch = norm([pad(half(other[0])), pad(half(other[1]))])
+    xt = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
+    modules: dict[str, tuple[torch.nn.Module, str]] = {"torch fp32 (folded eager)": (folded, "fp32")}
+    if cpu_has_native_bf16():
+        modules["torch bf16 autocast"] = (folded, "bf16")
+    modules[f"ONNX Runtime {ort.__version__} fp32 (product)"] = (product.module, "fp32")
     with tempfile.TemporaryDirectory() as d:
-        onnx_path = str(Path(d) / "default.onnx")
-        x0 = torch.from_numpy(batch[:1])
-        # 512² tiles, batch 1 (the legacy exporter cannot export the PPM's adaptive pools at 16² -> 3²);
-        # the torch.export-based exporter (needs onnxscript) decomposes them
-        torch.onnx.export(folded, (x0,), onnx_path, input_names=["x"], output_names=["sem", "hv"], dynamo=True,
-                          external_data=False)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        sessions = {"ORT fp32": ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])}
         try:
             from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+            from onnxruntime.quantization.shape_inference import quant_pre_process
 
-            calib = [norm([pad512(half(it))]) for it in other[2:10]]
+            calib = [norm([pad(half(it))]) for it in other[2:10]]
 
             class Reader(CalibrationDataReader):
                 def __init__(self):
@@ -612,70 +622,59 @@ def onnx_vs_torch(threads: int, repeats: int = 5) -> str:
                     v = next(self.it, None)
                     return None if v is None else {"x": v}
 
-            q_path = str(Path(d) / "default_int8.onnx")
-            quantize_static(onnx_path, q_path, Reader(), quant_format=QuantFormat.QDQ,
+            pre, q_path = str(Path(d) / "pre.onnx"), Path(d) / "default_int8.onnx"
+            quant_pre_process(str(product.module.path), pre)
+            quantize_static(pre, str(q_path), Reader(), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-            sessions["ORT int8 (static QDQ)"] = ort.InferenceSession(q_path, so, providers=["CPUExecutionProvider"])
+            sess = onnx_runtime._session(q_path, threads)
+            modules["ONNX Runtime int8 (static QDQ)"] = (
+                onnx_runtime.OrtModule(q_path, sess, threads, T, product.module.outputs, product.module.torch_module, {}), "fp32")
         except Exception as e:  # quantisation tooling missing or failing: record, keep fp32
             print(f"int8 quantisation not measured: {e}", flush=True)
 
-        class OrtModule(torch.nn.Module):
-            segtme_prepared = True
+        def runner(mod: torch.nn.Module, prec: str):
+            def run():
+                with torch.inference_mode():
+                    if prec == "bf16":
+                        with torch.autocast("cpu", dtype=torch.bfloat16):
+                            return mod(xt)
+                    return mod(xt)
+            return run
 
-            def __init__(self, sess):
-                super().__init__()
-                self.sess = sess
-
-            def forward(self, x):  # one 512² tile at a time (static graph): pad, run, crop
-                outs = []
-                for k in range(x.shape[0]):
-                    h, w = x.shape[2:]
-                    xi = torch.nn.functional.pad(x[k:k + 1].float(), (0, 512 - w, 0, 512 - h), mode="reflect")
-                    sem, hv = self.sess.run(None, {"x": xi.contiguous().numpy()})
-                    outs.append((sem[..., :h, :w], hv[..., :h, :w]))
-                return {"sem": torch.from_numpy(np.concatenate([o[0] for o in outs])),
-                        "hv": torch.from_numpy(np.concatenate([o[1] for o in outs]))}
-
-        runners: dict[str, tuple] = {
-            "torch fp32": (lambda: folded(torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)), "fp32", folded),
-            "torch bf16 (autocast)": (None, "bf16", folded),
-        }
-        for k, sess in sessions.items():
-            runners[k] = (lambda s=sess: s.run(None, {"x": batch}), "fp32", OrtModule(sess))
-
-        def run_bf16():
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                return folded(torch.from_numpy(batch).contiguous(memory_format=torch.channels_last))
-
-        runners["torch bf16 (autocast)"] = (run_bf16, "bf16", folded)
-        times: dict[str, list[float]] = {k: [] for k in runners}
-        with torch.inference_mode():
-            for k, (fn, _, _) in runners.items():
+        runners = {k: runner(m, p) for k, (m, p) in modules.items()}
+        wall: dict[str, list[float]] = {k: [] for k in runners}
+        cpu: dict[str, list[float]] = {k: [] for k in runners}
+        load0 = _load()
+        for fn in runners.values():
+            fn()
+        for _ in range(repeats):
+            for k, fn in runners.items():
+                c0, t0 = time.process_time(), time.perf_counter()
                 fn()
-            for _ in range(repeats):
-                for k, (fn, _, _) in runners.items():
-                    t0 = time.perf_counter()
-                    fn()
-                    times[k].append(time.perf_counter() - t0)
-        mpx = batch.shape[0] * batch.shape[2] * batch.shape[3] / 1e6
-        print({k: [round(t, 4) for t in v] for k, v in times.items()}, flush=True)
+                wall[k].append((time.perf_counter() - t0) / len(batch))
+                cpu[k].append((time.process_time() - c0) / len(batch))
+        load1 = _load()
+        print({k: [round(t, 4) for t in v] for k, v in wall.items()}, flush=True)
         acc: dict[str, tuple[float, float, int]] = {}
         gts = [(np.asarray(Image.open(data / it["image"]).convert("RGB")), np.asarray(Image.open(data / it["label"])).astype(np.int32),
-                float(it.get("mpp") or 0.25)) for it in held_items]
-        for k, (_, prec, module) in runners.items():
+                float(it.get("mpp") or 0.25)) for it in held_items] if accuracy else []
+        for k, (module, prec) in modules.items():
+            if not gts:
+                break
             m = LoadedModel(cfg, module if module is not folded else lm.module, lm.device, lm.source, prec)
             ms = [instance_metrics(gt, predict_instances(m, rgb, mpp).inst) for rgb, gt, mpp in gts]
             acc[k] = (float(np.mean([x.pq for x in ms])), float(np.mean([x.aji for x in ms])), sum(x.n_pred for x in ms))
-    lines = [f"ONNX Runtime {ort.__version__} vs torch {torch.__version__}, {threads} threads, load average {_load()}; "
-             f"batch {batch.shape[0]} x {batch.shape[2]}² px of real H&E at 0.5 µm/px; accuracy on the {len(gts)} held-out "
-             "MoNuSeg images (product maps -> nuclei).", "",
-             "| runtime | forward s/batch median [min] | s/MP | s/mm² at 0.5 µm/px (4 MP/mm²) | held-out PQ | AJI | nuclei |",
+    ref = statistics.median(cpu[next(iter(cpu))])
+    lines = [f"ONNX Runtime {ort.__version__} vs torch {torch.__version__}, {threads} threads, {platform.processor() or platform.machine()}"
+             f" (native bf16: {cpu_has_native_bf16()}); load average {load0} -> {load1} (timing), {_load()} (after accuracy); "
+             f"batch {batch.shape[0]} x {T}² px of real H&E at 0.5 µm/px, {repeats} interleaved rounds; accuracy on the "
+             f"{len(gts)} held-out MoNuSeg images (product maps -> nuclei).", "",
+             "| runtime | wall s per tile, median [min] | CPU s per tile, median [min] | CPU vs torch fp32 | held-out PQ | AJI | nuclei |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for k in runners:
-        t = times[k]
-        pq, aji, n = acc[k]
-        lines.append(f"| {k} | {statistics.median(t):.3f} [{min(t):.3f}] | {statistics.median(t) / mpx:.3f} | "
-                     f"{4 * statistics.median(t) / mpx:.2f} | {pq:.4f} | {aji:.4f} | {n} |")
+        pq, aji, n = acc.get(k, (float("nan"), float("nan"), 0))
+        lines.append(f"| {k} | {statistics.median(wall[k]):.3f} [{min(wall[k]):.3f}] | {statistics.median(cpu[k]):.3f} "
+                     f"[{min(cpu[k]):.3f}] | {ref / statistics.median(cpu[k]):.2f}x | {pq:.4f} | {aji:.4f} | {n} |")
     return "\n".join(lines) + "\n"
 
 
@@ -703,6 +702,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--halo", type=int, default=None, help="chunk halo in working px (default: the product's)")
     ap.add_argument("--skip-baseline", action="store_true",
                     help="do not run the engine baseline (fp32, post-processing not pipelined) beside the default settings")
+    ap.add_argument("--no-accuracy", action="store_true", help="onnx mode: timings only (no held-out PQ/AJI)")
     ap.add_argument("--sweep", action="store_true",
                     help="only time candidate backbones / head widths (random weights, forward s per working MP) and exit")
     args = ap.parse_args(argv)
@@ -711,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "40x":
         return headline_main(args, argv)
     if args.mode == "onnx":
-        print(onnx_vs_torch(args.threads, max(3, args.repeats)))
+        print(onnx_vs_torch(args.threads, max(3, args.repeats), accuracy=not args.no_accuracy))
         return 0
 
     from segtme.models import resolve_config

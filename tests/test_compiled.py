@@ -1,6 +1,10 @@
 """The compiled (traced TorchScript) load path of the shipped default model (models/compiled.py):
 same maps and nuclei as the eager model on real H&E, used only where eligible, and a fallback to
-the eager path for everything else (other models, overrides, a broken cache file)."""
+the eager path for everything else (other models, overrides, a broken cache file).
+
+These tests pin ``SEGTME_RUNTIME=torch``: with ``onnxruntime`` installed the shipped model
+otherwise loads as its ONNX graph (models/onnx_runtime.py, tests/test_onnx_runtime.py), and the
+TorchScript module is what that path and the non-ONNX setups fall back to."""
 
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ SAMPLE = REPO / "python" / "segtme" / "samples" / "he_tcia_stardist.jpg"
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SEGTME_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("SEGTME_COMPILED", raising=False)
+    monkeypatch.setenv("SEGTME_RUNTIME", "torch")
     return tmp_path / "cache" / "compiled"
 
 
@@ -99,6 +104,7 @@ def test_fallbacks_to_eager(cache, tmp_path, monkeypatch):
 
 
 def test_unwritable_cache_keeps_eager(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGTME_RUNTIME", "torch")
     blocker = tmp_path / "file"
     blocker.write_text("x")
     monkeypatch.setenv("SEGTME_CACHE_DIR", str(blocker))  # a file: the cache dir cannot be made
@@ -116,7 +122,7 @@ def test_warm_start_imports_no_timm_transformers_torchvision(cache):
         "print(type(lm.module).__name__, *sorted(m for m in ('timm', 'transformers', 'torchvision', 'torch._dynamo')"
         " if m in sys.modules))\n"
     )
-    env = {**os.environ, "SEGTME_CACHE_DIR": str(cache.parent)}
+    env = {**os.environ, "SEGTME_CACHE_DIR": str(cache.parent), "SEGTME_RUNTIME": "torch"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["CompiledModule"], out.stdout

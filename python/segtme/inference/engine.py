@@ -80,7 +80,9 @@ def _prepare(model: LoadedModel) -> torch.nn.Module:
 
     m = model.module
     m.eval()
-    if getattr(m, "segtme_prepared", False):  # models/compiled.py: folded + channels_last already
+    if getattr(m, "segtme_runtime", None) == "onnxruntime" and getattr(model, "precision", "auto") == "bf16":
+        return m.torch_module()  # models/onnx_runtime.py runs fp32 only: an explicit bf16 runs the torch module
+    if getattr(m, "segtme_prepared", False):  # models/compiled.py, models/onnx_runtime.py: folded already
         return m
     tensors = list(m.parameters()) + list(m.buffers())
     key = (len(tensors), sum(int(t._version) for t in tensors), tuple(id(t) for t in tensors[:4]))

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import SegTMEError
-from . import compiled
+from . import compiled, onnx_runtime
 from .config import ModelConfig, ModelConfigError
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
@@ -315,13 +315,24 @@ def load_model(
     """Build a model and load its weights; ``allow_random`` permits random init (tests, training).
     precision: forward-pass arithmetic (``LoadedModel.precision``: auto | fp32 | bf16).
 
+    A shipped model on the CPU loads without building the torch module: its prebuilt ONNX graph in
+    ONNX Runtime (``models/onnx_runtime.py``; precision auto/fp32, ``onnxruntime`` importable,
+    ``SEGTME_RUNTIME`` not ``torch``), else its cached TorchScript module (``models/compiled.py``),
+    else eagerly (which writes that cache). ``SEGTME_COMPILED=0``: always eager.
+
     Raises ModelConfigError (unknown model / bad config) or WeightsError (missing / mismatched
     weights), each naming the file.
     """
     cfg, wpath = resolve_config(spec)
-    fast_dev = None  # shipped model on the CPU: the compiled module (models/compiled.py), no timm/transformers
+    fast_dev = None  # shipped model on the CPU: its ONNX graph (models/onnx_runtime.py), else the compiled module
     if weights is None and backbone_weights is None and compiled.enabled():
         fast_dev = select_device(device)
+        if onnx_runtime.eligible(cfg, wpath, fast_dev, precision):
+            resolve_precision(precision, fast_dev)
+            dev0, w0 = fast_dev, wpath  # the torch module for inputs the graph does not take, built on first need
+            ort_module = onnx_runtime.load(cfg, wpath, contract(cfg).outputs, lambda: _torch_inference_module(cfg, w0, dev0))
+            if ort_module is not None:
+                return LoadedModel(cfg, ort_module, fast_dev, str(wpath), precision)
         if compiled.eligible(cfg, wpath, fast_dev):
             resolve_precision(precision, fast_dev)
             fast = compiled.load(cfg, wpath, fast_dev)
@@ -355,6 +366,24 @@ def load_model(
         folded, _ = fold_batchnorm(module.to(memory_format=torch.channels_last))
         compiled.export(folded.to(memory_format=torch.channels_last), cfg, wpath)
     return LoadedModel(cfg, module, dev, source, precision)
+
+
+def _torch_inference_module(cfg: ModelConfig, wpath: Path, dev: torch.device) -> nn.Module:
+    """The folded, channels_last torch inference module of a shipped model (the ONNX Runtime
+    module's path for inputs its graph does not take): the compiled TorchScript module when cached,
+    else built eagerly (and the cache written, as ``load_model`` does)."""
+    if compiled.eligible(cfg, wpath, dev):
+        fast = compiled.load(cfg, wpath, dev)
+        if fast is not None:
+            return fast
+    module = create_model(cfg)
+    load_state_dict_strict(module, read_state_dict(wpath), str(wpath))
+    module.to(dev).eval()
+    folded, _ = fold_batchnorm(module.to(memory_format=torch.channels_last))
+    folded = folded.to(memory_format=torch.channels_last).eval()
+    if compiled.eligible(cfg, wpath, dev):
+        compiled.export(folded, cfg, wpath)
+    return folded
 
 
 def load_backbone_weights(module: nn.Module, path: str | Path) -> None:

@@ -1,0 +1,246 @@
+"""CPU runtime of the shipped default model: its prebuilt ONNX graph run by ONNX Runtime.
+
+The shipped model's folded inference module (BatchNorm folded, as the torch path runs it) is
+exported once, at ship time, by ``scripts/export_onnx.py`` to ``weights/<name>.onnx`` beside its
+``<name>.safetensors``. On the CPU, ``registry.load_model`` loads that graph into an ONNX Runtime
+session instead of building the torch module (docs/benchmarks.md, "ONNX Runtime in the product":
+the forward pass of a 512² tile several times faster than torch on this 2-core machine, the same
+maps within float rounding and the same nuclei). Nothing of ``onnx``/``onnxscript``/the exporter
+is needed at run time, only ``onnxruntime``.
+
+* Eligible (``eligible``): a shipped model (weights from the package's ``models/weights``
+  folder, no ``--weights`` / backbone override), device CPU, ``onnxruntime`` importable, the graph
+  file present, precision ``auto`` or ``fp32`` (an explicit ``bf16`` keeps the torch path), and
+  ``SEGTME_RUNTIME`` not ``torch`` (``SEGTME_COMPILED=0`` also turns it off: eager torch).
+  Everything else — trained or random models, other families, CUDA — keeps the torch path
+  (``models/compiled.py``'s TorchScript cache, else eager).
+* Drift guard: the graph's metadata records the SHA-256 of the weights file and of the
+  architecture part of the config, the tile edge and ``FORMAT``. ``load`` refuses (logs, returns
+  None: torch path) a graph whose metadata does not match the files beside it, and
+  tests/test_onnx_runtime.py fails on it, so a retrained default cannot ship with a stale graph.
+  Regenerate with ``python scripts/export_onnx.py`` (one command).
+* Shapes: the graph has a dynamic batch and a fixed spatial size, the config's ``tile_size``
+  (512² working px; the exporter bakes the pyramid-pooling windows for the traced size, so other
+  sizes would be wrong). ``OrtModule`` runs inputs of exactly that size in ONNX Runtime and any
+  other size (images smaller than one tile, a server's odd tiles) on the torch module, built on
+  first need — the same maths as the eager model for every shape.
+* Session: ``intra_op_num_threads`` = torch's thread count (``runtime.set_torch_threads``;
+  re-created if it changes), one inter-op thread, sequential execution, no spinning of idle
+  workers (a shared 2-core machine; see ``SESSION_OPTIONS``).
+
+Imports only the standard library, numpy and torch at import time; ``onnxruntime`` on first use.
+A leaf for the registry, which calls it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+#: bump when the graph's inputs/outputs or metadata keys change (the export script writes it)
+FORMAT = 1
+WEIGHTS_DIR = Path(__file__).with_name("weights")
+#: ``SEGTME_RUNTIME`` values: auto (ONNX Runtime where eligible), onnx (the same, warn when not
+#: possible), torch (never ONNX Runtime)
+RUNTIMES = ("auto", "onnx", "torch")
+#: session settings, measured on the 2-core machine (docs/benchmarks.md)
+SESSION_OPTIONS = {"inter_op_num_threads": 1, "sequential": True, "allow_spinning": False}
+
+
+def runtime_choice() -> str:
+    """``SEGTME_RUNTIME`` (auto | onnx | torch; default auto); ``torch`` when
+    ``SEGTME_COMPILED=0`` (no prebuilt or cached graphs at all)."""
+    if os.environ.get("SEGTME_COMPILED", "1").strip().lower() in ("0", "false", "no", "off"):
+        return "torch"
+    v = os.environ.get("SEGTME_RUNTIME", "auto").strip().lower() or "auto"
+    if v not in RUNTIMES:
+        log.warning("SEGTME_RUNTIME=%r is not one of %s; using auto", v, ", ".join(RUNTIMES))
+        return "auto"
+    return v
+
+
+def available() -> bool:
+    """True when ``onnxruntime`` can be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec("onnxruntime") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def graph_path(weights: Path) -> Path:
+    """The shipped graph of ``weights``: ``<stem>.onnx`` beside it."""
+    return Path(weights).with_suffix(".onnx")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def architecture_sha256(cfg: ModelConfig) -> str:
+    """SHA-256 of the config's architecture part (what the graph's structure depends on; the IO
+    normalisation and post-processing run outside the graph)."""
+    return hashlib.sha256(json.dumps(asdict(cfg.architecture), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def expected_metadata(cfg: ModelConfig, weights: Path) -> dict[str, str]:
+    """The metadata a current graph of ``cfg`` + ``weights`` carries (the export script writes it)."""
+    return {
+        "segtme_format": str(FORMAT),
+        "model": cfg.name,
+        "weights_file": Path(weights).name,
+        "weights_sha256": file_sha256(Path(weights)),
+        "architecture_sha256": architecture_sha256(cfg),
+        "tile": str(int(cfg.tile_size)),
+    }
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The graph's custom metadata (ONNX ``metadata_props``), read by ONNX Runtime."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return dict(sess.get_modelmeta().custom_metadata_map)
+
+
+def _mismatch(meta: dict[str, str], cfg: ModelConfig, weights: Path) -> str | None:
+    want = expected_metadata(cfg, weights)
+    bad = [k for k in ("segtme_format", "weights_sha256", "architecture_sha256", "tile") if meta.get(k) != want[k]]
+    if not bad:
+        return None
+    return "stale graph: " + ", ".join(f"{k} {meta.get(k, '(none)')[:16]} != {want[k][:16]}" for k in bad) + \
+        " — regenerate with `python scripts/export_onnx.py`"
+
+
+def stale_reason(path: Path, cfg: ModelConfig, weights: Path) -> str | None:
+    """None when ``path`` is a current graph of ``cfg`` + ``weights``, else why not."""
+    if not Path(path).is_file():
+        return f"no graph file {path} — generate it with `python scripts/export_onnx.py`"
+    try:
+        meta = read_metadata(path)
+    except Exception as e:  # not an ONNX file ORT can read
+        return f"unreadable graph {path}: {e}"
+    return _mismatch(meta, cfg, weights)
+
+
+def eligible(cfg: ModelConfig, weights: Path | None, device: torch.device, precision: str) -> bool:
+    """True when ``cfg`` + ``weights`` should run in ONNX Runtime (see the module doc)."""
+    choice = runtime_choice()
+    if choice == "torch" or device.type != "cpu" or weights is None or precision not in ("auto", "fp32"):
+        return False
+    try:
+        shipped = weights.is_file() and weights.resolve().parent == WEIGHTS_DIR.resolve()
+    except OSError:
+        shipped = False
+    if not shipped or not graph_path(weights).is_file():
+        return False
+    if not available():
+        if choice == "onnx":
+            log.warning("SEGTME_RUNTIME=onnx but onnxruntime is not installed; using torch")
+        return False
+    return True
+
+
+def _session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = max(1, int(threads))
+    so.inter_op_num_threads = SESSION_OPTIONS["inter_op_num_threads"]
+    if SESSION_OPTIONS["sequential"]:
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if not SESSION_OPTIONS["allow_spinning"]:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+class OrtModule(nn.Module):
+    """The inference module of a shipped model run by ONNX Runtime; quacks like the folded torch
+    module the engine runs.
+
+    ``forward(x)``: x (B, 3, H, W) float normalised RGB -> ``{"sem": (B, C, H, W), "hv": (B, 2,
+    H, W)}`` float32 (the graph's outputs, in the model contract's order). (H, W) = the graph's
+    tile (``self.tile``) runs in ONNX Runtime; other sizes on ``torch_module()`` (built on first
+    need by ``torch_loader``: the folded torch module of the same weights). Autocast does not
+    apply to the ONNX Runtime part (fp32 always). ``segtme_prepared``: nothing left for
+    ``inference.engine._prepare`` to fold."""
+
+    segtme_prepared = True
+    segtme_runtime = "onnxruntime"
+
+    def __init__(self, path: Path, session, threads: int, tile: int, outputs: tuple[str, ...],
+                 torch_loader: Callable[[], nn.Module], metadata: dict[str, str]) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.session = session
+        self.threads = int(threads)
+        self.tile = int(tile)
+        self.outputs = tuple(outputs)
+        self.metadata = dict(metadata)
+        self._torch_loader = torch_loader
+        self._torch: nn.Module | None = None
+        self.ort_batches = 0  # forward calls served by ONNX Runtime / by the torch module (tests, logs)
+        self.torch_batches = 0
+
+    def torch_module(self) -> nn.Module:
+        """The folded torch module of the same model (built once, on first call)."""
+        if self._torch is None:
+            log.debug("%s: building the torch module for a non-%d² input", self.path.name, self.tile)
+            object.__setattr__(self, "_torch", self._torch_loader())  # plain attribute, not a submodule
+        return self._torch
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if tuple(x.shape[2:]) != (self.tile, self.tile) or x.device.type != "cpu":
+            self.torch_batches += 1
+            return self.torch_module()(x)
+        n = torch.get_num_threads()
+        if n != self.threads:  # runtime.set_torch_threads after load: follow it
+            self.session, self.threads = _session(self.path, n), n
+        a = np.ascontiguousarray(x.detach().float().numpy())
+        ys = self.session.run(list(self.outputs), {"x": a})
+        self.ort_batches += 1
+        return {k: torch.from_numpy(y) for k, y in zip(self.outputs, ys)}
+
+
+def load(cfg: ModelConfig, weights: Path, outputs: tuple[str, ...], torch_loader: Callable[[], nn.Module]) -> OrtModule | None:
+    """The ONNX Runtime module of a shipped model, or None (graph stale, unreadable, or not of
+    this model's outputs: the caller keeps the torch path; the reason is logged)."""
+    path = graph_path(weights)
+    try:
+        sess = _session(path, torch.get_num_threads())
+        meta = dict(sess.get_modelmeta().custom_metadata_map)
+        problem = _mismatch(meta, cfg, weights)
+        names = tuple(o.name for o in sess.get_outputs())
+        shape = list(sess.get_inputs()[0].shape)
+        if problem is None and set(names) != set(outputs):
+            problem = f"graph outputs {names} != the model's {outputs}"
+        if problem is None and shape[1:] != [3, int(cfg.tile_size), int(cfg.tile_size)]:
+            problem = f"graph input {shape} is not (batch, 3, {cfg.tile_size}, {cfg.tile_size})"
+    except Exception as e:  # a broken file, an onnxruntime that cannot load it
+        problem = f"cannot load {path}: {e}"
+    if problem is not None:
+        log.warning("ONNX Runtime not used for %s (%s); using the torch model", cfg.name, problem)
+        return None
+    log.debug("ONNX Runtime module loaded from %s", path)
+    return OrtModule(path, sess, torch.get_num_threads(), int(cfg.tile_size), tuple(outputs), torch_loader, meta).eval()

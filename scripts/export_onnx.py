@@ -1,0 +1,113 @@
+#!/usr/bin/env python
+"""Export a shipped model's folded inference module to ONNX for the CPU runtime (issue #16).
+
+    python scripts/export_onnx.py            # writes python/segtme/models/weights/default.onnx
+    python scripts/export_onnx.py --check    # exit 1 if the shipped .onnx is missing or stale
+
+Run it whenever ``weights/default.safetensors`` (or the architecture part of ``default.json``)
+changes: the graph records the SHA-256 of the weights file and of the architecture fields, and the
+tile edge, in its metadata (``models/onnx_runtime.py`` reads them) and
+tests/test_onnx_runtime.py fails when they do not match the shipped files, so a retrained
+default can never ship with a stale graph. Needs the ``onnx`` extra (``onnx``, ``onnxscript``)
+at export time only; ``segtme analyze`` / ``serve`` need nothing but ``onnxruntime``.
+
+The graph: the eval-mode, BatchNorm-folded module (``registry.fold_batchnorm``, as the torch
+path runs it), exported with ``torch.onnx.export(dynamo=True)`` (the legacy exporter refuses the
+pyramid-pooling module's adaptive pools: 16² -> 3² is not an integer stride). Input ``x``
+(batch, 3, T, T) float32 normalised RGB with T = the config's ``tile_size`` in working px
+(512 for the default model); outputs ``sem`` (batch, C, T, T) logits and ``hv`` (batch, 2, T, T).
+The batch is dynamic; the spatial size is fixed, because the exporter bakes the adaptive pools'
+window indices for the traced size (a graph exported with symbolic H, W ran other sizes wrongly
+or failed: 496 x 512 gave sem differences of 0.18, 320 x 288 an index error). Tiles of other
+sizes run on the torch path (``onnx_runtime.OrtModule``). After writing, the graph is checked
+against the torch module on a random batch (max |difference| <= 1e-4 x (1 + max |output|)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "python"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="default", help="shipped model name (weights/<name>.json + .safetensors)")
+    ap.add_argument("--check", action="store_true", help="only check that the shipped .onnx matches its weights and config")
+    ap.add_argument("--opset", type=int, default=18)
+    args = ap.parse_args(argv)
+
+    os.environ["SEGTME_RUNTIME"] = "torch"  # the reference module: eager, not a cached graph
+    os.environ["SEGTME_COMPILED"] = "0"
+    from segtme.models import onnx_runtime
+    from segtme.models.registry import resolve_config
+
+    cfg, wpath = resolve_config(args.model)
+    cfg_path = wpath.with_suffix(".json")
+    out = onnx_runtime.graph_path(wpath)
+    if args.check:
+        problem = onnx_runtime.stale_reason(out, cfg, wpath)
+        print(f"{out}: {problem or 'matches ' + wpath.name + ' and ' + cfg_path.name}")
+        return 1 if problem else 0
+
+    import numpy as np
+    import onnx
+    import torch
+
+    from segtme.inference.engine import _prepare
+    from segtme.models.registry import load_model
+
+    torch.manual_seed(0)
+    lm = load_model(args.model, "cpu", precision="fp32")
+    folded = _prepare(lm).eval()
+    T = int(cfg.tile_size)
+    x = torch.randn(2, 3, T, T).contiguous(memory_format=torch.channels_last)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d) / out.name
+        with torch.no_grad():
+            torch.onnx.export(folded, (x,), str(tmp), input_names=["x"], output_names=list(lm.contract.outputs),
+                              dynamo=True, external_data=False, opset_version=args.opset,
+                              dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=256)}})
+        m = onnx.load(str(tmp))
+        meta = onnx_runtime.expected_metadata(cfg, wpath)
+        meta["torch"] = torch.__version__
+        meta["onnx_exporter"] = f"torch.onnx.export(dynamo=True), opset {args.opset}"
+        del m.metadata_props[:]
+        for k, v in sorted(meta.items()):
+            p = m.metadata_props.add()
+            p.key, p.value = k, str(v)
+        m.doc_string = f"segtme {args.model}: folded UperHoVer inference module; regenerate with scripts/export_onnx.py"
+        onnx.save(m, str(tmp))
+        # check the written graph against the torch module before it replaces the shipped one
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        for b in (1, 3):
+            xb = torch.randn(b, 3, T, T)
+            with torch.inference_mode():
+                ref = folded(xb.contiguous(memory_format=torch.channels_last))
+            got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"x": xb.numpy()})))
+            for k, r in ref.items():
+                err = float(np.abs(got[k] - r.numpy()).max())
+                tol = 1e-4 * (1.0 + float(r.abs().max()))
+                print(f"check batch {b} {k}: max |onnx - torch| = {err:.2e} (tolerance {tol:.2e})")
+                if err > tol:
+                    print("the exported graph does not reproduce the torch module; not written", file=sys.stderr)
+                    return 1
+        os.replace(tmp, out)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.0f} s; "
+          f"metadata {json.dumps({k: meta[k] for k in ('weights_sha256', 'architecture_sha256', 'tile')})}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
