@@ -13,6 +13,8 @@ Checked: nuclei in full-resolution px (a tile's nuclei equal ``analyze_paget`` o
 mapped by ``x_full = x + x_tile * d``), none outside the annotation, no duplicates at seams;
 tissue annotations classified with PAGET tissue classes, inside the annotation, one per class,
 not overlapping each other; the TME report in the paget13 taxonomy with the PAGET axes.
+Mitosis: the shipped PAGET-H streamed over a mosaic of real AMi-Br mitosis crops marks "Mitotic
+cell" and the mitosis measurements as ``analyze_paget`` (the CLI's path) does.
 """
 
 from __future__ import annotations
@@ -294,3 +296,94 @@ def test_paget_analyze_image_returns_tissue_and_nuclei(stub, image) -> None:
         area += g.area
     assert area <= box.area * (1 + 1e-6)
     assert rj["raw_data"]["tissue_area_px"] == pytest.approx(area, rel=1e-3)
+
+
+# --------------------------------------------------------------------------- mitosis (PAGET-H)
+@pytest.fixture(scope="module")
+def mitosis_mosaic(shared_data):
+    """A 4 x 4 mosaic (512² px, 0.25 µm/px) of real AMi-Br crops, each centred on a mitotic
+    figure, from slides the mitosis teacher held out (its config's ``extra.held_out``)."""
+    import csv
+
+    from PIL import Image
+
+    from segtme.models.registry import shipped_models
+
+    root = shared_data / "mitoses-amibr"
+    assert (root / "index.csv").is_file(), f"mitoses-amibr missing under {shared_data}"
+    held = set(json.loads(shipped_models()["mitosis"].read_text())["extra"]["held_out"]["amibr_slides"])
+    rows = sorted((r for r in csv.DictReader(open(root / "index.csv")) if r["slide"] in held), key=lambda r: r["file"])
+    crops = [np.asarray(Image.open(root / r["file"]).convert("RGB")) for r in rows[:16]]
+    assert len(crops) == 16
+    return np.concatenate([np.concatenate(crops[i * 4:(i + 1) * 4], 1) for i in range(4)], 0), 0.25
+
+
+@pytest.fixture(scope="module")
+def shipped_server():
+    cfg = ServerConfig(port=0, models=["paget_h", "default"], device="cpu", max_batch=4, max_wait_ms=5, grace_s=2,
+                       warmup=False)
+    srv = build_server(cfg)
+    yield srv
+    srv.stop(1)
+
+
+def test_paget_h_stream_marks_mitoses_as_the_cli_does(shipped_server, mitosis_mosaic) -> None:
+    """The shipped PAGET-H streamed through the server marks "Mitotic cell" and carries the
+    mitosis measurements exactly as ``analyze_paget`` (the CLI's path) on the same real image:
+    the same mitosis teacher (``paget.runner.resolve_mitosis``), the same nuclei, the same
+    probabilities, and the report counts them."""
+    from shapely import STRtree
+
+    from segtme.paget.product import analyze_paget
+
+    rgb, mpp = mitosis_mosaic
+    r = shipped_server.servicer.runners["paget_h"]
+    assert r.mitosis is not None, "PAGET-H runner without the config's mitosis teacher"
+    H, W = rgb.shape[:2]
+    tiles = make_tiles(rgb, mpp, r.cfg.mpp, r.cfg.tile_size, r.cfg.tile_overlap, (0, 0, W, H))
+    ring = [[0, 0], [W, 0], [W, H], [0, H], [0, 0]]
+    st, ch = _stub(shipped_server.port)
+    try:
+        jc = pb.JobConfig(model="paget_h", image_mpp=mpp, job_id="paget-mitosis", expected_tiles=len(tiles),
+                          annotation_geojson=json.dumps({"type": "Polygon", "coordinates": [ring]}),
+                          annotation_id="ann-paget")
+        feats, _, report, _ = run_job(st, jc, tiles, timeout=300)
+    finally:
+        ch.close()
+    nuclei, _ = split(feats)
+    cli = analyze_paget(rgb, mpp, r.model).nuclei  # the CLI's path, same loaded student
+    cli_mit = np.array(cli.class_names) == "Mitotic cell"
+    assert cli_mit.sum() >= 4, "the CLI should mark mitotic figures on 16 mitosis crops"
+
+    srv_polys = [shape(f["geometry"]) for f in nuclei]
+    srv_mit = np.array([f["properties"]["classification"]["name"] == "Mitotic cell" for f in nuclei])
+    meas = [f["properties"]["measurements"] for f in nuclei]
+    assert all("Mitosis: probability" in m and "Mitosis: atypical probability" in m for m in meas)
+    # pair every CLI nucleus with a streamed one (IoU >= 0.5)
+    tree = STRtree(srv_polys)
+    pairs = []
+    for i, poly in enumerate(Polygon(p) for p in cli.polygons):
+        for j in tree.query(poly, predicate="intersects"):
+            q = srv_polys[j]
+            iou = poly.intersection(q).area / poly.union(q).area
+            if iou >= 0.5:
+                pairs.append((i, int(j), iou))
+                break
+    assert len(pairs) >= 0.95 * len(cli) and len(pairs) >= 0.95 * len(nuclei)
+    ci, sj, iou = np.array(pairs).T
+    ci, sj = ci.astype(int), sj.astype(int)
+    assert (cli_mit[ci] == srv_mit[sj]).mean() >= 0.95
+    assert srv_mit[sj][cli_mit[ci]].sum() >= 0.9 * cli_mit.sum()
+    pm = np.array([meas[j]["Mitosis: probability"] for j in sj])
+    pa = np.array([meas[j]["Mitosis: atypical probability"] for j in sj])
+    dm = np.abs(pm - cli.extra["mitosis_prob"][ci])
+    da = np.abs(pa - cli.extra["mitosis_atypical_prob"][ci])
+    # the two instance maps differ a little (the server batches the instance model on padded
+    # tiles, the CLI tiles it with blending): nearly the same outline -> nearly the same crop
+    same = iou >= 0.95
+    assert same.mean() >= 0.5
+    assert (np.maximum(dm, da)[same] < 1e-3).mean() >= 0.9
+    assert np.median(np.maximum(dm, da)) < 1e-3
+    raw = json.loads(report.report_json)["raw_data"]
+    assert raw["N_Mitotic_cell"] == int(srv_mit.sum()) > 0
+    assert raw["N_Mitotic_atypical"] is not None and raw["mitotic_count_per_mm2"] > 0

@@ -120,6 +120,19 @@ def mitosis_marker(spec: Any = "mitosis", device: str = "cpu", threshold: float 
     return mark
 
 
+def resolve_mitosis(cfg: Any, mitosis: Any = "config", device: str = "cpu") -> Any:
+    """The mitosis marker PAGET-H runs on its instances — ONE resolution for the CLI
+    (``analyze_paget``) and the server (``server.runners``): ``mitosis`` = "config" → the
+    student config's ``extra["mitosis"]`` (the shipped ``mitosis`` model for the shipped
+    PAGET-H), a model spec / LoadedModel → ``mitosis_marker``, a ready marker (callable) → itself,
+    None / "none" → None. ``cfg``: the student's ``ModelConfig``. Returns a
+    ``callable(table_w, rgb_w, mpp_w)`` or None."""
+    spec = cfg.extra.get("mitosis") if isinstance(mitosis, str) and mitosis == "config" else mitosis
+    if callable(spec) and not isinstance(spec, LoadedModel):
+        return spec
+    return mitosis_marker(spec, device)
+
+
 #: chunking of large images for PAGET (input px are derived from these working px): the
 #: student's and the instance source's maps of one chunk at a time (memory ~ chunk² x 90 B)
 PAGET_CHUNK_WORK = 1536  # 2048: 2.73 GiB peak on a 4000² px mosaic (bench_paget --region 4000)
@@ -266,11 +279,7 @@ def analyze_paget(
     if mode == "panoptic":
         src = _resolve_instance_source(instance_source or lm.config.extra.get("instance_source", "default"),
                                        device, allow_random)
-        spec = lm.config.extra.get("mitosis") if isinstance(mitosis, str) and mitosis == "config" else mitosis
-        if callable(spec) and not isinstance(spec, LoadedModel):  # a ready marker (mitosis_marker)
-            mark = spec
-        else:
-            mark = mitosis_marker(spec, "cpu" if lm.device.type == "cpu" else str(lm.device))
+        mark = resolve_mitosis(lm.config, mitosis, "cpu" if lm.device.type == "cpu" else str(lm.device))
     s_in = float(mpp) / wm
     if max(rgb.shape[0], rgb.shape[1]) * s_in > chunk_work * 1.25:
         res = _analyze_chunked(rgb, mpp, lm, mode, src, mark, offset_xy=offset_xy, chunk_work=chunk_work,

@@ -124,11 +124,12 @@ class TileJob:
         if self.paget_mode is None:
             found = tile_nuclei(wt, out, self.runner.cfg, self.spec.image_mpp, self.spec.geometry)
         else:
-            inst = None
+            inst = mark = None
             if self.paget_mode == "panoptic":
                 inst = self._instances(sub, iout, field_name)
+                mark = self.runner.mitosis
             pt_ = tile_paget(wt, out, self.runner.cfg, self.spec.image_mpp, self.spec.geometry,
-                             mode=self.paget_mode, inst=inst)
+                             mode=self.paget_mode, inst=inst, mitosis=mark)
             found = pt_.table  # carries each nucleus's tissue id in extra[TISSUE_ID]
             self.tissue_pieces.extend(pt_.tissue_features)
         # the one stitcher: nuclei near a core edge (either side) wait for de-duplication

@@ -25,12 +25,15 @@ class ModelRunner:
     PAGET-H (panoptic PAGET) also needs a nucleus instance source: ``instance_runner`` is a
     second model (e.g. the shipped UperHoVer ``default``) with its own shared batcher — the same
     runner object when that model is also served — and ``instance_direct`` an instance source
-    without a batched forward pass (the classical baseline), run in the job's thread."""
+    without a batched forward pass (the classical baseline), run in the job's thread.
+    ``mitosis``: PAGET-H's mitosis marker (the CLI's, ``paget.runner.resolve_mitosis``), run per
+    tile in the job's thread; None = none."""
 
     model: LoadedModel
     batcher: MicroBatcher
     instance_runner: "ModelRunner | None" = None
     instance_direct: Any = None
+    mitosis: Any = None
 
     @property
     def cfg(self):
@@ -95,10 +98,15 @@ def attach_instance_sources(runners: dict[str, ModelRunner], aliases: dict[str, 
     runners naming it) with its own batcher; a model without a batched forward pass (the
     classical baseline, which also stands in for ``default`` when no default model is shipped)
     runs in each job's thread."""
-    from ..paget.runner import _resolve_instance_source
+    from ..paget.runner import _resolve_instance_source, resolve_mitosis
 
     extra: dict[str, ModelRunner] = {}
     for r in runners.values():
+        if r.paget_mode == "panoptic" and r.mitosis is None:
+            # the mitosis teacher the config names (as ``analyze_paget``'s mitosis="config")
+            r.mitosis = resolve_mitosis(r.cfg, "config", "cpu" if r.model.device.type == "cpu" else str(r.model.device))
+            if r.mitosis is not None:
+                log.info("PAGET-H %s: mitotic figures from %s", r.cfg.name, r.cfg.extra.get("mitosis"))
         if r.paget_mode != "panoptic" or r.instance_runner is not None or r.instance_direct is not None:
             continue
         spec = str(config.instance_source or r.cfg.extra.get("instance_source", "default"))

@@ -125,11 +125,13 @@ def paget_instances(iwt: WorkTile, iout: dict[str, np.ndarray], icfg: ModelConfi
 
 
 def tile_paget(wt: WorkTile, out: dict[str, np.ndarray], cfg: ModelConfig, image_mpp: float, geometry=None, *,
-               mode: str = "semantic", inst: np.ndarray | None = None) -> PagetTile:
+               mode: str = "semantic", inst: np.ndarray | None = None, mitosis=None) -> PagetTile:
     """PAGET-S / PAGET-H for one tile from the student's output (``out["prob"]``, padded tile):
     nuclei in full-resolution px kept by the ownership rule, their tissue context, and the tile's
     tissue annotations clipped to its core. ``inst``: PAGET-H instance map on the valid working
-    grid of ``wt``."""
+    grid of ``wt``. ``mitosis``: PAGET-H's mitosis marker (``paget.runner.resolve_mitosis``, the
+    CLI's): marks "Mitotic cell" and adds ``mitosis_prob`` / ``mitosis_atypical_prob`` on the
+    tile's working pixels, as ``analyze_paget`` does."""
     import shapely
 
     from ..paget.geometry import merge_tissue_features
@@ -138,7 +140,7 @@ def tile_paget(wt: WorkTile, out: dict[str, np.ndarray], cfg: ModelConfig, image
     h, w = wt.valid
     res = paget_result_from_prob(
         out["prob"][:, :h, :w], wt.padded[:h, :w], cfg, scale=wt.full_scale, input_mpp=image_mpp, mode=mode,
-        inst=inst, offset_xy=(wt.tile.x, wt.tile.y), compute_features=False)
+        inst=inst, offset_xy=(wt.tile.x, wt.tile.y), compute_features=False, mitosis=mitosis)
     t = res.nuclei
     keep = np.ones(len(t), bool)
     if geometry is not None and len(t):
