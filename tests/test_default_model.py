@@ -31,9 +31,14 @@ def test_loads_from_package(default_model):
     # the held-out split is recorded in the shipped config
     held = cfg.extra["held_out"]
     assert held["monuseg"] and held["consep"]
-    # weights are finite
-    for p in default_model.module.parameters():
-        assert np.isfinite(p.detach().numpy()).all()
+    # the shipped weights file itself is complete and finite (the loaded module may be an ONNX
+    # Runtime session, which has no torch parameters to loop over)
+    from safetensors.numpy import load_file
+
+    tensors = load_file(str(w))
+    assert len(tensors) > 50
+    for name, t in tensors.items():
+        assert np.isfinite(t.astype(np.float64)).all(), name
 
 
 def test_beats_classical_on_held_out_monuseg(default_model, shared_data):
