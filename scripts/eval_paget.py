@@ -17,6 +17,9 @@ the mitosis teacher):
 
     python scripts/eval_paget.py --config configs/paget_distill_b0.toml --student paget_h_b0 \
         [--out docs/bench_paget] [--limit N]
+
+The mean Dice over the learned classes (every class but ``paget.ship.UNLEARNED``; an undefined
+Dice counts 0) is the first criterion of the ship rule in ``configs/paget_distill_b0_v2.toml``.
 """
 
 from __future__ import annotations
@@ -122,7 +125,13 @@ def main(argv: list[str] | None = None) -> int:
                 verdict[k] = "n/a (undefined or 0 for both)"
             else:
                 verdict[k] = "student >= ensemble" if a >= b - 0.005 else "student < ensemble"
+    from segtme.paget.ship import UNLEARNED
+
+    learned = [n for n in PAGET13.names if n not in UNLEARNED]
+    dl = [pooled.get(PAGET13.names.index(n), float("nan")) for n in learned]
+    mean_learned = float(np.mean([0.0 if math.isnan(v) else v for v in dl]))
     out = {"config": args.config, "student": args.student, "weights": student.source,
+           "mean_dice_learned": round(mean_learned, 4), "learned_classes": learned,
            "held_out_images": [it["key"] for it in items], "n_images": len(items),
            "agreement_dice_pooled": {PAGET13.names[c]: (None if math.isnan(v) else round(v, 4)) for c, v in pooled.items()},
            "agreement_per_image": agree_rows, "consep_type_f1": f1, "student_vs_ensemble": verdict,
@@ -147,6 +156,9 @@ def markdown(out: dict) -> str:
              "", "| class | Dice |", "|---|---|"]
     for k, v in out["agreement_dice_pooled"].items():
         lines.append(f"| {k} | {_f(v)} |")
+    if "mean_dice_learned" in out:
+        lines.append(f"| **mean over the {len(out['learned_classes'])} learned classes** | "
+                     f"**{_f(out['mean_dice_learned'])}** |")
     f1 = out["consep_type_f1"]
     if f1:
         cols = [k for k in next(iter(f1.values())) if k.startswith("F_") or k == "acc"]
