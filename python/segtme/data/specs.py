@@ -96,6 +96,8 @@ def split_refs(specs: list[DataSpec], seed: int) -> tuple[list[SampleRef], list[
                 kw["mpp"] = sp.mpp
         elif sp.kind == "pseudo":
             kw.update(mpp=sp.mpp, images_root=sp.images_root)
+        elif sp.kind == "images":  # unlabelled (KD-only data of a run with a [teacher])
+            kw.update(mpp=sp.mpp)
         elif sp.kind == "tcga_ut":
             raise InputError(f"dataset {sp.path}: kind tcga_ut is unlabelled; pseudo-label it first (segtme pseudo-label)")
         refs = [r for r in read_dataset(sp.kind, sp.path, **kw) if not _matches(r, sp.exclude)]

@@ -22,6 +22,13 @@ Table 3 where it has a value)::
               (uperhover: hv_weight 1.0, msge_weight 2.0)
     [augment] AugmentConfig fields (paper: colour jitter, HLS, flips, each p = 0.5)
     [postprocess]  HV-watershed overrides used by evaluation (PQ)
+    [teacher] distillation from a frozen teacher (optional; ``train/teacher.py``,
+              ``train/distill_loss.py``): model (a models.load_model spec: model .json /
+              .safetensors path or a shipped name such as "accurate"), weight_sem (1.0),
+              weight_hv (1.0), temperature (1.0), hv_mask ("teacher_fg" | "all"),
+              fg_threshold (0.5), on_labelled (true: KD on labelled crops too, beside the
+              ground-truth loss). With a teacher, unlabelled [[data]] (kind "images") are
+              allowed: their crops get the KD loss only.
     [[data]]  name, kind (folder | pannuke | pseudo), path, mpp (override for all images),
               default_mpp (for images whose index.json has none), classes
               (true), class_map ({"dataset id" = model id}), split (index.json split filter),
@@ -92,6 +99,25 @@ class OptimConfig:
 
 
 @dataclass
+class TeacherConfig:
+    """``[teacher]``: distil from a frozen model of the same contract, MPP and classes.
+
+    model: a ``models.load_model`` spec (config .json / .safetensors path, or a shipped model name);
+    its weights file's SHA-256 is recorded in the run's state (resuming with another teacher is
+    refused; the path itself may change between machines). KD loss parameters: as
+    ``distill_loss.KDOptions``. on_labelled: add the KD loss on labelled crops too (it is always
+    the only loss of unlabelled crops)."""
+
+    model: str
+    weight_sem: float = 1.0
+    weight_hv: float = 1.0
+    temperature: float = 1.0
+    hv_mask: str = "teacher_fg"
+    fg_threshold: float = 0.5
+    on_labelled: bool = True
+
+
+@dataclass
 class TrainConfig:
     run: RunConfig
     model: dict[str, Any]
@@ -101,12 +127,17 @@ class TrainConfig:
     augment: dict[str, Any] = field(default_factory=dict)
     postprocess: dict[str, Any] = field(default_factory=dict)
     source: str | None = None
+    #: ``[teacher]`` (distillation) or None; absent from ``to_dict`` when None, so the plans of
+    #: runs without a teacher are unchanged
+    teacher: TeacherConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
 
         d = asdict(self)
         d.pop("source", None)
+        if d.get("teacher") is None:
+            d.pop("teacher", None)
         return d
 
 
@@ -123,7 +154,7 @@ def _build(cls, d: dict[str, Any], where: str):
 
 def train_config_from_dict(d: dict[str, Any], source: str | None = None) -> TrainConfig:
     d = dict(d)
-    known = {"run", "model", "data", "optim", "loss", "augment", "postprocess"}
+    known = {"run", "model", "data", "optim", "loss", "augment", "postprocess", "teacher"}
     unknown = set(d) - known
     if unknown:
         raise InputError(f"config: unknown section(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -138,8 +169,14 @@ def train_config_from_dict(d: dict[str, Any], source: str | None = None) -> Trai
         raise InputError(f"config [optim]: schedule must be linear, poly or constant, got {optim.schedule!r}")
     loss = dict(d.get("loss", {"name": "uperhover"}))
     loss.setdefault("name", "uperhover")
+    teacher = None
+    if d.get("teacher") is not None:
+        if not isinstance(d["teacher"], dict) or not d["teacher"].get("model"):
+            raise InputError('config [teacher]: needs model = "<model .json / .safetensors or shipped name>"')
+        teacher = _build(TeacherConfig, dict(d["teacher"]), "teacher")
     return TrainConfig(run=run, model=dict(d["model"]), data=specs, optim=optim, loss=loss,
-                       augment=dict(d.get("augment", {})), postprocess=dict(d.get("postprocess", {})), source=source)
+                       augment=dict(d.get("augment", {})), postprocess=dict(d.get("postprocess", {})), source=source,
+                       teacher=teacher)
 
 
 def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:

@@ -157,6 +157,9 @@ def plan_of(config: dict[str, Any]) -> dict[str, Any]:
     for k in RESUME_FREE_RUN_KEYS:
         d.get("run", {}).pop(k, None)
     d.get("model", {}).pop("init_weights", None)  # only read at a fresh start
+    # a distillation teacher is identified by its weights' SHA-256 (checked by the trainer), not
+    # by its path, which may differ between machines (a run's checkpoint, later a shipped name)
+    (d.get("teacher") or {}).pop("model", None)
     return d
 
 

@@ -21,6 +21,11 @@ What one run does (paper section 6, Table 3 defaults; everything overridable in 
   ``save_every`` steps, at the end and on SIGTERM/SIGINT; ``segtme train CONFIG --resume``
   continues exactly where it stopped (crops and augmentations are pure functions of seed,
   epoch and index), refusing if the plan in the config changed.
+* distillation (optional ``[teacher]``): a frozen teacher (``train/teacher.py``, loaded with
+  ``models.load_model``) runs on the same augmented crops; the KD loss of
+  ``train/distill_loss.py`` is added to the ground-truth loss on labelled crops and is the only
+  loss of unlabelled crops (``train/distill_data.py``); the state records the teacher's
+  weights SHA-256 and a resume with another teacher is refused.
 
 Metrics (validation crops): ``miou`` = mean IoU over all classes incl. background (as HF
 ``evaluate``'s mean_iou) on class-labelled crops; if no validation crop has classes, it is the
@@ -144,6 +149,7 @@ class Trainer:
         if self.dist.enabled and rc.sync_bn:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.loss_fn = build_loss(cfg.loss.get("name", "uperhover"), **{k: v for k, v in cfg.loss.items() if k != "name"})
+        self.teacher = self._load_teacher(saved)
 
         # data
         train_refs, reps, val_refs = split_refs(cfg.data, rc.seed)
@@ -162,7 +168,10 @@ class Trainer:
                 r if r is not None else max(1, round(np.prod(working_size(ref_size(ref), ref.mpp, mc.mpp)) / mc.tile_size**2))
                 for r, ref in zip(repeats, train_refs)
             ]
-        self.train_ds = CropDataset(train_refs, mc.mpp, mc.tile_size, mean=mc.mean, std=mc.std, num_classes=mc.num_classes,
+        crop_ds = CropDataset
+        if self.teacher is not None:  # unlabelled samples allowed: KD-only crops
+            from .distill_data import DistillCropDataset as crop_ds
+        self.train_ds = crop_ds(train_refs, mc.mpp, mc.tile_size, mean=mc.mean, std=mc.std, num_classes=mc.num_classes,
                                     train=True, repeats=None if all(auto) else repeats, augment_cfg=aug, seed=rc.seed,
                                     cache_size=rc.cache_size, with_hv="hv" in mc.heads)
         self.val_ds = None
@@ -250,6 +259,36 @@ class Trainer:
     def _to_dev(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
+    # ------------------------------------------------------------------ distillation
+    def _load_teacher(self, saved: dict[str, Any] | None):
+        """The frozen teacher of ``[teacher]`` (None without one); refuses a resume whose state
+        recorded other teacher weights (``train/teacher.py``)."""
+        if self.cfg.teacher is None:
+            return None
+        from .teacher import check_resume, kd_options, load_teacher
+
+        teacher = load_teacher(self.cfg.teacher, self.model_cfg, self.device)
+        check_resume(saved, teacher, self.state_path)
+        self.kd_opts = kd_options(self.cfg.teacher)
+        if self.dist.is_main:
+            log.info("teacher %s (%s, sha256 %s)", self.cfg.teacher.model, teacher.config.name, teacher.sha256[:12])
+        return teacher
+
+    def _add_distillation(self, out: dict[str, torch.Tensor], mb: dict[str, torch.Tensor],
+                          terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``terms`` plus the KD terms (``kd``, ``kd_sem``, ``kd_hv``); ``total`` += ``kd``. KD weight
+        per crop: 1 on unlabelled crops, ``on_labelled`` (1/0) on labelled ones."""
+        from .distill_loss import distill_terms
+
+        t_out = self.teacher(mb["image"], self.autocast)
+        labelled = mb["labelled"].float() if "labelled" in mb else torch.ones(mb["image"].shape[0], device=self.device)
+        w = 1.0 - labelled * (0.0 if self.cfg.teacher.on_labelled else 1.0)
+        try:
+            kd = distill_terms(out, t_out, self.kd_opts, w)
+        except ValueError as e:
+            raise InputError(f"[teacher] {e}") from None
+        return dict(terms, total=terms["total"] + kd["kd"], **kd)
+
     # ------------------------------------------------------------------ train
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
         """One optimiser step over ``grad_accum`` micro-batches; returns mean loss terms."""
@@ -266,6 +305,8 @@ class Trainer:
                 with self.autocast():
                     out = self.fwd_model(mb["image"])
                 terms = self.loss_fn(out, mb)
+                if self.teacher is not None:
+                    terms = self._add_distillation(out, mb, terms)
                 (terms["total"] / k).backward()
             for name, v in terms.items():
                 sums[name] = sums.get(name, 0.0) + float(v.detach()) / k
@@ -426,6 +467,8 @@ class Trainer:
             "model_config": self.model_cfg.to_dict(),
             "init_source": self.init_source,
         }
+        if self.teacher is not None:
+            meta["teacher"] = self.teacher.state_meta()
         save_run_state(self.state_path, self.model, self.optimizer, meta)
         if self.dist.enabled:
             dist.barrier()
