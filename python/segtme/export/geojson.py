@@ -108,6 +108,29 @@ def _measurements_at(cols: list[tuple[str, list, list]], i: int) -> dict[str, fl
     return {name: vals[i] for name, vals, fin in cols if fin[i]}
 
 
+def _measurement_dicts(cols: list[tuple[str, np.ndarray]], n: int) -> list[dict[str, float]]:
+    """``[_measurements_at(_prepared(cols), i) for i in range(n)]`` built row-wise: one rounding
+    and one ``tolist`` of the (n, k) matrix, ``dict(zip(names, row))`` for rows whose values are
+    all finite (the common case); the same dicts (keys in column order, non-finite left out)."""
+    if not cols:
+        return [{} for _ in range(n)]
+    names = [name for name, _ in cols]
+    M = np.empty((n, len(cols)), np.float64)
+    for j, (_, v) in enumerate(cols):
+        M[:, j] = np.asarray(v, np.float64)
+    fin = np.isfinite(M)
+    rows = np.round(np.where(fin, M, 0.0), 6).tolist()
+    all_fin = fin.all(axis=1).tolist()
+    out = []
+    for i, row in enumerate(rows):
+        if all_fin[i]:
+            out.append(dict(zip(names, row)))
+        else:
+            f = fin[i].tolist()
+            out.append({name: x for name, x, ok in zip(names, row, f) if ok})
+    return out
+
+
 def nucleus_measurements(table: NucleiTable, i: int) -> dict[str, float]:
     """QuPath measurements of nucleus ``i`` (lengths in µm when ``table.mpp`` is known, else px)."""
     return _measurements_at(_prepared(measurement_columns(table.subset(np.array([i])))), 0)
@@ -154,8 +177,13 @@ def _check_rings(polys: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[in
     ok = [k for k, a in enumerate(arrs) if len(a) >= 3]
     if not ok:
         return arrs, ok, np.zeros(0, object), np.zeros(0, bool)
-    coords = np.concatenate([np.vstack([arrs[k], arrs[k][:1]]) for k in ok])
-    idx = np.repeat(np.arange(len(ok)), [len(arrs[k]) + 1 for k in ok])
+    lens = np.array([len(arrs[k]) for k in ok], np.int64)
+    flat = np.concatenate([arrs[k] for k in ok])
+    # each ring closed (its first vertex repeated after its last), in one gather
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    rel = np.arange(int(lens.sum()) + len(ok)) - np.repeat(starts + np.arange(len(ok)), lens + 1)
+    coords = flat[np.repeat(starts, lens + 1) + np.where(rel == np.repeat(lens, lens + 1), 0, rel)]
+    idx = np.repeat(np.arange(len(ok)), lens + 1)
     geoms = shapely.polygons(shapely.linearrings(coords, indices=idx))
     return arrs, ok, geoms, shapely.is_valid(geoms) & (shapely.area(geoms) > 0)
 
@@ -191,10 +219,57 @@ def _oriented_rings(polys: Sequence[np.ndarray]) -> list:
     return out
 
 
+def _ring_coordinates(polys: Sequence[np.ndarray], ndigits: int = 3) -> list:
+    """``[_geometry_of(g)["coordinates"][0] if isinstance(g, np.ndarray) else g for g in
+    _oriented_rings(polys)]`` for a batch, vectorised: the valid rings are checked in one shapely
+    call, oriented by their shoelace sign, rounded and converted to Python lists in one numpy
+    pass each; each item is the closed ring as a list of [x, y] (first vertex repeated at the
+    end), the repaired shapely Polygon of ``_valid_polygon`` for an invalid ring, or None."""
+    out: list = [None] * len(polys)
+    arrs, ok, _, valid = _check_rings(polys)
+    if not ok:
+        return out
+    good = [k for j, k in enumerate(ok) if valid[j]]
+    for j, k in enumerate(ok):
+        if not valid[j]:
+            out[k] = _valid_polygon(arrs[k])
+    if not good:
+        return out
+    lens = np.array([len(arrs[k]) for k in good], np.int64)
+    xy = np.concatenate([arrs[k] for k in good])
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    g = np.repeat(np.arange(len(good)), lens)
+    i = np.arange(len(xy))
+    nxt = np.where(i + 1 == np.repeat(starts + lens, lens), np.repeat(starts, lens), i + 1)
+    x, y = xy[:, 0], xy[:, 1]
+    # 2 x the shoelace area (the sign is all that is used: valid rings have an area well away from 0)
+    signed = np.bincount(g, weights=x * y[nxt] - x[nxt] * y, minlength=len(good))
+    # shapely's orient reverses a clockwise ring: p0, p[n-1], ..., p1
+    rel = i - np.repeat(starts, lens)
+    rev = np.repeat(signed <= 0, lens)
+    src = np.where(rev & (rel > 0), np.repeat(starts + lens, lens) - rel, i)
+    pts = np.round(xy[src], ndigits).tolist()
+    b0 = starts.tolist()
+    b1 = (starts + lens).tolist()
+    for j, k in enumerate(good):
+        r = pts[b0[j]:b1[j]]
+        if r[0] != r[-1]:
+            r.append(list(r[0]))
+        out[k] = r
+    return out
+
+
 def _geometry_of(g) -> dict[str, Any]:
     """``_geometry`` for an item of ``_oriented_rings`` (ring array or shapely Polygon)."""
     if isinstance(g, np.ndarray):
         return {"type": "Polygon", "coordinates": [_ring(g)]}
+    return _geometry(g)
+
+
+def _polygon_of(g) -> dict[str, Any]:
+    """GeoJSON Polygon of an item of ``_ring_coordinates`` (closed [x, y] list or shapely Polygon)."""
+    if isinstance(g, list):
+        return {"type": "Polygon", "coordinates": [g]}
     return _geometry(g)
 
 
@@ -321,9 +396,9 @@ def iter_features(
         rows = np.arange(b0, b1)
         sub = table.subset(rows)
         csub = cells.subset(rows) if cells is not None else None
-        nuclei = _oriented_rings(sub.polygons)
-        cell_rings = _oriented_rings(csub.polygons) if output_type == "cell" else None
-        cols = _prepared(measurement_columns(sub, csub))
+        nuclei = _ring_coordinates(sub.polygons)
+        cell_rings = _ring_coordinates(csub.polygons) if output_type == "cell" else None
+        meas = _measurement_dicts(measurement_columns(sub, csub), b1 - b0)
         class_ids = np.asarray(sub.class_id).tolist()
         for j, g in enumerate(nuclei):
             if g is None:
@@ -332,15 +407,15 @@ def iter_features(
             f: dict[str, Any] = {"type": "Feature", "id": ids[b0 + j]}
             if cell_rings is not None:
                 c = cell_rings[j]
-                f["geometry"] = _geometry_of(c if c is not None else g)
-                f["nucleusGeometry"] = _geometry_of(g)
+                f["geometry"] = _polygon_of(c if c is not None else g)
+                f["nucleusGeometry"] = _polygon_of(g)
             else:
-                f["geometry"] = _geometry_of(g)
+                f["geometry"] = _polygon_of(g)
             props: dict[str, Any] = {
                 "objectType": output_type,
                 "classification": {"name": name, "color": list(color)},
                 "isLocked": False,
-                "measurements": _measurements_at(cols, j),
+                "measurements": meas[j],
             }
             if run is not None:
                 props["segtmeRun"] = run

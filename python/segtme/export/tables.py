@@ -72,9 +72,9 @@ class NucleiCSVWriter:
             elif header != self._cols:
                 raise ValueError("NucleiCSVWriter: a later chunk has different columns than the first")
             text = [_fmt_column(v) for _, v in num]
-            cls = [names[int(c)] for c in sub.class_id]
-            for j in range(len(rows)):
-                self._w.writerow([ids[b0 + j], self._image, self._type, cls[j], *(t[j] for t in text)])
+            cls = [names[c] for c in np.asarray(sub.class_id).tolist()]
+            k = len(rows)
+            self._w.writerows(zip(ids[b0:b0 + k], [self._image] * k, [self._type] * k, cls, *text))
             self.rows += len(rows)
         return n
 
@@ -88,9 +88,10 @@ class NucleiCSVWriter:
 def _fmt_column(v: np.ndarray) -> list[str]:
     """Values as %.6g text, empty where not finite."""
     v = np.asarray(v, np.float64)
-    out = np.char.mod("%.6g", np.where(np.isfinite(v), v, 0.0)).tolist()
-    if not np.isfinite(v).all():
-        for i in np.flatnonzero(~np.isfinite(v)):
+    fin = np.isfinite(v)
+    out = ["%.6g" % x for x in np.where(fin, v, 0.0).tolist()]  # = np.char.mod("%.6g", ...), faster
+    if not fin.all():
+        for i in np.flatnonzero(~fin):
             out[i] = ""
     return out
 
