@@ -550,15 +550,21 @@ def render_headline(res: dict, images: dict[str, tuple[str, float]], mm2: dict[s
 
 # ----------------------------------------------------------------------------- ONNX Runtime lever
 def onnx_vs_torch(threads: int, repeats: int = 5, accuracy: bool = True) -> str:
-    """``--mode onnx``: the product's ONNX Runtime module of the shipped default model
-    (``load_model("default")`` -> ``models.onnx_runtime.OrtModule`` running the shipped
-    ``weights/default.onnx``, fp32) and an int8 variant of that graph (static QDQ, calibrated on 8
-    non-held-out training tiles; built here, needs the ``onnx`` extra) against torch (the folded
+    """``--mode onnx``: the product's ONNX Runtime modules of the shipped default model
+    (``load_model("default")`` with ``SEGTME_RUNTIME=onnx`` / ``onnx-int8`` ->
+    ``models.onnx_runtime.OrtModule`` running the shipped ``weights/default.onnx`` (fp32) /
+    ``default_int8.onnx`` (static QDQ, scripts/export_onnx.py)) against torch (the folded
     eager module, fp32; bf16 autocast only where the CPU has native bf16) on the same real-H&E
     512² tiles at 0.5 µm/px, batch 2 (the product's batch at 512²), interleaved. Wall and CPU
     (process) seconds per tile. Accuracy = PQ/AJI against the ground truth of the 5 held-out
     MoNuSeg images through the product's maps -> nuclei step (``inference.instances.predict_instances``),
-    each runtime's module in a ``LoadedModel`` of the same config."""
+    each runtime's module in a ``LoadedModel`` of the same config.
+
+    ``segtme.runtime`` is imported first, as the CLI does (OpenMP passive waiting is set before
+    torch loads). The first version of this mode imported torch before it, so torch's OpenMP
+    workers spun actively on the loaded machine and torch looked 3.7x slower than ONNX Runtime;
+    with the product's setting the two fp32 runtimes are within ~10 % (docs/benchmarks.md)."""
+    import segtme.runtime  # noqa: F401,I001  (first: OMP_WAIT_POLICY=PASSIVE before torch loads, as the product)
     import onnxruntime as ort
     import torch
     from PIL import Image
@@ -603,67 +609,49 @@ def onnx_vs_torch(threads: int, repeats: int = 5, accuracy: bool = True) -> str:
 
     batch = norm([pad(half(other[0])), pad(half(other[1]))])
     xt = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
-    modules: dict[str, tuple[torch.nn.Module, str]] = {"torch fp32 (folded eager)": (folded, "fp32")}
+    modules: dict[str, tuple[torch.nn.Module, str]] = {f"torch fp32 (the torch path: {type(folded).__name__})": (folded, "fp32")}
     if cpu_has_native_bf16():
         modules["torch bf16 autocast"] = (folded, "bf16")
-    modules[f"ONNX Runtime {ort.__version__} fp32 (product)"] = (product.module, "fp32")
-    with tempfile.TemporaryDirectory() as d:
-        try:
-            from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-            from onnxruntime.quantization.shape_inference import quant_pre_process
+    modules[f"ONNX Runtime {ort.__version__} fp32 (shipped graph, SEGTME_RUNTIME=onnx)"] = (product.module, "fp32")
+    os.environ["SEGTME_RUNTIME"] = "onnx-int8"
+    q = load_model("default", "cpu", precision="auto")
+    os.environ.pop("SEGTME_RUNTIME")
+    if isinstance(q.module, onnx_runtime.OrtModule):
+        modules["ONNX Runtime int8 (shipped static QDQ, SEGTME_RUNTIME=onnx-int8)"] = (q.module, "fp32")
+    else:
+        print("int8 graph not loaded (missing or stale: python scripts/export_onnx.py)", flush=True)
+    def runner(mod: torch.nn.Module, prec: str):
+        def run():
+            with torch.inference_mode():
+                if prec == "bf16":
+                    with torch.autocast("cpu", dtype=torch.bfloat16):
+                        return mod(xt)
+                return mod(xt)
+        return run
 
-            calib = [norm([pad(half(it))]) for it in other[2:10]]
-
-            class Reader(CalibrationDataReader):
-                def __init__(self):
-                    self.it = iter(calib)
-
-                def get_next(self):
-                    v = next(self.it, None)
-                    return None if v is None else {"x": v}
-
-            pre, q_path = str(Path(d) / "pre.onnx"), Path(d) / "default_int8.onnx"
-            quant_pre_process(str(product.module.path), pre)
-            quantize_static(pre, str(q_path), Reader(), quant_format=QuantFormat.QDQ,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-            sess = onnx_runtime._session(q_path, threads)
-            modules["ONNX Runtime int8 (static QDQ)"] = (
-                onnx_runtime.OrtModule(q_path, sess, threads, T, product.module.outputs, product.module.torch_module, {}), "fp32")
-        except Exception as e:  # quantisation tooling missing or failing: record, keep fp32
-            print(f"int8 quantisation not measured: {e}", flush=True)
-
-        def runner(mod: torch.nn.Module, prec: str):
-            def run():
-                with torch.inference_mode():
-                    if prec == "bf16":
-                        with torch.autocast("cpu", dtype=torch.bfloat16):
-                            return mod(xt)
-                    return mod(xt)
-            return run
-
-        runners = {k: runner(m, p) for k, (m, p) in modules.items()}
-        wall: dict[str, list[float]] = {k: [] for k in runners}
-        cpu: dict[str, list[float]] = {k: [] for k in runners}
-        load0 = _load()
-        for fn in runners.values():
+    runners = {k: runner(m, p) for k, (m, p) in modules.items()}
+    wall: dict[str, list[float]] = {k: [] for k in runners}
+    cpu: dict[str, list[float]] = {k: [] for k in runners}
+    load0 = _load()
+    for fn in runners.values():
+        fn()
+    for _ in range(repeats):
+        for k, fn in runners.items():
+            c0, t0 = time.process_time(), time.perf_counter()
             fn()
-        for _ in range(repeats):
-            for k, fn in runners.items():
-                c0, t0 = time.process_time(), time.perf_counter()
-                fn()
-                wall[k].append((time.perf_counter() - t0) / len(batch))
-                cpu[k].append((time.process_time() - c0) / len(batch))
-        load1 = _load()
-        print({k: [round(t, 4) for t in v] for k, v in wall.items()}, flush=True)
-        acc: dict[str, tuple[float, float, int]] = {}
-        gts = [(np.asarray(Image.open(data / it["image"]).convert("RGB")), np.asarray(Image.open(data / it["label"])).astype(np.int32),
-                float(it.get("mpp") or 0.25)) for it in held_items] if accuracy else []
-        for k, (module, prec) in modules.items():
-            if not gts:
-                break
-            m = LoadedModel(cfg, module if module is not folded else lm.module, lm.device, lm.source, prec)
-            ms = [instance_metrics(gt, predict_instances(m, rgb, mpp).inst) for rgb, gt, mpp in gts]
-            acc[k] = (float(np.mean([x.pq for x in ms])), float(np.mean([x.aji for x in ms])), sum(x.n_pred for x in ms))
+            wall[k].append((time.perf_counter() - t0) / len(batch))
+            cpu[k].append((time.process_time() - c0) / len(batch))
+    load1 = _load()
+    print({k: [round(t, 4) for t in v] for k, v in wall.items()}, flush=True)
+    acc: dict[str, tuple[float, float, int]] = {}
+    gts = [(np.asarray(Image.open(data / it["image"]).convert("RGB")), np.asarray(Image.open(data / it["label"])).astype(np.int32),
+            float(it.get("mpp") or 0.25)) for it in held_items] if accuracy else []
+    for k, (module, prec) in modules.items():
+        if not gts:
+            break
+        m = LoadedModel(cfg, module if module is not folded else lm.module, lm.device, lm.source, prec)
+        ms = [instance_metrics(gt, predict_instances(m, rgb, mpp).inst) for rgb, gt, mpp in gts]
+        acc[k] = (float(np.mean([x.pq for x in ms])), float(np.mean([x.aji for x in ms])), sum(x.n_pred for x in ms))
     ref = statistics.median(cpu[next(iter(cpu))])
     lines = [f"ONNX Runtime {ort.__version__} vs torch {torch.__version__}, {threads} threads, {platform.processor() or platform.machine()}"
              f" (native bf16: {cpu_has_native_bf16()}); load average {load0} -> {load1} (timing), {_load()} (after accuracy); "

@@ -54,9 +54,13 @@ log = logging.getLogger(__name__)
 #: bump when the graph's inputs/outputs or metadata keys change (the export script writes it)
 FORMAT = 1
 WEIGHTS_DIR = Path(__file__).with_name("weights")
-#: ``SEGTME_RUNTIME`` values: auto (ONNX Runtime where eligible), onnx (the same, warn when not
-#: possible), torch (never ONNX Runtime)
-RUNTIMES = ("auto", "onnx", "torch")
+#: ``SEGTME_RUNTIME`` values: auto (the default choice below), onnx (ONNX Runtime fp32; warn
+#: when not possible), onnx-int8 (the int8 graph: opt-in), torch (never ONNX Runtime)
+RUNTIMES = ("auto", "onnx", "onnx-int8", "torch")
+#: what ``auto`` means on the CPU (docs/benchmarks.md, "ONNX Runtime in the product")
+AUTO_RUNTIME = "torch"  # ONNX Runtime fp32 measured equal to torch fp32 per tile here, +145 MiB peak
+#: graph variants: file suffix beside the weights
+VARIANTS = {"fp32": ".onnx", "int8": "_int8.onnx"}
 #: session settings, measured on the 2-core machine (docs/benchmarks.md)
 SESSION_OPTIONS = {"inter_op_num_threads": 1, "sequential": True, "allow_spinning": False}
 
@@ -81,9 +85,17 @@ def available() -> bool:
         return False
 
 
-def graph_path(weights: Path) -> Path:
-    """The shipped graph of ``weights``: ``<stem>.onnx`` beside it."""
-    return Path(weights).with_suffix(".onnx")
+def graph_path(weights: Path, variant: str = "fp32") -> Path:
+    """The shipped graph of ``weights``: ``<stem>.onnx`` (fp32) or ``<stem>_int8.onnx`` beside it."""
+    w = Path(weights)
+    return w.with_name(w.stem + VARIANTS[variant])
+
+
+def variant_for(choice: str) -> str | None:
+    """The graph variant a ``runtime_choice()`` runs (None: torch)."""
+    if choice == "auto":
+        choice = AUTO_RUNTIME
+    return {"onnx": "fp32", "onnx-int8": "int8"}.get(choice)
 
 
 def file_sha256(path: Path) -> str:
@@ -100,9 +112,10 @@ def architecture_sha256(cfg: ModelConfig) -> str:
     return hashlib.sha256(json.dumps(asdict(cfg.architecture), sort_keys=True, default=str).encode()).hexdigest()
 
 
-def expected_metadata(cfg: ModelConfig, weights: Path) -> dict[str, str]:
+def expected_metadata(cfg: ModelConfig, weights: Path, variant: str = "fp32") -> dict[str, str]:
     """The metadata a current graph of ``cfg`` + ``weights`` carries (the export script writes it)."""
     return {
+        "variant": variant,
         "segtme_format": str(FORMAT),
         "model": cfg.name,
         "weights_file": Path(weights).name,
@@ -122,42 +135,46 @@ def read_metadata(path: Path) -> dict[str, str]:
     return dict(sess.get_modelmeta().custom_metadata_map)
 
 
-def _mismatch(meta: dict[str, str], cfg: ModelConfig, weights: Path) -> str | None:
-    want = expected_metadata(cfg, weights)
-    bad = [k for k in ("segtme_format", "weights_sha256", "architecture_sha256", "tile") if meta.get(k) != want[k]]
+def _mismatch(meta: dict[str, str], cfg: ModelConfig, weights: Path, variant: str = "fp32") -> str | None:
+    want = expected_metadata(cfg, weights, variant)
+    bad = [k for k in ("segtme_format", "variant", "weights_sha256", "architecture_sha256", "tile") if meta.get(k) != want[k]]
     if not bad:
         return None
     return "stale graph: " + ", ".join(f"{k} {meta.get(k, '(none)')[:16]} != {want[k][:16]}" for k in bad) + \
         " — regenerate with `python scripts/export_onnx.py`"
 
 
-def stale_reason(path: Path, cfg: ModelConfig, weights: Path) -> str | None:
-    """None when ``path`` is a current graph of ``cfg`` + ``weights``, else why not."""
+def stale_reason(path: Path, cfg: ModelConfig, weights: Path, variant: str = "fp32") -> str | None:
+    """None when ``path`` is a current graph (``variant``) of ``cfg`` + ``weights``, else why not."""
     if not Path(path).is_file():
         return f"no graph file {path} — generate it with `python scripts/export_onnx.py`"
     try:
         meta = read_metadata(path)
     except Exception as e:  # not an ONNX file ORT can read
         return f"unreadable graph {path}: {e}"
-    return _mismatch(meta, cfg, weights)
+    return _mismatch(meta, cfg, weights, variant)
 
 
-def eligible(cfg: ModelConfig, weights: Path | None, device: torch.device, precision: str) -> bool:
-    """True when ``cfg`` + ``weights`` should run in ONNX Runtime (see the module doc)."""
+def eligible(cfg: ModelConfig, weights: Path | None, device: torch.device, precision: str) -> str | None:
+    """The graph variant ("fp32" | "int8") ``cfg`` + ``weights`` should run in ONNX Runtime, or
+    None for the torch path (see the module doc)."""
     choice = runtime_choice()
-    if choice == "torch" or device.type != "cpu" or weights is None or precision not in ("auto", "fp32"):
-        return False
+    variant = variant_for(choice)
+    if variant is None or device.type != "cpu" or weights is None or precision not in ("auto", "fp32"):
+        return None
     try:
         shipped = weights.is_file() and weights.resolve().parent == WEIGHTS_DIR.resolve()
     except OSError:
         shipped = False
-    if not shipped or not graph_path(weights).is_file():
-        return False
+    if not shipped or not graph_path(weights, variant).is_file():
+        if shipped and choice != "auto":
+            log.warning("SEGTME_RUNTIME=%s but %s is missing; using torch", choice, graph_path(weights, variant).name)
+        return None
     if not available():
-        if choice == "onnx":
-            log.warning("SEGTME_RUNTIME=onnx but onnxruntime is not installed; using torch")
-        return False
-    return True
+        if choice != "auto":
+            log.warning("SEGTME_RUNTIME=%s but onnxruntime is not installed; using torch", choice)
+        return None
+    return variant
 
 
 def _session(path: Path, threads: int):
@@ -223,14 +240,16 @@ class OrtModule(nn.Module):
         return {k: torch.from_numpy(y) for k, y in zip(self.outputs, ys)}
 
 
-def load(cfg: ModelConfig, weights: Path, outputs: tuple[str, ...], torch_loader: Callable[[], nn.Module]) -> OrtModule | None:
-    """The ONNX Runtime module of a shipped model, or None (graph stale, unreadable, or not of
-    this model's outputs: the caller keeps the torch path; the reason is logged)."""
-    path = graph_path(weights)
+def load(cfg: ModelConfig, weights: Path, outputs: tuple[str, ...], torch_loader: Callable[[], nn.Module],
+         variant: str = "fp32") -> OrtModule | None:
+    """The ONNX Runtime module of a shipped model's graph ``variant``, or None (graph stale,
+    unreadable, or not of this model's outputs: the caller keeps the torch path; the reason is
+    logged)."""
+    path = graph_path(weights, variant)
     try:
         sess = _session(path, torch.get_num_threads())
         meta = dict(sess.get_modelmeta().custom_metadata_map)
-        problem = _mismatch(meta, cfg, weights)
+        problem = _mismatch(meta, cfg, weights, variant)
         names = tuple(o.name for o in sess.get_outputs())
         shape = list(sess.get_inputs()[0].shape)
         if problem is None and set(names) != set(outputs):

@@ -327,10 +327,12 @@ def load_model(
     fast_dev = None  # shipped model on the CPU: its ONNX graph (models/onnx_runtime.py), else the compiled module
     if weights is None and backbone_weights is None and compiled.enabled():
         fast_dev = select_device(device)
-        if onnx_runtime.eligible(cfg, wpath, fast_dev, precision):
+        variant = onnx_runtime.eligible(cfg, wpath, fast_dev, precision)
+        if variant is not None:
             resolve_precision(precision, fast_dev)
             dev0, w0 = fast_dev, wpath  # the torch module for inputs the graph does not take, built on first need
-            ort_module = onnx_runtime.load(cfg, wpath, contract(cfg).outputs, lambda: _torch_inference_module(cfg, w0, dev0))
+            ort_module = onnx_runtime.load(cfg, wpath, contract(cfg).outputs, lambda: _torch_inference_module(cfg, w0, dev0),
+                                           variant)
             if ort_module is not None:
                 return LoadedModel(cfg, ort_module, fast_dev, str(wpath), precision)
         if compiled.eligible(cfg, wpath, fast_dev):
