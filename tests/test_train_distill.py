@@ -147,6 +147,27 @@ def test_three_step_distillation_lowers_the_kd_loss(distilled):
         assert r["loss"] == pytest.approx(r["loss_sem"] + r["loss_hv"] + r["loss_kd"], rel=1e-5)
 
 
+def test_on_labelled_false_distils_unlabelled_crops_only(distilled):
+    tr, fixed = distilled["trainer"], distilled["fixed"]
+    tr.model.train()
+    with torch.no_grad():
+        out, t_out = tr.model(fixed["image"]), tr.teacher(fixed["image"])
+        gt = tr.loss_fn(out, fixed)
+        unl = (~fixed["labelled"]).float()
+        want_unl = distill_terms(out, t_out, tr.kd_opts, unl)["kd"]
+        want_all = distill_terms(out, t_out, tr.kd_opts)["kd"]
+        on = tr._add_distillation(out, fixed, gt)
+        tr.cfg.teacher.on_labelled = False
+        try:
+            off = tr._add_distillation(out, fixed, gt)
+        finally:
+            tr.cfg.teacher.on_labelled = True
+    torch.testing.assert_close(on["kd"], want_all)
+    torch.testing.assert_close(off["kd"], want_unl)
+    assert float(off["kd"]) != pytest.approx(float(on["kd"]))
+    torch.testing.assert_close(off["total"], gt["total"] + want_unl)
+
+
 def test_teacher_is_frozen_and_only_the_student_trains(distilled):
     tr = distilled["trainer"]
     for k, v in tr.teacher.module.state_dict().items():
