@@ -177,3 +177,35 @@ def test_relabel_sequential_equals_scikit_image():
     ours = relabel_sequential(lab)
     ref = sk_relabel(np.where(lab > 0, lab, 0))[0]
     assert ours.dtype == np.int32 and np.array_equal(ours, ref) and ours.max() == len(np.unique(lab[lab > 0]))
+
+
+def test_fast_steps_equal_the_scipy_and_two_pass_versions():
+    """The fused / shifted steps of ``hv_watershed`` give exactly what they replace: the 4-cross
+    opening = ``ndi.binary_opening(disk(1))``; the foreground mask = ``foreground_components > 0``;
+    small-object removal + relabelling in one look-up = ``relabel_sequential(_remove_small(...))``;
+    ``build_nuclei_table`` skips its relabelling only for maps already 1..N."""
+    from scipy import ndimage as ndi
+    from skimage.morphology import disk
+
+    from segtme.inference import postprocess as pp
+    from segtme.inference.nuclei import _is_sequential, _moved
+
+    rng = np.random.default_rng(3)
+    for k in range(6):
+        m = ndi.gaussian_filter(rng.random((97, 131)), 1.5) > 0.5 - 0.02 * k
+        m[0, :7] = m[:5, -1] = True  # objects touching the border
+        assert np.array_equal(pp._open_cross(m), ndi.binary_opening(m, structure=disk(1)))
+        prob = ndi.gaussian_filter(rng.random((97, 131)), 2.0)
+        p = PostprocessParams(fg_threshold=float(np.quantile(prob, 0.6)), min_object_px=5 + 10 * k)
+        assert np.array_equal(pp._foreground_mask(prob, p), pp.foreground_components(prob, p) > 0)
+        inst, _ = ndi.label(m)
+        inst = inst.astype(np.int32) * 3  # gaps in the ids
+        for min_px in (1, 8, 40):
+            want = relabel_sequential(pp._remove_small(inst.astype(np.int32), min_px))
+            got = pp._drop_small_and_relabel(inst, min_px)
+            assert got.dtype == np.int32 and np.array_equal(got, want)
+    assert _is_sequential(relabel_sequential(inst)) and not _is_sequential(inst)
+    assert not _is_sequential(relabel_sequential(inst).astype(np.int64))
+    polys = [rng.normal(size=(int(rng.integers(0, 9)), 2)) for _ in range(50)]
+    assert all(np.array_equal(a, p * 0.5 + np.array([3.0, -2.0])) for a, p in zip(_moved(polys, 0.5, 3.0, -2.0), polys))
+    assert _moved([], 2.0, 0.0, 0.0) == []

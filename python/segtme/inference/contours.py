@@ -73,22 +73,23 @@ def outer_contours(lab: np.ndarray, n: int) -> list[np.ndarray] | None:
     coordinates (pixel centre = index + 0.5), collinear vertices removed; None if the segments do
     not chain into cycles (never expected; the caller then falls back)."""
     H, W = lab.shape
-    P = np.pad(lab.astype(np.int64, copy=False), 1)
+    P = np.pad(lab if lab.dtype == np.int32 else lab.astype(np.int64, copy=False), 1)
     a, b, d, e = P[:-1, :-1], P[:-1, 1:], P[1:, :-1], P[1:, 1:]
-    corners = (a, b, d, e)
+    # only cells whose four corners are not one label contribute (all-equal cells are inside one
+    # instance or background): gather those once, then work on 1-D arrays (row-major order kept)
+    r0, c0 = np.nonzero((a != b) | (a != d) | (a != e))
+    corners = tuple(np.asarray(x[r0, c0], np.int64) for x in (a, b, d, e))
+    A, B, D, E = corners
     labs, rows, cols, cases = [], [], [], []
     for k, L in enumerate(corners):
         m = L > 0
         for j in range(k):  # the first corner holding this label speaks for it
             m &= corners[j] != L
-        # skip cells inside one instance (all four corners the same label)
-        m &= ~((a == L) & (b == L) & (d == L) & (e == L))
-        r, c = np.nonzero(m)
-        Lv = L[r, c]
-        case = ((a[r, c] == Lv) * 1 + (b[r, c] == Lv) * 2 + (d[r, c] == Lv) * 4 + (e[r, c] == Lv) * 8)
+        Lv = L[m]
+        case = ((A[m] == Lv) * 1 + (B[m] == Lv) * 2 + (D[m] == Lv) * 4 + (E[m] == Lv) * 8)
         labs.append(Lv)
-        rows.append(r)
-        cols.append(c)
+        rows.append(r0[m])
+        cols.append(c0[m])
         cases.append(case)
     lab_s = np.concatenate(labs)
     r = np.concatenate(rows)
@@ -144,13 +145,17 @@ def outer_contours(lab: np.ndarray, n: int) -> list[np.ndarray] | None:
     best = heads[o[first]]  # one head per label, sorted by label
     if len(best) != n or not np.array_equal(L[best], np.arange(1, n + 1)):
         return None
-    keep = np.isin(cyc, best)
-    idx = np.flatnonzero(keep)
-    idx = idx[np.lexsort((rank[idx], L[idx]))]
+    keep = np.zeros(S, bool)
+    keep[best] = True
+    keep = keep[cyc]  # on a kept cycle
+    sel = np.flatnonzero(keep)
+    sizes = length[best]  # ring length per label 1..n
+    offs = np.concatenate([[0], np.cumsum(sizes)])
+    # ordered by (label, rank): each kept ring's ranks are 0..len-1, so the position is direct
+    idx = np.empty(len(sel), np.int64)
+    idx[offs[L[sel] - 1] + rank[sel]] = sel
     pts = start[idx]
     grp = L[idx]
-    sizes = np.bincount(grp, minlength=n + 1)[1:]
-    offs = np.concatenate([[0], np.cumsum(sizes)])
     # drop collinear vertices (within each ring, cyclically)
     g0 = np.repeat(offs[:-1], sizes)
     gl = np.repeat(sizes, sizes)
@@ -163,8 +168,6 @@ def outer_contours(lab: np.ndarray, n: int) -> list[np.ndarray] | None:
     kept = np.bincount(grp, weights=col, minlength=n + 1)[1:]
     col |= np.repeat(kept < 3, sizes)  # as _drop_collinear: keep all if fewer than 3 would stay
     xy = np.stack([pts[:, 1] - 0.5, pts[:, 0] - 0.5], 1)  # padded (row, col) centres -> (x, y) corners
-    out = []
-    for k in range(n):
-        s0, s1 = offs[k], offs[k + 1]
-        out.append(xy[s0:s1][col[s0:s1]])
-    return out
+    xy = xy[col]  # kept vertices, still grouped by label (views of one array below)
+    o = np.concatenate([[0], np.cumsum(np.bincount(grp[col], minlength=n + 1)[1:])]).tolist()
+    return [xy[o[k]:o[k + 1]] for k in range(n)]

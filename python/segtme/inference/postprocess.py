@@ -50,7 +50,7 @@ def _normalise(a: np.ndarray, mask: np.ndarray) -> np.ndarray:
     lo, hi = float(vals.min()), float(vals.max())
     if hi - lo < 1e-6:
         return np.zeros_like(a, dtype=np.float32)
-    return ((a - lo) / (hi - lo)).astype(np.float32)
+    return ((a - lo) / (hi - lo)).astype(np.float32, copy=False)
 
 
 def hv_edge_map(hv: np.ndarray, fg: np.ndarray, smooth_sigma: float = 1.0) -> np.ndarray:
@@ -79,14 +79,16 @@ def hv_watershed(fg_prob: np.ndarray, hv: np.ndarray, params: PostprocessParams 
     p = params if isinstance(params, PostprocessParams) else PostprocessParams.from_mapping(params)
     if fg_prob.ndim != 2 or hv.ndim != 3 or hv.shape[0] != 2 or hv.shape[1:] != fg_prob.shape:
         raise ValueError(f"hv_watershed: need fg (H,W) and hv (2,H,W); got {fg_prob.shape} and {hv.shape}")
-    fg = foreground_components(fg_prob, p) > 0
+    fg = _foreground_mask(fg_prob, p)
     if not fg.any():
         return np.zeros(fg.shape, np.int32)
 
     edge = hv_edge_map(hv, fg, p.smooth_sigma)
     marker = fg & (edge < p.edge_threshold)
     marker = fill_holes(marker)
-    if p.marker_open_radius > 0:
+    if p.marker_open_radius == 1:
+        marker = _open_cross(marker)  # = ndi.binary_opening(marker, structure=disk(1)), ~10x faster
+    elif p.marker_open_radius > 0:
         marker = ndi.binary_opening(marker, structure=disk(p.marker_open_radius))
     markers, _ = ndi.label(marker)
     markers = _remove_small(markers, p.min_marker_px)
@@ -99,8 +101,52 @@ def hv_watershed(fg_prob: np.ndarray, hv: np.ndarray, params: PostprocessParams 
         olab, n = ndi.label(orphan)
         olab[olab > 0] += int(inst.max())
         inst = np.where(orphan, olab, inst)
-    inst = _remove_small(inst.astype(np.int32), p.min_object_px)
-    return relabel_sequential(inst)
+    return _drop_small_and_relabel(inst, p.min_object_px)
+
+
+def _foreground_mask(fg_prob: np.ndarray, params: PostprocessParams) -> np.ndarray:
+    """``foreground_components(fg_prob, params) > 0`` with one look-up instead of zeroing the
+    small components in a copy."""
+    lab, _ = ndi.label(fg_prob > params.fg_threshold)
+    sizes = np.bincount(lab.ravel())
+    keep = sizes >= params.min_object_px if params.min_object_px > 1 else sizes > 0
+    keep[0] = False
+    return keep[lab]
+
+
+def _open_cross(mask: np.ndarray) -> np.ndarray:
+    """``ndi.binary_opening(mask, structure=disk(1))`` (the 4-neighbour cross, pixels outside the
+    image count as background) by shifted ANDs / ORs: the same result."""
+    m = np.asarray(mask, bool)
+    e = m.copy()
+    e[1:] &= m[:-1]
+    e[:-1] &= m[1:]
+    e[:, 1:] &= m[:, :-1]
+    e[:, :-1] &= m[:, 1:]
+    e[0] = False
+    e[-1] = False
+    e[:, 0] = False
+    e[:, -1] = False
+    out = e.copy()
+    out[1:] |= e[:-1]
+    out[:-1] |= e[1:]
+    out[:, 1:] |= e[:, :-1]
+    out[:, :-1] |= e[:, 1:]
+    return out
+
+
+def _drop_small_and_relabel(inst: np.ndarray, min_px: int) -> np.ndarray:
+    """``relabel_sequential(_remove_small(inst.astype(np.int32), min_px))`` for labels >= 0 in one
+    look-up table: instances smaller than ``min_px`` px dropped, the rest 1..N in id order."""
+    inst = np.asarray(inst)
+    if inst.size == 0:
+        return np.zeros(inst.shape, np.int32)
+    sizes = np.bincount(inst.ravel())
+    keep = sizes >= min_px if min_px > 1 else sizes > 0
+    keep[0] = False
+    lut = np.zeros(len(sizes), np.int32)
+    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return lut[inst]
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -164,7 +210,7 @@ def classify_instances(inst: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, 
     cls = counts.argmax(axis=1).astype(np.int32) + 1
     area = np.bincount(labels, minlength=n + 1)[1:].astype(np.float64)
     # mean prob of the chosen class per instance
-    chosen = prob[:, m][cls[labels - 1], np.arange(labels.size)]
+    chosen = fg_prob[cls[labels - 1] - 1, np.arange(labels.size)]
     psum = np.bincount(labels, weights=chosen, minlength=n + 1)[1:]
     class_prob = (psum / np.maximum(area, 1)).astype(np.float32)
     return cls, class_prob
