@@ -329,3 +329,16 @@ def test_keep_chunk_filters_chunks_and_analyze_refuses_odd_inputs():
     assert left.meta["n_chunks_skipped"] == full.meta["n_chunks"] - left.meta["n_chunks"] > 0
     with pytest.raises(InputError, match="expected an image file path.*got BytesIO"):
         analyze(io.BytesIO(b"x"), 0.5, m)
+
+
+def test_count_tiles_and_plan_chunks_take_the_inference_options():
+    """``count_tiles`` / ``plan_chunks`` read the run's ``InferenceOptions`` (the one object from
+    CLI to engine); the former loose arguments give the same plan."""
+    from segtme.pipeline import count_tiles, plan_chunks
+
+    cfg = threshold_model().config
+    shape = (700, 900, 3)
+    o = O(tile=96, overlap=8, chunk_size=120, halo=16)
+    assert count_tiles(shape, 0.25, cfg, o) == count_tiles(shape, 0.25, cfg, tile=96, overlap=8) != count_tiles(shape, 0.25, cfg)
+    assert plan_chunks(shape, 0.25, cfg, o) == plan_chunks(shape, 0.25, cfg, 120, 16) != plan_chunks(shape, 0.25, cfg)
+    assert count_tiles(shape, 0.25, cfg, O()) == count_tiles(shape, 0.25, cfg)

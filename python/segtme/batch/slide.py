@@ -141,7 +141,7 @@ def _count_tiles(shape_hw: tuple[int, int], mpp: float, cfg, opt: InferenceOptio
     """Model tiles the pipeline plans for a (H, W) level-0 px box at ``mpp`` under ``opt``."""
     from ..pipeline import count_tiles
 
-    return count_tiles(shape_hw, mpp, cfg, chunk_size=opt.chunk_size, halo=opt.halo, tile=opt.tile, overlap=opt.overlap)
+    return count_tiles(shape_hw, mpp, cfg, opt)
 
 
 def segment_region(
