@@ -108,10 +108,12 @@ def test_ort_equals_eager_maps_and_nuclei(env, monkeypatch, shared_data):
         for k in ta:
             assert ta[k].shape == tb[k].shape and tb[k].dtype == np.float32
             np.testing.assert_allclose(tb[k], ta[k], atol=1e-4, rtol=0)
-    # the whole product path at 40x (resampled to 0.5 µm/px: 2 x 2 tiles of 512 working px)
-    rgb = _monuseg(shared_data, 1)
+    # the whole product path at 40x on a 2 x 2 mosaic of real images (2000² px at 0.25 µm/px ->
+    # 1000² working px: 3 x 3 overlapping tiles of 512, blended, chunked, stitched)
+    ims = [_monuseg(shared_data, k)[:1000, :1000] for k in (1, 3, 4, 5)]
+    rgb = np.concatenate([np.concatenate(ims[:2], 1), np.concatenate(ims[2:], 1)], 0)
     na, nb = segment_image(rgb, 0.25, eager), segment_image(rgb, 0.25, fast)
-    assert len(na) > 300
+    assert rgb.shape == (2000, 2000, 3) and len(na) > 1200
     m_ab, m_ba = _matched(na, nb), _matched(nb, na)
     print(f"nuclei eager {len(na)}, ONNX Runtime {len(nb)}; matched {m_ab:.4f} / {m_ba:.4f}")
     assert abs(len(na) - len(nb)) <= 0.005 * len(na)

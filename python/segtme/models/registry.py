@@ -316,9 +316,11 @@ def load_model(
     precision: forward-pass arithmetic (``LoadedModel.precision``: auto | fp32 | bf16).
 
     A shipped model on the CPU loads without building the torch module: its prebuilt ONNX graph in
-    ONNX Runtime (``models/onnx_runtime.py``; precision auto/fp32, ``onnxruntime`` importable,
-    ``SEGTME_RUNTIME`` not ``torch``), else its cached TorchScript module (``models/compiled.py``),
-    else eagerly (which writes that cache). ``SEGTME_COMPILED=0``: always eager.
+    ONNX Runtime when ``SEGTME_RUNTIME`` selects it (``onnx`` fp32, ``onnx-int8``; ``auto`` =
+    ``onnx_runtime.AUTO_RUNTIME``, measured: torch; precision auto/fp32, ``onnxruntime``
+    importable; ``models/onnx_runtime.py``), else its cached TorchScript module
+    (``models/compiled.py``), else eagerly (which writes that cache). ``SEGTME_COMPILED=0``:
+    always eager.
 
     Raises ModelConfigError (unknown model / bad config) or WeightsError (missing / mismatched
     weights), each naming the file.
