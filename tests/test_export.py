@@ -262,3 +262,41 @@ def test_vectorised_ring_coordinates_and_measurement_dicts_equal_the_per_object_
     ref = np.char.mod("%.6g", np.where(np.isfinite(v), v, 0.0)).tolist()
     ref[-2:] = ["", ""]
     assert _fmt_column(v) == ref
+
+
+def test_feature_texts_are_the_encoded_features(table_and_rgb):
+    """The detection text path (numpy-written rings, ``iter_feature_texts``) gives byte for byte
+    the JSON of ``iter_features``' dicts: real nuclei, both orientations, sub-pixel, negative,
+    -0.0-rounding, huge (encoder fallback) coordinates, a repaired bow-tie, a degenerate ring."""
+    from segtme.export import geojson as G
+
+    rng = np.random.default_rng(5)
+    v = np.round(np.r_[rng.uniform(-1e6, 1e6, 3000), rng.uniform(-2, 2, 3000), np.arange(-3, 3, 0.0005), -0.0004,
+                       0.0, 999999999999.5, 0.001, 1e-9], 3)
+    txt = G._number_chars(v)
+    assert [bytes(r[r != 0]).decode() for r in txt] == [repr(float(x)) for x in v]
+    t, _ = table_and_rgb
+    ids = G.object_ids(len(t), 1)
+    want = [G._ENC.encode(f) for f in G.iter_features(t, ids=ids, run="r1", batch=7)]
+    got = [s for b in G.iter_feature_texts(t, ids=ids, run="r1", batch=7) for s in b]
+    assert got == want and len(got) == len(t)
+    polys = []
+    for k in range(120):
+        n = int(rng.integers(3, 25))
+        a = np.sort(rng.uniform(0, 2 * np.pi, n))
+        p = np.stack([rng.uniform(-50, 50) + 3 * np.cos(a), rng.uniform(-50, 50) + 3 * np.sin(a)], 1)
+        polys.append(p[::-1] if k % 2 else p)
+    polys[5] = polys[5] * 1e13  # beyond the numpy writer: the encoder writes this batch
+    polys[9] = np.array([[0, 0], [2, 2], [0, 2], [2, 0]], float)
+    polys[11] = np.array([[0, 0], [1, 1]], float)
+    polys[13] = np.array([[-0.0001, 0.0], [3.0, 0.0], [3.0, 4.0]])
+    for sl in (slice(0, 5), slice(0, 120), slice(6, 120)):
+        ps = polys[sl]
+        want = [G._ENC.encode(r) if isinstance(r, list) else r for r in G._ring_coordinates(ps)]
+        assert sum(isinstance(w, str) for w in want) >= len(ps) - 3
+        got = G._ring_texts(ps)
+        for a, b in zip(got, want):
+            if isinstance(b, str) or b is None:
+                assert a == b
+            else:  # the repaired bow-tie: the same shapely Polygon
+                assert a.equals(b)

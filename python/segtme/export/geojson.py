@@ -259,6 +259,90 @@ def _ring_coordinates(polys: Sequence[np.ndarray], ndigits: int = 3) -> list:
     return out
 
 
+#: largest |coordinate| the numpy number writer handles (beyond it: the encoder, ring by ring)
+_TEXT_MAX = 1e12
+
+
+def _number_chars(v: np.ndarray) -> np.ndarray:
+    """(N, 17) uint8 ASCII of values already rounded to 3 decimals (|v| < ``_TEXT_MAX``), 0 where
+    no character: the text ``json`` writes for them (``float.__repr__``: the 3-decimal number
+    with trailing zeros dropped, at least one decimal, ``-`` for negatives and -0.0)."""
+    neg = np.signbit(v)
+    k = np.rint(np.abs(v) * 1000.0).astype(np.int64)  # np.round(x, 3) = rint(x * 1000) / 1000
+    ip, fr = np.divmod(k, 1000)
+    M = np.zeros((len(v), 17), np.uint8)
+    M[:, 0] = np.where(neg, ord("-"), 0)
+    t = ip.copy()
+    ndig = np.ones(len(v), np.int64)
+    for j in range(12, 0, -1):  # 12 integer digits, the least significant at column 12
+        M[:, j] = t % 10 + 48
+        t //= 10
+    for p in range(1, 12):
+        ndig += ip >= 10**p
+    M[:, 1:13][np.arange(1, 13)[None, :] <= 12 - ndig[:, None]] = 0  # no leading zeros
+    M[:, 13] = ord(".")
+    d1, d2, d3 = fr // 100, fr // 10 % 10, fr % 10
+    M[:, 14] = d1 + 48
+    M[:, 15] = np.where((d2 > 0) | (d3 > 0), d2 + 48, 0)
+    M[:, 16] = np.where(d3 > 0, d3 + 48, 0)
+    return M
+
+
+def _ring_texts(polys: Sequence[np.ndarray]) -> list:
+    """For each vertex array: the JSON text ``_ENC.encode(ring)`` of its closed ring from
+    ``_ring_coordinates`` (same orientation, rounding and closing), written for the whole batch
+    by numpy (``_number_chars``) instead of Python lists + the encoder; the repaired shapely
+    Polygon for an invalid ring, or None (as ``_ring_coordinates``)."""
+    out: list = [None] * len(polys)
+    arrs, ok, _, valid = _check_rings(polys)
+    if not ok:
+        return out
+    good = [k for j, k in enumerate(ok) if valid[j]]
+    for j, k in enumerate(ok):
+        if not valid[j]:
+            out[k] = _valid_polygon(arrs[k])
+    if not good:
+        return out
+    lens = np.array([len(arrs[k]) for k in good], np.int64)
+    xy = np.concatenate([arrs[k] for k in good])
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    ends = starts + lens
+    g = np.repeat(np.arange(len(good)), lens)
+    i = np.arange(len(xy))
+    nxt = np.where(i + 1 == np.repeat(ends, lens), np.repeat(starts, lens), i + 1)
+    x, y = xy[:, 0], xy[:, 1]
+    signed = np.bincount(g, weights=x * y[nxt] - x[nxt] * y, minlength=len(good))
+    rel = i - np.repeat(starts, lens)
+    src = np.where(np.repeat(signed <= 0, lens) & (rel > 0), np.repeat(ends, lens) - rel, i)
+    R = np.round(xy[src], 3)
+    if not (np.isfinite(R).all() and np.abs(R).max() < _TEXT_MAX):
+        for k, r in zip(good, _ring_coordinates([arrs[k] for k in good])):
+            out[k] = _ENC.encode(r)
+        return out
+    close = (R[starts] != R[ends - 1]).any(axis=1)  # as _ring_coordinates: repeat the first vertex
+    tot = lens + close
+    reps = np.repeat(np.arange(len(good)), tot)
+    relc = np.arange(int(tot.sum())) - np.repeat(np.concatenate([[0], np.cumsum(tot)[:-1]]), tot)
+    vid = np.repeat(starts, tot) + np.where(relc == np.repeat(lens, tot), 0, relc)
+    V = len(vid)
+    rows = np.zeros((V, 39), np.uint8)
+    rows[:, 0] = np.where(relc == 0, ord("["), 0)  # the ring's opening bracket
+    rows[:, 1] = ord("[")
+    rows[:, 2:19] = _number_chars(R[vid, 0])
+    rows[:, 19] = ord(",")
+    rows[:, 20:37] = _number_chars(R[vid, 1])
+    rows[:, 37] = ord("]")
+    last = relc == np.repeat(tot - 1, tot)
+    rows[:, 38] = np.where(last, ord("]"), ord(","))
+    keep = rows != 0
+    text = rows[keep].tobytes().decode("ascii")
+    per_ring = np.bincount(reps, weights=keep.sum(axis=1), minlength=len(good)).astype(np.int64)
+    o = np.concatenate([[0], np.cumsum(per_ring)]).tolist()
+    for j, k in enumerate(good):
+        out[k] = text[o[j]:o[j + 1]]
+    return out
+
+
 def _geometry_of(g) -> dict[str, Any]:
     """``_geometry`` for an item of ``_oriented_rings`` (ring array or shapely Polygon)."""
     if isinstance(g, np.ndarray):
@@ -423,6 +507,47 @@ def iter_features(
             yield f
 
 
+def iter_feature_texts(
+    table: NucleiTable,
+    *,
+    id_seed: int | None = None,
+    ids: Sequence[str] | None = None,
+    run: str | None = None,
+    batch: int = 4096,
+    cell_expansion_um: float = 5.0,
+    cells: Any = None,
+) -> Iterator[list[str]]:
+    """The detection Features of ``iter_features`` as JSON text, one list per batch: each string
+    is ``_ENC.encode(f)`` of the same Feature (byte-identical), the ring written by numpy
+    (``_ring_texts``) and only the properties by the encoder. ``cells`` must be None."""
+    if cells is not None:
+        raise ValueError("iter_feature_texts writes detections only")
+    tax = table.taxonomy
+    classif = [_ENC.encode({"name": c.name, "color": [int(v) for v in c.color]}) for c in tax.classes]
+    n = len(table)
+    if ids is None:
+        ids = object_ids(n, id_seed)
+    elif len(ids) != n:
+        raise ValueError(f"ids: {len(ids)} given for {n} nuclei")
+    tail = "" if run is None else ',"segtmeRun":' + _ENC.encode(run)
+    step = max(1, int(batch))
+    for b0 in range(0, n, step):
+        b1 = min(n, b0 + step)
+        sub = table.subset(np.arange(b0, b1))
+        rings = _ring_texts(sub.polygons)
+        meas = _measurement_dicts(measurement_columns(sub, None), b1 - b0)
+        class_ids = np.asarray(sub.class_id).tolist()
+        texts = []
+        for j, g in enumerate(rings):
+            if g is None:
+                continue
+            geom = ('{"type":"Polygon","coordinates":[' + g + "]}") if isinstance(g, str) else _ENC.encode(_geometry(g))
+            texts.append('{"type":"Feature","id":' + _ENC.encode(ids[b0 + j]) + ',"geometry":' + geom
+                         + ',"properties":{"objectType":"detection","classification":' + classif[class_ids[j]]
+                         + ',"isLocked":false,"measurements":' + _ENC.encode(meas[j]) + tail + "}}")
+        yield texts
+
+
 def feature_collection(
     table: NucleiTable,
     output_type: str = "detection",
@@ -581,7 +706,19 @@ class GeoJSONStreamWriter:
     def add_nuclei(self, table: NucleiTable, output_type: str = "detection", *, progress: Callable[[int], None] | None = None,
                    batch: int = 4096, **kw: Any) -> int:
         """Append the nuclei of ``table`` (``iter_features`` keywords: cells, ids, id_seed, run,
-        cell_expansion_um); returns how many Features were written."""
+        cell_expansion_um); returns how many Features were written. Detections are written as
+        text (``iter_feature_texts``: the same bytes as encoding ``iter_features``' dicts)."""
+        if output_type == "detection" and kw.get("cells") is None:
+            k = 0
+            for texts in iter_feature_texts(table, batch=batch, **kw):
+                if texts:
+                    self._flush(texts)
+                k += len(texts)
+                if progress is not None:
+                    progress(k)
+            if progress is not None and not len(table):
+                progress(0)
+            return k
         k = 0
         buf: list[dict[str, Any]] = []
         for f in iter_features(table, output_type, batch=batch, **kw):
