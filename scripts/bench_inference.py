@@ -320,7 +320,7 @@ STAGE_HOOKS = (
     ("segtme.inference.imageio", "read_image", "read"),
     ("segtme.io.image", "read_image", "read"),
     ("segtme.models.registry", "load_model", "model load"),
-    ("segtme.inference.resample", "resample", "resample"),
+    ("segtme.resample", "resample", "resample"),
     ("segtme.inference.engine", "resample", "resample"),
     ("segtme.inference.engine", "forward_tiles", "model forward"),
     ("segtme.inference.engine", "GridPredictor.predict", "tiling + blending"),

@@ -93,7 +93,7 @@ def make_jobs(n_clients: int, tiles_per_client: int, cfg, images):
     cores."""
     from PIL import Image
 
-    from segtme.inference.resample import resample
+    from segtme.resample import resample
     from segtme.inference.tiling import plan_stream_tiles
     from segtme.server._proto.segtme.v1 import segtme_pb2 as pb
 

@@ -67,7 +67,7 @@ def make_tiles(images, model_mpp: float, tile_size: int, overlap: int, n: int):
     """``n`` Tile messages: the stream plan's tiles over each whole image, in turn."""
     from PIL import Image
 
-    from segtme.inference.resample import resample
+    from segtme.resample import resample
     from segtme.inference.tiling import plan_stream_tiles
     from segtme.server._proto.segtme.v1 import segtme_pb2 as pb
 

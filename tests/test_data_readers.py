@@ -131,10 +131,10 @@ def test_crop_working_rescales_by_mpp():
 
 def test_crop_working_is_the_inference_resampling(shared_data):
     """A training crop has exactly the pixels of the whole image resampled by the product's
-    resampler (inference.resample), also at the scale-jittered MPPs, and the same rounding."""
+    resampler (segtme.resample), also at the scale-jittered MPPs, and the same rounding."""
     from PIL import Image
 
-    from segtme.inference.resample import resample, resample_labels, scale, working_size as ws
+    from segtme.resample import resample, resample_labels, scale, working_size as ws
 
     rgb = np.asarray(Image.open(shared_data / "monuseg-train" / "images" / "TCGA-21-5786-01Z-00-DX1.png").convert("RGB"))
     inst = np.asarray(Image.open(shared_data / "monuseg-train" / "labels" / "TCGA-21-5786-01Z-00-DX1_inst.png")).astype(np.int32)

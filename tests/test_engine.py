@@ -8,7 +8,7 @@ import pytest
 from inference_helpers import threshold_model, tiny_random_model
 from segtme.errors import InputError
 from segtme.inference.engine import forward_tiles, input_to_work, predict_maps, to_working, work_to_input
-from segtme.inference.resample import resample_region, working_size
+from segtme.resample import resample_region, working_size
 from segtme.inference.tiling import tile_starts
 from segtme.models import ModelConfig
 

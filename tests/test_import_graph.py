@@ -133,9 +133,12 @@ _FORBIDDEN = {
     "segtme.runtime": ("segtme.",),
     "segtme.stain": ("segtme.",),
     "segtme.pipeline": ("segtme.server", "segtme.commands", "segtme.batch"),
-    # sources sit under the pipeline; io.levels still reaches up to inference.resample (the one
-    # resampler, a leaf) until it moves to a leaf module of its own (BOARD.md)
-    "segtme.io": ("segtme.models", "segtme.pipeline", "segtme.server", "segtme.commands", "segtme.batch",
+    # the one resampler is a leaf (numpy/Pillow + errors) under io, data, inference and the server
+    "segtme.resample": ("segtme.io", "segtme.models", "segtme.inference", "segtme.pipeline", "segtme.server",
+                        "segtme.commands", "segtme.batch", "segtme.export", "segtme.tme", "segtme.data",
+                        "segtme.train", "segtme.eval", "segtme.paget", "segtme.mitosis"),
+    # sources sit under the pipeline and the inference layer
+    "segtme.io": ("segtme.models", "segtme.inference", "segtme.pipeline", "segtme.server", "segtme.commands", "segtme.batch",
                   "segtme.export", "segtme.tme", "segtme.narrative", "segtme.report", "segtme.train", "segtme.eval",
                   "segtme.paget", "segtme.data", "segtme.mitosis"),
     # tme.report / tme.__init__ still serve build_tme_report (moved up to segtme.report) lazily

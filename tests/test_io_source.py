@@ -11,7 +11,7 @@ from PIL import Image as PILImage
 
 from conftest import load_monuseg
 from segtme.errors import InputError
-from segtme.inference.resample import resample, resample_region
+from segtme.resample import resample, resample_region
 from segtme.io.image import read_image
 from segtme.io.source import ArraySource, open_source
 from segtme.io.synthetic import write_slide

@@ -1,4 +1,4 @@
-"""The one resampler / working size / padding (inference.resample) and the one stain OD (stain)."""
+"""The one resampler / working size / padding (segtme.resample) and the one stain OD (stain)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from segtme.errors import InputError
-from segtme.inference import resample as R
+from segtme import resample as R
 
 
 def test_one_rounding_rule_round_half_up():

@@ -122,7 +122,7 @@ def encode(rgb: np.ndarray, encoding: int = pb.PNG) -> bytes:
 def make_tiles(rgb: np.ndarray, mpp: float, model_mpp: float, tile: int, overlap: int, bounds,
                encoding: int = pb.PNG) -> list[pb.Tile]:
     """Tiles of the streaming plan, each region read at the plan's downsample d (the client's job)."""
-    from segtme.inference.resample import resample
+    from segtme.resample import resample
 
     H, W = rgb.shape[:2]
     plan = plan_stream_tiles(bounds, (W, H), mpp, model_mpp, tile, overlap)

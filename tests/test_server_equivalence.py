@@ -13,7 +13,7 @@
   working px of the CLI's grid).
   Image: a 2 x 2 mosaic of four real MoNuSeg images (2000 x 2000 px at ~0.25 µm/px: 2 x 2 tiles
   of 512 working px), identical pixels for both paths; the client reads each plan region at the
-  plan's downsample with the one resampler (``inference.resample``), as QuPath reads a region
+  plan's downsample with the one resampler (``segtme.resample``), as QuPath reads a region
   at a downsample.
 """
 
@@ -102,7 +102,7 @@ def mosaic(shipped):
     """(rgb, mpp, annotation polygon, bounds (x0, y0, x1, y1), plan, tiles) of the 2 x 2 mosaic."""
     from shapely.geometry import Polygon
 
-    from segtme.inference.resample import resample
+    from segtme.resample import resample
     from segtme.inference.tiling import plan_stream_tiles
 
     ims = load_monuseg(4)

@@ -1,7 +1,7 @@
 """The path from an H&E image or slide to classified nuclei and a TME report.
 
 One path for every input: a source (``io.source``: PNG, tiled TIFF, OpenSlide slide, array, a
-streamed tile set) -> working-resolution regions (``inference.resample``) -> one tile grid
+streamed tile set) -> working-resolution regions (``segtme.resample``) -> one tile grid
 (``engine.GridPredictor``) -> the one maps -> nuclei step (``inference.maps``) per chunk -> the one
 stitcher (``inference.stitch``) -> ``NucleiTable`` -> TME report (``segtme.report``).
 
@@ -63,7 +63,7 @@ def _chunk_params(opt: InferenceOptions) -> tuple[int, int]:
 def _working_shape(size_wh: Sequence[int], mpp: float, cfg: ModelConfig) -> tuple[float, int, int]:
     """(s, working height, working width) of a (width, height) input at ``mpp``."""
     from .inference.engine import scale_factor
-    from .inference.resample import working_size
+    from .resample import working_size
 
     s = scale_factor(mpp, cfg)
     ww, hw = working_size(size_wh, mpp, float(cfg.mpp)) if s != 1.0 else (int(size_wh[0]), int(size_wh[1]))
@@ -121,7 +121,7 @@ def working_reader(source: Any, work_mpp: float) -> Callable[[Sequence[int]], np
     ``work_mpp``) as (h, w, 3) uint8 — the source's own ``read_working`` when it has one, else
     its level-0 pixels of ``resample.input_window`` resampled here (``read_region`` at the
     source's MPP)."""
-    from .inference.resample import input_window, resample, scale
+    from .resample import input_window, resample, scale
 
     if hasattr(source, "read_working"):
         return lambda r: source.read_working(tuple(int(v) for v in r), work_mpp)
@@ -140,7 +140,7 @@ def working_reader(source: Any, work_mpp: float) -> Callable[[Sequence[int]], np
 
 
 def _array_reader(rgb: np.ndarray, s: float) -> Callable[[Sequence[int]], np.ndarray]:
-    from .inference.resample import resample_region
+    from .resample import resample_region
 
     return lambda r: resample_region(rgb, s, r)
 

@@ -4,7 +4,7 @@ image and its labels.
 Units: ``mpp_in`` is the stored image's µm/px; ``mpp_work`` the model's working µm/px;
 ``s = mpp_in / mpp_work`` = working px per input px (docs/INTERFACES.md). Crops are taken in
 working px: a crop box ``(x0, y0, x0 + T, y0 + T)`` in working px is resampled from its input
-window only, by the product's one resampler (``inference.resample``: area filter when
+window only, by the product's one resampler (``segtme.resample``: area filter when
 shrinking, bilinear when enlarging; labels nearest), so a 1000 px image at 0.25 µm/px is never
 rescaled in full to train on a 256 px crop, and training sees the pixels inference sees.
 """
@@ -21,8 +21,8 @@ from .sample import IGNORE
 
 def working_size(size_wh: tuple[int, int], mpp_in: float, mpp_work: float) -> tuple[int, int]:
     """(width, height) in working px of an input of ``size_wh`` input px: the product's one
-    rounding rule (``inference.resample.working_size``: ``floor(n * s + 0.5)``, at least 1)."""
-    from ..inference.resample import working_size as _ws
+    rounding rule (``segtme.resample.working_size``: ``floor(n * s + 0.5)``, at least 1)."""
+    from ..resample import working_size as _ws
 
     return _ws(size_wh, mpp_in, mpp_work)
 
@@ -38,7 +38,7 @@ def crop_working(
     rng: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
     """A ``tile`` x ``tile`` crop at working resolution, resampled exactly as inference does
-    (``inference.resample``: the same pixels as resampling the whole image, computed from the
+    (``segtme.resample``: the same pixels as resampling the whole image, computed from the
     crop's input window only; labels nearest).
 
     origin: (x0, y0) in working px; None: random (``rng``) uniformly over valid positions.
@@ -46,7 +46,7 @@ def crop_working(
     working image is smaller than the tile the crop is padded on the right/bottom with the
     product's padding (``resample.pad_to``: the image reflects, inst 0, sem IGNORE, valid False).
     """
-    from ..inference.resample import pad_to, resample_labels, resample_region, scale
+    from ..resample import pad_to, resample_labels, resample_region, scale
 
     h, w = rgb.shape[:2]
     s = scale(mpp_in, mpp_work)

@@ -161,7 +161,7 @@ def labels_to_input(inst_work: np.ndarray, s: float, shape: tuple[int, int]) -> 
     ``s`` = working px per input px. The product's ``resample.resample_labels``."""
     if abs(s - 1.0) < 1e-9 and inst_work.shape == tuple(shape):
         return inst_work
-    from ..inference.resample import resample_labels
+    from ..resample import resample_labels
 
     return resample_labels(inst_work, 1.0 / s, tuple(shape))
 

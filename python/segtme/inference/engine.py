@@ -3,7 +3,7 @@
 Units: *input px* are pixels of the image the caller gave (µm/px = ``mpp_in``); *working px* are
 pixels at the model's working resolution ``cfg.mpp``. ``s = mpp_in / cfg.mpp`` is working px per
 input px. Resampling between them (size rule, filter, pixel-centre convention) is
-``inference.resample``; the engine only ever sees working-resolution pixels.
+``segtme.resample``; the engine only ever sees working-resolution pixels.
 
 The engine never knows class names: it returns the model's channels; names, colours and roles
 come from ``cfg.tax`` downstream.
@@ -23,7 +23,7 @@ import torch
 from ..errors import InputError
 from ..models.config import ModelConfig
 from ..models.registry import LoadedModel
-from . import resample as _rs
+from .. import resample as _rs
 from .maps import Maps
 from .tiling import blend_window, tile_grid
 
@@ -36,7 +36,7 @@ __all__ = ["Maps", "GridPredictor", "forward_tiles", "predict_maps", "scale_fact
            "work_to_input", "input_to_work"]
 
 
-# --------------------------------------------------------------------------- MPP (inference.resample)
+# --------------------------------------------------------------------------- MPP (segtme.resample)
 
 
 def scale_factor(mpp_in: float, cfg: ModelConfig) -> float:
@@ -48,7 +48,7 @@ def scale_factor(mpp_in: float, cfg: ModelConfig) -> float:
 
 
 def to_working(rgb: np.ndarray, mpp_in: float, cfg: ModelConfig) -> tuple[np.ndarray, float]:
-    """The whole image resampled to the model's ``cfg.mpp`` (``inference.resample.to_working``),
+    """The whole image resampled to the model's ``cfg.mpp`` (``segtme.resample.to_working``),
     after validating ``mpp_in``: ``(rgb_work, s)``."""
     scale_factor(mpp_in, cfg)
     return _rs.to_working(rgb, float(mpp_in), float(cfg.mpp))

@@ -36,7 +36,7 @@ def predict_instances(model: LoadedModel, rgb: np.ndarray, mpp: float, options: 
     image at ``mpp`` µm/px. Memory: the whole image's maps at working resolution (use
     ``pipeline.segment_image`` for large images)."""
     from .engine import predict_maps, to_working
-    from .resample import resample_labels
+    from ..resample import resample_labels
 
     c = model.contract
     opt = options or InferenceOptions()

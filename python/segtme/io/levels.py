@@ -39,9 +39,9 @@ def closed_on_failure(handle, what: str) -> Iterator[None]:
 
 
 def _resampler():
-    """The project's one resampler (``inference.resample``), imported lazily so ``io`` stays
-    below ``inference`` at import time."""
-    from ..inference import resample as r
+    """The project's one resampler (``segtme.resample``, a leaf module below ``io``), imported
+    on first use."""
+    from .. import resample as r
 
     return r.resample, r.input_window
 

@@ -11,9 +11,9 @@ The agreed interface (``ImageSource``)::
     close()
 
 ``box = (x, y, w, h)`` in level-0 px, ``s = self.mpp / mpp`` working px per level-0 px (pixel-centre
-convention of ``inference.resample``) on ONE global working grid: working pixel ``X`` covers
+convention of ``segtme.resample``) on ONE global working grid: working pixel ``X`` covers
 level-0 ``[X / s, (X + 1) / s)`` and a box starts at working pixel ``floor(x * s + 0.5)``. So for
-an in-memory image ``read_region((0, 0, W, H), m)`` equals ``inference.resample.resample`` of the
+an in-memory image ``read_region((0, 0, W, H), m)`` equals ``segtme.resample.resample`` of the
 whole image, and nuclei found in working px map back by ``x0 = X / s`` for every region.
 Pixels outside the slide are white (background). Pixels come from the pyramid level nearest
 ``mpp`` that is not coarser than it, read tile by tile (never the whole slide).

@@ -50,6 +50,6 @@ def crops_at_mpp(rgb: np.ndarray, mpp: float, centres_xy: np.ndarray, size: int,
     xy = np.asarray(centres_xy, np.float64).reshape(-1, 2)
     if abs(s - 1.0) < 1e-6:
         return centred_windows(rgb, xy, size)
-    from ..inference.resample import resample
+    from ..resample import resample
 
     return centred_windows(resample(rgb, s), xy * s, size)

@@ -72,7 +72,7 @@ def held_out_slide(slide: str, fraction: float, seed: int) -> bool:
 def _resample(rgb: np.ndarray, s: float) -> np.ndarray:
     if abs(s - 1.0) < 1e-6:
         return rgb
-    from ..inference.resample import resample
+    from ..resample import resample
 
     return resample(rgb, s)
 

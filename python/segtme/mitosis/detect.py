@@ -57,7 +57,7 @@ def classify_nuclei(lm: Any, rgb: np.ndarray, mpp: float, centroids_xy: np.ndarr
     size = int(lm.config.tile_size)
     s = float(mpp) / float(lm.config.mpp)
     if abs(s - 1.0) >= 1e-6:  # resample once, then gather windows chunk by chunk
-        from ..inference.resample import resample
+        from ..resample import resample
 
         rgb, xy = resample(rgb, s), xy * s
     from .crops import centred_windows

@@ -192,7 +192,7 @@ def _analyze_chunked(rgb: np.ndarray, mpp: float, lm: LoadedModel, mode: str, sr
         stitcher.add(t, core, scale=res.scale)
         tissue += merge_tissue_features(res.tissue_features, clip=box(*core), mpp=mpp)
         if sem_full is None:
-            from ..inference.resample import working_size
+            from ..resample import working_size
 
             ww, hw = working_size((w, h), mpp, wm)
             sem_full = np.zeros((hw, ww), np.uint8)

@@ -60,7 +60,7 @@ def canvas_box(bounds: tuple[int, int, int, int], d: float, overlap: int) -> tup
 def working_shape(size_wh: tuple[int, int], image_mpp: float, work_mpp: float) -> tuple[int, int]:
     """(height, width) working px of a full-res (width, height) region: the same rule as
     ``pipeline.segment_source`` (``resample.working_size``; identity when the MPPs agree)."""
-    from ..inference.resample import scale, working_size
+    from ..resample import scale, working_size
 
     if scale(image_mpp, work_mpp) == 1.0:
         return int(size_wh[1]), int(size_wh[0])
@@ -168,7 +168,7 @@ class CanvasJob:
     # ------------------------------------------------------------------ receiving
     def submit(self, tile: DecodedTile, field_name: str) -> Received:
         """Paste the tile's core pixels into the canvas (reader thread)."""
-        from ..inference.resample import resample
+        from ..resample import resample
 
         if self.token.cancelled:
             raise Cancelled(self.token.name)

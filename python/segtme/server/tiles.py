@@ -37,11 +37,11 @@ class WorkTile:
 
 def to_work_tile(tile: DecodedTile, image_mpp: float, cfg: ModelConfig, field: str) -> WorkTile:
     """Rescale from the tile's resolution (``image_mpp * d``) to ``cfg.mpp`` (``engine.to_working``
-    = the one resampler, ``inference.resample``) and pad short edge tiles to the model tile size
+    = the one resampler, ``segtme.resample``) and pad short edge tiles to the model tile size
     (``resample.pad_to``: reflect, bottom/right — the one padding) so tiles batch together. A
     tile larger than the model tile is padded to a multiple of ``cfg.pad_multiple`` only."""
     from ..inference.engine import to_working
-    from ..inference.resample import pad_to
+    from ..resample import pad_to
 
     try:
         rgb_work, s = to_working(tile.rgb, image_mpp * tile.d, cfg)

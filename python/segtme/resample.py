@@ -39,7 +39,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import InputError
+from .errors import InputError
 
 #: Pillow filter used when downsampling (s < 1): "box" = mean of the input pixels whose centres
 #: fall in the output pixel's footprint (area averaging); "triangle" = antialiased bilinear
