@@ -132,6 +132,7 @@ _FORBIDDEN = {
                          "segtme.narrative", "segtme.report", "segtme.train", "segtme.eval", "segtme.paget"),
     "segtme.runtime": ("segtme.",),
     "segtme.stain": ("segtme.",),
+    "segtme.hashing": ("segtme.",),
     "segtme.pipeline": ("segtme.server", "segtme.commands", "segtme.batch"),
     # the one resampler is a leaf (numpy/Pillow + errors) under io, data, inference and the server
     "segtme.resample": ("segtme.io", "segtme.models", "segtme.inference", "segtme.pipeline", "segtme.server",

@@ -23,6 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
+from segtme.hashing import file_sha256
 from segtme.inference.engine import forward_tiles
 from segtme.models import load_model, onnx_runtime
 from segtme.models.onnx_runtime import OrtModule
@@ -81,7 +82,7 @@ def test_shipped_graph_matches_shipped_weights(variant):
     problem = onnx_runtime.stale_reason(path, cfg, w, variant)
     assert problem is None, problem
     meta = onnx_runtime.read_metadata(path)
-    assert meta["weights_sha256"] == onnx_runtime.file_sha256(w) and meta["variant"] == variant
+    assert meta["weights_sha256"] == file_sha256(w) and meta["variant"] == variant
     assert meta["tile"] == str(cfg.tile_size) and meta["segtme_format"] == str(onnx_runtime.FORMAT)
     # the check itself: another weights file or another architecture is reported stale
     other = cfg.replace(head_hidden=cfg.head_hidden + 1)

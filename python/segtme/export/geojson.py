@@ -219,36 +219,46 @@ def _oriented_rings(polys: Sequence[np.ndarray]) -> list:
     return out
 
 
+def _oriented_vertices(polys: Sequence[np.ndarray]) -> tuple[list, list, list, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """The shared first half of ``_ring_coordinates`` and ``_ring_texts`` for a batch:
+    ``(out, arrs, good, P, starts, lens)``. ``out`` holds the repaired shapely Polygon of
+    ``_valid_polygon`` at each invalid ring and None elsewhere; ``good`` lists the indices of the
+    valid rings, whose vertices, oriented as shapely's ``orient`` does (a clockwise ring becomes
+    p0, p[n-1], ..., p1), are ``P[starts[j]:starts[j] + lens[j]]`` (unrounded, not closed).
+    ``P``, ``starts``, ``lens`` are None when no ring is valid."""
+    out: list = [None] * len(polys)
+    arrs, ok, _, valid = _check_rings(polys)
+    good = [k for j, k in enumerate(ok) if valid[j]]
+    for j, k in enumerate(ok):
+        if not valid[j]:
+            out[k] = _valid_polygon(arrs[k])
+    if not good:
+        return out, arrs, good, None, None, None
+    lens = np.array([len(arrs[k]) for k in good], np.int64)
+    xy = np.concatenate([arrs[k] for k in good])
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    ends = np.repeat(starts + lens, lens)
+    g = np.repeat(np.arange(len(good)), lens)
+    i = np.arange(len(xy))
+    nxt = np.where(i + 1 == ends, np.repeat(starts, lens), i + 1)
+    x, y = xy[:, 0], xy[:, 1]
+    # 2 x the shoelace area (the sign is all that is used: valid rings have an area well away from 0)
+    signed = np.bincount(g, weights=x * y[nxt] - x[nxt] * y, minlength=len(good))
+    rel = i - np.repeat(starts, lens)
+    src = np.where(np.repeat(signed <= 0, lens) & (rel > 0), ends - rel, i)
+    return out, arrs, good, xy[src], starts, lens
+
+
 def _ring_coordinates(polys: Sequence[np.ndarray], ndigits: int = 3) -> list:
     """``[_geometry_of(g)["coordinates"][0] if isinstance(g, np.ndarray) else g for g in
     _oriented_rings(polys)]`` for a batch, vectorised: the valid rings are checked in one shapely
     call, oriented by their shoelace sign, rounded and converted to Python lists in one numpy
     pass each; each item is the closed ring as a list of [x, y] (first vertex repeated at the
     end), the repaired shapely Polygon of ``_valid_polygon`` for an invalid ring, or None."""
-    out: list = [None] * len(polys)
-    arrs, ok, _, valid = _check_rings(polys)
-    if not ok:
-        return out
-    good = [k for j, k in enumerate(ok) if valid[j]]
-    for j, k in enumerate(ok):
-        if not valid[j]:
-            out[k] = _valid_polygon(arrs[k])
+    out, _, good, P, starts, lens = _oriented_vertices(polys)
     if not good:
         return out
-    lens = np.array([len(arrs[k]) for k in good], np.int64)
-    xy = np.concatenate([arrs[k] for k in good])
-    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
-    g = np.repeat(np.arange(len(good)), lens)
-    i = np.arange(len(xy))
-    nxt = np.where(i + 1 == np.repeat(starts + lens, lens), np.repeat(starts, lens), i + 1)
-    x, y = xy[:, 0], xy[:, 1]
-    # 2 x the shoelace area (the sign is all that is used: valid rings have an area well away from 0)
-    signed = np.bincount(g, weights=x * y[nxt] - x[nxt] * y, minlength=len(good))
-    # shapely's orient reverses a clockwise ring: p0, p[n-1], ..., p1
-    rel = i - np.repeat(starts, lens)
-    rev = np.repeat(signed <= 0, lens)
-    src = np.where(rev & (rel > 0), np.repeat(starts + lens, lens) - rel, i)
-    pts = np.round(xy[src], ndigits).tolist()
+    pts = np.round(P, ndigits).tolist()
     b0 = starts.tolist()
     b1 = (starts + lens).tolist()
     for j, k in enumerate(good):
@@ -293,28 +303,11 @@ def _ring_texts(polys: Sequence[np.ndarray]) -> list:
     ``_ring_coordinates`` (same orientation, rounding and closing), written for the whole batch
     by numpy (``_number_chars``) instead of Python lists + the encoder; the repaired shapely
     Polygon for an invalid ring, or None (as ``_ring_coordinates``)."""
-    out: list = [None] * len(polys)
-    arrs, ok, _, valid = _check_rings(polys)
-    if not ok:
-        return out
-    good = [k for j, k in enumerate(ok) if valid[j]]
-    for j, k in enumerate(ok):
-        if not valid[j]:
-            out[k] = _valid_polygon(arrs[k])
+    out, arrs, good, P, starts, lens = _oriented_vertices(polys)
     if not good:
         return out
-    lens = np.array([len(arrs[k]) for k in good], np.int64)
-    xy = np.concatenate([arrs[k] for k in good])
-    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
     ends = starts + lens
-    g = np.repeat(np.arange(len(good)), lens)
-    i = np.arange(len(xy))
-    nxt = np.where(i + 1 == np.repeat(ends, lens), np.repeat(starts, lens), i + 1)
-    x, y = xy[:, 0], xy[:, 1]
-    signed = np.bincount(g, weights=x * y[nxt] - x[nxt] * y, minlength=len(good))
-    rel = i - np.repeat(starts, lens)
-    src = np.where(np.repeat(signed <= 0, lens) & (rel > 0), np.repeat(ends, lens) - rel, i)
-    R = np.round(xy[src], 3)
+    R = np.round(P, 3)
     if not (np.isfinite(R).all() and np.abs(R).max() < _TEXT_MAX):
         for k, r in zip(good, _ring_coordinates([arrs[k] for k in good])):
             out[k] = _ENC.encode(r)

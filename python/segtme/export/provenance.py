@@ -9,7 +9,6 @@ and as ``provenance`` in ``tme.json``. Each object carries only the short ``run`
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import secrets
@@ -17,21 +16,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+from ..hashing import file_sha256
 
-
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file (cached per path, size and mtime within the process)."""
-    p = Path(path)
-    st = p.stat()
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with p.open("rb") as f:
-            for block in iter(lambda: f.read(chunk), b""):
-                h.update(block)
-        _SHA_CACHE[key] = h.hexdigest()
-    return _SHA_CACHE[key]
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file (``segtme.hashing.file_sha256``: cached per path, size and mtime)."""
+    return file_sha256(path)
 
 
 @dataclass

@@ -54,6 +54,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..hashing import file_sha256
 from .config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -103,14 +104,6 @@ def variant_for(choice: str) -> str | None:
     if choice == "auto":
         choice = AUTO_RUNTIME
     return {"onnx": "fp32", "onnx-int8": "int8"}.get(choice)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def architecture_sha256(cfg: ModelConfig) -> str:

@@ -13,7 +13,6 @@ augmentation; anything else is a one-line ``InputError`` at start-up.
 
 from __future__ import annotations
 
-import hashlib
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,19 +22,11 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..hashing import file_sha256
 from ..models.config import ModelConfig, ModelConfigError
 from ..models.registry import WeightsError, contract, load_model, resolve_config
 from .config import TeacherConfig
 from .distill_loss import KDOptions
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def kd_options(tc: TeacherConfig) -> KDOptions:
