@@ -78,7 +78,7 @@ def test_one_inference_options_object_from_slide_to_engine(tmp_path, he, monkeyp
     res = analyze_slide(ArraySource(rgb, 0.25), MODEL, tmp_path, SlideOptions(detect_tissue=False, inference=opt))
     assert seen and all(o == opt and o.progress is not None for o in seen) and threads == [1]
     assert res.units[0].n_nuclei == len(ref) > 10
-    assert res.tiles_total == pl.count_tiles(rgb.shape, 0.25, MODEL.config, tile=96, overlap=8) != \
+    assert res.tiles_total == pl.count_tiles(rgb.shape, 0.25, MODEL.config, InferenceOptions(tile=96, overlap=8)) != \
         pl.count_tiles(rgb.shape, 0.25, MODEL.config)
 
 

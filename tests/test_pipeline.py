@@ -82,7 +82,7 @@ def test_chunked_equals_whole_and_no_duplicates_on_real_monuseg(idx):
     assert sorted(chunked.ids.tolist()) == list(range(1, len(chunked) + 1))
     # some nuclei really were cut by chunk borders (the test is not vacuous)
     s = chunked.meta["scale"]
-    cores = [c.core for c in plan_chunks(rgb.shape, mpp, m.config, 48, 24)]
+    cores = [c.core for c in plan_chunks(rgb.shape, mpp, m.config, O(chunk_size=48, halo=24))]
     edges = sorted({c[2] for c in cores[:-1]} - {max(c[2] for c in cores)})
     crossing = sum(
         1 for p in chunked.polygons if any(p[:, 0].min() * s < e < p[:, 0].max() * s for e in edges)
@@ -250,7 +250,7 @@ def test_pipelined_post_processing_gives_the_same_nuclei():
     m = threshold_model(tile=64, overlap=16)
     a = segment_image(rgb, 0.5, m, O(chunk_size=120, halo=16, pipelined=True))
     b = segment_image(rgb, 0.5, m, O(chunk_size=120, halo=16, pipelined=False))
-    assert len(a) == len(b) > 100 and a.meta["n_chunks"] == len(plan_chunks(rgb.shape, 0.5, m.config, 120, 16)) > 4
+    assert len(a) == len(b) > 100 and a.meta["n_chunks"] == len(plan_chunks(rgb.shape, 0.5, m.config, O(chunk_size=120, halo=16))) > 4
     assert np.array_equal(a.centroid, b.centroid) and np.array_equal(a.area_px, b.area_px)
 
 
@@ -333,12 +333,12 @@ def test_keep_chunk_filters_chunks_and_analyze_refuses_odd_inputs():
 
 def test_count_tiles_and_plan_chunks_take_the_inference_options():
     """``count_tiles`` / ``plan_chunks`` read the run's ``InferenceOptions`` (the one object from
-    CLI to engine); the former loose arguments give the same plan."""
+    CLI to engine): tiles follow only its tile / overlap, chunks only its chunk_size / halo."""
     from segtme.pipeline import count_tiles, plan_chunks
 
     cfg = threshold_model().config
     shape = (700, 900, 3)
     o = O(tile=96, overlap=8, chunk_size=120, halo=16)
-    assert count_tiles(shape, 0.25, cfg, o) == count_tiles(shape, 0.25, cfg, tile=96, overlap=8) != count_tiles(shape, 0.25, cfg)
-    assert plan_chunks(shape, 0.25, cfg, o) == plan_chunks(shape, 0.25, cfg, 120, 16) != plan_chunks(shape, 0.25, cfg)
+    assert count_tiles(shape, 0.25, cfg, o) == count_tiles(shape, 0.25, cfg, O(tile=96, overlap=8)) != count_tiles(shape, 0.25, cfg)
+    assert plan_chunks(shape, 0.25, cfg, o) == plan_chunks(shape, 0.25, cfg, O(chunk_size=120, halo=16)) != plan_chunks(shape, 0.25, cfg)
     assert count_tiles(shape, 0.25, cfg, O()) == count_tiles(shape, 0.25, cfg)

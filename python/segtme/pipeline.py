@@ -70,39 +70,25 @@ def _working_shape(size_wh: Sequence[int], mpp: float, cfg: ModelConfig) -> tupl
     return s, hw, ww
 
 
-def _as_options(options: "InferenceOptions | int | None", **loose: Any) -> InferenceOptions:
-    """The ``InferenceOptions`` of ``plan_chunks`` / ``count_tiles``: the object itself, or one
-    built from the former loose arguments (an int in its place is the former ``chunk_size``)."""
-    if isinstance(options, InferenceOptions):
-        given = {k: v for k, v in loose.items() if v is not None}
-        return options.replace(**given) if given else options
-    if options is not None:
-        loose["chunk_size"] = options
-    return InferenceOptions(**{k: v for k, v in loose.items() if v is not None})
-
-
-def plan_chunks(rgb_shape: Sequence[int], mpp: float, cfg: ModelConfig,
-                options: InferenceOptions | int | None = None, halo: int | None = None):
+def plan_chunks(rgb_shape: Sequence[int], mpp: float, cfg: ModelConfig, options: InferenceOptions | None = None):
     """The chunks ``segment_image`` processes for an image of ``rgb_shape`` (H, W, ...), in
     *working* px of the whole image. options: the run's ``InferenceOptions`` (its chunk_size /
-    halo); the former positional ``chunk_size, halo`` ints are still accepted."""
+    halo; None = defaults)."""
     from .inference.tiling import chunk_grid
 
-    c, h = _chunk_params(_as_options(options, halo=halo))
+    c, h = _chunk_params(options or InferenceOptions())
     _, hw, ww = _working_shape((int(rgb_shape[1]), int(rgb_shape[0])), mpp, cfg)
     return chunk_grid(ww, hw, c, h)
 
 
-def count_tiles(rgb_shape: Sequence[int], mpp: float, cfg: ModelConfig, options: InferenceOptions | int | None = None,
-                halo: int | None = None, tile: int | None = None, overlap: int | None = None, *,
-                chunk_size: int | None = None) -> int:
+def count_tiles(rgb_shape: Sequence[int], mpp: float, cfg: ModelConfig, options: InferenceOptions | None = None) -> int:
     """Number of model tiles ``segment_image`` (or, for PAGET models, ``analyze_paget_image``)
     runs on an image of ``rgb_shape`` (H, W, ...): one grid over the whole working image
     (``engine.GridPredictor``), whatever the chunks (for a progress bar's total). options: the
-    run's ``InferenceOptions`` (its tile / overlap); the former loose keywords are still accepted."""
+    run's ``InferenceOptions`` (its tile / overlap; None = the model config's)."""
     from .inference.tiling import tile_grid
 
-    opt = _as_options(options, chunk_size=chunk_size, halo=halo, tile=tile, overlap=overlap)
+    opt = options or InferenceOptions()
     t = int(opt.tile or cfg.tile_size)
     o = int(cfg.tile_overlap if opt.overlap is None else opt.overlap)
     _, hw, ww = _working_shape((int(rgb_shape[1]), int(rgb_shape[0])), mpp, cfg)

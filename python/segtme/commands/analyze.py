@@ -158,8 +158,7 @@ def run(args: argparse.Namespace) -> int:
             if not (is_paget(model.config) and paget_mode(model.config) == "panoptic"):
                 raise InputError(f"--instance-source applies to PAGET-H models only; {model.config.name!r} is not one")
 
-        total = count_tiles(img.rgb.shape, mpp, model.config, chunk_size=inf.chunk_size, halo=inf.halo, tile=inf.tile,
-                            overlap=inf.overlap)
+        total = count_tiles(img.rgb.shape, mpp, model.config, inf)
         progress = prog.counter(total, "tile", "segmenting")
         try:
             opt = inf.replace(progress=progress)
