@@ -1,4 +1,5 @@
-"""Process-wide runtime knobs in one place: OpenMP waiting, glibc malloc tuning, torch threads.
+"""Process-wide runtime knobs in one place: OpenMP waiting, glibc malloc tuning, compute threads,
+whether an accelerator can exist, precision.
 
 A leaf module (imports only the standard library); whoever needs a knob imports it from here,
 never from the package root. Importing it applies two defaults that must be set before torch
@@ -10,6 +11,11 @@ loads, so modules that import torch import this first (``models.registry``, ``in
   slower than with one thread. Passive waiting costs little on an idle machine and removes that
   cliff (docs/benchmarks.md). Only effective before libgomp is loaded.
 * glibc malloc tuning (``SEGTME_MALLOC_TUNING=0`` turns it off), see ``_tune_glibc_malloc``.
+
+Nothing here imports torch unless torch is already loaded or a torch-only question is asked
+(``cpu_has_native_bf16`` on a CPU whose flags say bf16): the ONNX Runtime path of the shipped
+model (``models/onnx_runtime.py``) runs without torch, and the thread count and the "is there
+a GPU at all" question are answered for it here (``compute_threads``, ``accelerator_possible``).
 """
 
 from __future__ import annotations
@@ -111,15 +117,101 @@ def limit_malloc_arenas(n: int | None = None) -> bool:
     return libc.mallopt(m_arena_max, int(n)) == 1
 
 
+#: the compute thread count asked for (``set_torch_threads``), None: the default
+_THREADS: int | None = None
+
+
 def set_torch_threads(n: int | None) -> None:
-    """``torch.set_num_threads(n)`` when ``n`` is given (>= 1); None leaves torch's default."""
+    """The process's compute threads (>= 1): ``torch.set_num_threads(n)`` when torch is loaded,
+    else remembered and applied when torch loads (``sync_torch_threads``, called by the torch
+    paths) and used by ONNX Runtime sessions (``compute_threads``). None leaves the default.
+    Does not import torch."""
+    global _THREADS
     if n is None:
         return
     if int(n) < 1:
         raise ValueError(f"threads must be >= 1, got {n}")
-    import torch
+    _THREADS = int(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(_THREADS)
 
-    torch.set_num_threads(int(n))
+
+def sync_torch_threads() -> None:
+    """Apply a thread count asked for before torch was loaded (``set_torch_threads``) to torch;
+    the torch paths call it after importing torch. No-op when none was asked for."""
+    if _THREADS is not None and "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        if torch.get_num_threads() != _THREADS:
+            torch.set_num_threads(_THREADS)
+
+
+def physical_cores() -> int:
+    """Physical CPU cores (distinct ``physical id``/``core id`` pairs of /proc/cpuinfo among the
+    CPUs this process may run on), else ``os.cpu_count()`` — torch's default intra-op thread
+    count, without importing torch."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        allowed = None
+    try:
+        cores, cpu, phys = set(), None, "0"
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                k, v = k.strip(), v.strip()
+                if k == "processor":
+                    cpu, phys = int(v), "0"
+                elif k == "physical id":
+                    phys = v
+                elif k == "core id" and (allowed is None or cpu in allowed):
+                    cores.add((phys, v))
+        if cores:
+            return len(cores)
+    except (OSError, ValueError):
+        pass
+    return len(allowed) if allowed else (os.cpu_count() or 1)
+
+
+def compute_threads() -> int:
+    """The intra-op thread count the process's compute runs with: torch's when torch is loaded
+    (``torch.set_num_threads`` changes it), else ``set_torch_threads``'s value, else
+    ``$OMP_NUM_THREADS``, else ``physical_cores()`` (torch's own default). Does not import torch."""
+    if "torch" in sys.modules:
+        return int(sys.modules["torch"].get_num_threads())
+    if _THREADS is not None:
+        return _THREADS
+    try:
+        n = int(os.environ.get("OMP_NUM_THREADS", "0"))
+    except ValueError:
+        n = 0
+    return n if n >= 1 else physical_cores()
+
+
+def accelerator_possible() -> bool:
+    """False only when this machine certainly has no device torch could pick over the CPU for
+    ``device="auto"``: Linux without an NVIDIA driver (``/proc/driver/nvidia``, ``/dev/nvidia*``),
+    a ROCm device (``/dev/kfd``) or WSL's GPU (``/dev/dxg``). True elsewhere (macOS: MPS; other
+    systems: unknown), then torch is asked. Lets ``device="auto"`` resolve to the CPU without
+    importing torch."""
+    if not sys.platform.startswith("linux"):
+        return True
+    import glob
+
+    return any(os.path.exists(p) for p in ("/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")) or bool(glob.glob("/dev/nvidia*"))
+
+
+class DeviceName(str):
+    """A device named without importing torch (``"cpu"``): ``.type`` / ``.index`` as on a
+    ``torch.device``; being a ``str`` it is accepted wherever torch takes a device."""
+
+    @property
+    def type(self) -> str:
+        return self.split(":", 1)[0]
+
+    @property
+    def index(self) -> int | None:
+        _, _, i = self.partition(":")
+        return int(i) if i else None
 
 
 # --------------------------------------------------------------------------- precision
@@ -131,19 +223,24 @@ def cpu_has_native_bf16() -> bool:
     /proc/cpuinfo); False when unknown (non-Linux) — then ``auto`` keeps fp32 on the CPU."""
     global _NATIVE_BF16
     if _NATIVE_BF16 is None:
-        import torch
+        _NATIVE_BF16 = cpu_bf16_flags()
+        if _NATIVE_BF16:  # only then ask torch (imports it) whether oneDNN can use them
+            import torch
 
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-                flags = set()
-                for line in f:
-                    if line.startswith("flags"):
-                        flags = set(line.split(":", 1)[1].split())
-                        break
-            _NATIVE_BF16 = bool({"avx512_bf16", "amx_bf16"} & flags) and torch.backends.mkldnn.is_available()
-        except OSError:
-            _NATIVE_BF16 = False
+            _NATIVE_BF16 = bool(torch.backends.mkldnn.is_available())
     return _NATIVE_BF16
+
+
+def cpu_bf16_flags() -> bool:
+    """True when /proc/cpuinfo lists ``avx512_bf16`` or ``amx_bf16`` (no torch import)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return bool({"avx512_bf16", "amx_bf16"} & set(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return False
 
 
 _NATIVE_BF16: bool | None = None

@@ -98,10 +98,10 @@ def run(args: argparse.Namespace) -> int:
 
     max_batch = args.max_batch
     if max_batch is None:
-        from ..models.registry import select_device
+        from ..models.registry import device_type
 
         try:
-            max_batch = 8 if select_device(args.device).type == "cuda" else 1
+            max_batch = 8 if device_type(args.device) == "cuda" else 1
         except ValueError as e:
             raise InputError(str(e)) from None
 

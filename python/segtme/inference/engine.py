@@ -7,6 +7,14 @@ input px. Resampling between them (size rule, filter, pixel-centre convention) i
 
 The engine never knows class names: it returns the model's channels; names, colours and roles
 come from ``cfg.tax`` downstream.
+
+One engine path over numpy arrays: tiles are padded, normalised, flipped (TTA), softmaxed and
+blended here in numpy, and only the forward pass is a *backend* — a callable ``(B, 3, H, W)
+float32 normalised RGB -> {"sem": (B, C, H, W), "hv": (B, 2, H, W)}`` float32 numpy
+(``Backend``): the model's torch module (``TorchBackend``: any device, bf16 autocast, trained /
+random models) or, for the shipped model on the CPU, its ONNX Runtime session
+(``models.onnx_runtime.OrtModule``), which runs without importing torch. This module imports
+torch only when a torch backend is built.
 """
 
 from __future__ import annotations
@@ -15,10 +23,9 @@ from ..runtime import keep_large_buffers  # noqa: I001  (first: sets OpenMP wait
 
 import contextlib
 import logging
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
-import torch
 
 from ..errors import InputError
 from ..models.config import ModelConfig
@@ -27,13 +34,20 @@ from .. import resample as _rs
 from .maps import Maps
 from .tiling import blend_window, tile_grid
 
+if TYPE_CHECKING:
+    import torch
+
 log = logging.getLogger(__name__)
+
+#: a forward pass: (B, 3, H, W) float32 normalised RGB (numpy, any strides) -> float32 numpy
+#: outputs ``{"sem": (B, C, H, W) logits, "hv": (B, 2, H, W)}`` ("hv" only for HV models)
+Backend = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 #: progress callback: called with the number of tiles just finished
 Progress = Callable[[int], None]
 
-__all__ = ["Maps", "GridPredictor", "forward_tiles", "predict_maps", "scale_factor", "to_working",
-           "work_to_input", "input_to_work"]
+__all__ = ["Maps", "Backend", "GridPredictor", "TorchBackend", "forward_tiles", "predict_maps", "scale_factor",
+           "to_working", "work_to_input", "input_to_work"]
 
 
 # --------------------------------------------------------------------------- MPP (segtme.resample)
@@ -75,15 +89,18 @@ def _prepare(model: LoadedModel) -> torch.nn.Module:
     Cached on the module and rebuilt when any parameter or buffer was modified since (tensor
     version counters), so a model still being trained is never run with stale folded weights.
     ``model.module`` is put in eval mode and channels_last (as before) but otherwise unchanged.
+    An ONNX Runtime module (``models/onnx_runtime.py``) is returned as it is (no torch import),
+    or its torch module for an explicit bf16.
     """
-    from ..models.registry import fold_batchnorm
-
     m = model.module
     m.eval()
     if getattr(m, "segtme_runtime", None) == "onnxruntime" and getattr(model, "precision", "auto") == "bf16":
         return m.torch_module()  # models/onnx_runtime.py runs fp32 only: an explicit bf16 runs the torch module
     if getattr(m, "segtme_prepared", False):  # models/compiled.py, models/onnx_runtime.py: folded already
         return m
+    import torch
+
+    from ..models.registry import fold_batchnorm
     tensors = list(m.parameters()) + list(m.buffers())
     key = (len(tensors), sum(int(t._version) for t in tensors), tuple(id(t) for t in tensors[:4]))
     cached = getattr(m, "_segtme_infer", None)
@@ -103,6 +120,8 @@ def _prepare(model: LoadedModel) -> torch.nn.Module:
 def _autocast(model: LoadedModel):
     """bf16 autocast when the model's precision resolves to bf16 (``runtime.resolve_precision``:
     by default on CUDA and on CPUs with native bf16), else full precision."""
+    import torch
+
     from ..runtime import resolve_precision
 
     dev = model.device
@@ -124,28 +143,89 @@ def resolve_tta(model: LoadedModel, tta: str | None = None) -> str:
     return mode
 
 
-def _run(module: torch.nn.Module, t: torch.Tensor, model: LoadedModel, tta: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(softmax prob, hv) of one normalised batch; ``tta="flip"``: the mean over the identity and
-    the horizontal, vertical and both flips, each mapped back (HV's x channel changes sign under
-    a horizontal flip, its y channel under a vertical one)."""
+class TorchBackend:
+    """A torch module as the engine's ``Backend``: numpy in, numpy out, on ``model.device``, under
+    ``torch.inference_mode``, channels_last, with bf16 autocast when ``model.precision`` resolves
+    to bf16 (``_autocast``); outputs returned as float32 on the host. ``module``: the module to
+    run (default ``_prepare(model)``: the BatchNorm-folded inference copy)."""
+
+    def __init__(self, model: LoadedModel, module: "torch.nn.Module | None" = None) -> None:
+        import torch
+
+        from ..runtime import sync_torch_threads
+
+        sync_torch_threads()
+        self.torch = torch
+        self.model = model
+        self.module = _prepare(model) if module is None else module
+
+    def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        torch = self.torch
+        with torch.inference_mode():
+            t = torch.from_numpy(x).to(self.model.device).contiguous(memory_format=torch.channels_last)
+            with _autocast(self.model):
+                y = self.module(t)
+            return {k: y[k].float().cpu().numpy() for k in ("sem", "hv") if k in y}
+
+
+def _backend(model: LoadedModel) -> Backend:
+    """The forward pass of ``model``: its ONNX Runtime session (``models/onnx_runtime.py``;
+    inputs of another size than its graph's tile on its torch module) or ``TorchBackend``."""
+    m = model.module
+    if getattr(m, "segtme_runtime", None) != "onnxruntime" or getattr(model, "precision", "auto") == "bf16":
+        return TorchBackend(model)
+    torch_run: list[TorchBackend] = []
+
+    def run(x: np.ndarray) -> dict[str, np.ndarray]:
+        if m.takes(x.shape):
+            return m.run(x)
+        m.torch_batches += 1  # the graph's pyramid pooling is baked for its tile: the torch module
+        if not torch_run:
+            torch_run.append(TorchBackend(model, m.torch_module()))
+        return torch_run[0](x)
+
+    return run
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over axis 1 of (B, C, H, W) logits, float32 (in place when the array is ours)."""
+    z = np.asarray(logits, dtype=np.float32)
+    if not z.flags.writeable:
+        z = z.copy()
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
+
+
+#: torch-style flip dims of a (B, C, H, W) batch -> axes of the (B, H, W, C) input batch
+_NHWC_AXIS = {2: 1, 3: 2}
+
+
+def _run(backend: Backend, x: np.ndarray, tta: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(softmax prob, hv), (B, C, H, W) / (B, 2, H, W) float32, of one normalised batch ``x``
+    (B, H, W, 3) float32; ``tta="flip"``: the mean over the identity and the horizontal, vertical
+    and both flips, each mapped back (HV's x channel changes sign under a horizontal flip, its y
+    channel under a vertical one). The backend sees ``x`` as (B, 3, H, W) (channels-last memory)."""
     flips: tuple[tuple[int, ...], ...] = ((),) if tta == "none" else ((), (3,), (2,), (2, 3))
     prob = hv = None
     for dims in flips:
-        ti = t.flip(dims).contiguous(memory_format=torch.channels_last) if dims else t
-        with _autocast(model):
-            y = module(ti)
-        p = torch.softmax(y["sem"].float(), dim=1)
-        p = p.flip(dims) if dims else p
+        xi = np.ascontiguousarray(np.flip(x, tuple(_NHWC_AXIS[d] for d in dims))) if dims else x
+        y = backend(xi.transpose(0, 3, 1, 2))
+        p = _softmax(y["sem"])
+        p = np.flip(p, dims) if dims else p
         prob = p if prob is None else prob + p
         if "hv" in y:
-            h = y["hv"].float()
+            h = np.asarray(y["hv"], dtype=np.float32)
             if dims:
-                h = h.flip(dims)
-                sign = torch.tensor([-1.0 if 3 in dims else 1.0, -1.0 if 2 in dims else 1.0], device=h.device)
-                h = h * sign.view(1, 2, 1, 1)
+                sign = np.array([-1.0 if 3 in dims else 1.0, -1.0 if 2 in dims else 1.0], np.float32)
+                h = np.flip(h, dims) * sign.reshape(1, 2, 1, 1)
             hv = h if hv is None else hv + h
-    n = float(len(flips))
-    return prob / n, (hv / n if hv is not None else None)
+    if len(flips) > 1:
+        n = np.float32(len(flips))
+        prob = prob / n
+        hv = hv / n if hv is not None else None
+    return prob, hv
 
 
 def forward_tiles(
@@ -155,19 +235,21 @@ def forward_tiles(
 
     tiles: (h, w, 3) uint8 arrays at ``cfg.mpp`` (any sizes; equal sizes are batched together,
     ``batch_size`` at a time, all at once if None). Each is padded to ``cfg.pad_multiple``
-    (bottom/right) and normalised with ``cfg.mean/std``; outputs are cropped back.
+    (bottom/right, ``resample.pad_to_multiple``: reflect) and normalised with ``cfg.mean/std``;
+    outputs are cropped back.
     Returns per tile ``{"prob": (C, h, w) float32 softmax, "hv": (2, h, w) float32}`` (``"hv"``
-    absent for models without an HV head). Runs under ``torch.inference_mode``, channels_last,
-    with bf16 autocast when ``model.precision`` resolves to bf16 (CUDA; CPUs with native bf16).
+    absent for models without an HV head). The forward pass is the model's backend
+    (``_backend``: ONNX Runtime for the shipped model on the CPU, else ``TorchBackend``:
+    ``torch.inference_mode``, channels_last, bf16 autocast when ``model.precision`` resolves to
+    bf16 — CUDA; CPUs with native bf16); everything else runs here, in numpy.
     tta: test-time augmentation (``resolve_tta``: "none" or "flip", 4 forward passes).
     """
     mode = resolve_tta(model, tta)
     keep_large_buffers()  # reuse large activation buffers (runtime._tune_glibc_malloc)
     io = model.config.io
-    dev = model.device
-    module = _prepare(model)
-    mean = torch.tensor(io.mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(io.std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    backend = _backend(model)
+    mean = np.asarray(io.mean, dtype=np.float32)
+    std = np.asarray(io.std, dtype=np.float32)
     out: list[dict[str, np.ndarray] | None] = [None] * len(tiles)
     groups: dict[tuple[int, int], list[int]] = {}
     for k, t in enumerate(tiles):
@@ -181,12 +263,13 @@ def forward_tiles(
             x = np.stack([tiles[i] for i in batch])
             h, w = x.shape[1:3]
             x = _rs.pad_to_multiple(x, io.pad_multiple, axes=(1, 2))
-            with torch.inference_mode():
-                t = torch.from_numpy(x).to(dev).permute(0, 3, 1, 2).float().div_(255.0)
-                t = ((t - mean) / std).contiguous(memory_format=torch.channels_last)
-                p, v = _run(module, t, model, mode)
-                prob = p[:, :, :h, :w].cpu().numpy()
-                hv = v[:, :, :h, :w].cpu().numpy() if v is not None else None
+            t = x.astype(np.float32)
+            t /= np.float32(255.0)
+            t -= mean
+            t /= std
+            p, v = _run(backend, t, mode)
+            prob = p[:, :, :h, :w]
+            hv = v[:, :, :h, :w] if v is not None else None
             for k, i in enumerate(batch):
                 d = {"prob": np.ascontiguousarray(prob[k])}
                 if hv is not None:

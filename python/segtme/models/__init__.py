@@ -1,8 +1,10 @@
 """Model registry, configs, backbones and architectures.
 
-As in timm, this package imports its family files (``zoo``: UperHoVer presets, ``classical``:
-the rule-based baseline), which register themselves into the leaf ``registry``; families of
-other packages are listed in ``registry.FAMILY_MODULES``.
+As in timm, family files (``zoo``: UperHoVer presets, ``classical``: the rule-based baseline,
+and the families of other packages, ``registry.FAMILY_MODULES``) register themselves into the
+leaf ``registry``; the registry imports them on first use (one family's file for a contract
+lookup, all of them for ``presets()``). Importing this package does not import torch: configs,
+contracts and a shipped model loaded into ONNX Runtime (``onnx_runtime``) need none of it.
 """
 
 from .config import ModelConfig, ModelConfigError, PostprocessParams
@@ -20,7 +22,6 @@ from .registry import (
     select_device,
     shipped_models,
 )
-from . import classical, zoo  # noqa: E402,F401,I001  (family files register into the registry)
 
 __all__ = [
     "LoadedModel",

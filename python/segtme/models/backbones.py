@@ -7,7 +7,7 @@ Two kinds, one interface (``PyramidBackbone.forward(x) -> list[Tensor]`` and ``.
   projected by a 1x1 convolution and bilinearly resized to its pyramid stride (the
   SegTME-UNI2 paper, Eq. 1 and Table 2).
 
-The UNI2-h configuration is defined here (``UNI2_H_KWARGS``) exactly as its model card gives it.
+The UNI2-h configuration (``uni2_h_kwargs``) is defined in ``zoo`` (torch-free) with its preset.
 """
 
 from __future__ import annotations
@@ -17,31 +17,6 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-#: UNI2-h (MahmoodLab) timm configuration: ViT-Giant, patch 14, dim 1536, depth 24, 24 heads,
-#: SwiGLU-packed MLP (ratio 2.66667*2), 8 register tokens, layer-scale 1e-5, no class-token
-#: position embedding, dynamic image size. ~681 M parameters.
-UNI2_H_ARCH = "vit_giant_patch14_224"
-UNI2_H_TAPS = [5, 11, 17, 23]
-
-
-def uni2_h_kwargs() -> dict[str, Any]:
-    """timm kwargs for UNI2-h (serialisable: layer classes named by string)."""
-    return {
-        "img_size": 224,
-        "patch_size": 14,
-        "depth": 24,
-        "num_heads": 24,
-        "init_values": 1e-5,
-        "embed_dim": 1536,
-        "mlp_ratio": 2.66667 * 2,
-        "num_classes": 0,
-        "no_embed_class": True,
-        "mlp_layer": "SwiGLUPacked",
-        "act_layer": "silu",
-        "reg_tokens": 8,
-        "dynamic_img_size": True,
-    }
 
 
 def _resolve_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -9,10 +9,10 @@ channels_last, traced with ``torch.jit.trace`` (not frozen: its folded weights s
 parameters) — to a cache file, and every later
 load reads that file with ``torch.jit.load`` (``import torch`` only).
 
-* Where ONNX Runtime is installed the shipped default model loads as its prebuilt ONNX graph
-  instead (``models/onnx_runtime.py``); this TorchScript module is then the fallback (no
-  ``onnxruntime``, ``SEGTME_RUNTIME=torch``, explicit bf16, a stale graph) and the module that runs
-  inputs of a size the graph does not take.
+* When ``SEGTME_RUNTIME`` selects ONNX Runtime (``models/onnx_runtime.py``) the shipped default
+  model loads as its prebuilt ONNX graph instead, without importing torch; this TorchScript module
+  is then the fallback (no ``onnxruntime``, explicit bf16, a stale graph) and the module that runs
+  inputs of a size the graph does not take (imported and loaded on first need).
 * Eligible: ``arch == "uperhover"`` with weights from the package's ``models/weights`` folder
   (the shipped models), device CPU, no ``--weights`` / backbone-weights override. Everything
   else (trained or random models, other families, CUDA) keeps the eager path.

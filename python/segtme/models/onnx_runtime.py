@@ -4,17 +4,28 @@ The shipped model's folded inference module (BatchNorm folded, as the torch path
 exported once, at ship time, by ``scripts/export_onnx.py`` to ``weights/<name>.onnx`` (fp32) and
 ``weights/<name>_int8.onnx`` (static QDQ int8) beside its ``<name>.safetensors``. On the CPU,
 ``registry.load_model`` can load a graph into an ONNX Runtime session instead of building the
-torch module. Nothing of ``onnx``/``onnxscript``/the exporter is needed at run time, only
-``onnxruntime`` (a core dependency).
+torch module, and then the whole inference path (``segtme analyze``, ``pipeline.analyze``,
+``segtme serve``) runs without importing torch (tests/test_torch_free.py): ``import torch``
+alone costs ~2.8 CPU s and ~750 MB of RSS on the 2-core machine. Nothing of
+``onnx``/``onnxscript``/the exporter is needed at run time, only ``onnxruntime`` (a core
+dependency).
 
 * Which runtime (``SEGTME_RUNTIME``): ``onnx`` = the fp32 graph, ``onnx-int8`` = the int8 graph
   (opt-in: ~1.8x faster forward; held-out PQ / AJI −0.0048 / −0.0035 on the 5 MoNuSeg images,
   −0.002 / −0.003 on all 21), ``torch`` = never, ``auto`` (default) = ``AUTO_RUNTIME``, which is
-  ``torch``: measured on the 2-core AVX2 machine, the fp32 graph runs a 512² tile in the same CPU
-  time as the torch module (0.92-0.99x, identical held-out PQ and AJI) and costs ~145 MiB more
-  peak memory (docs/benchmarks.md, "ONNX Runtime in the product"); int8 is not the default
-  because its MoNuSeg PQ change is at the issue's 0.005 limit — the coordinator's decision.
-  ``SEGTME_COMPILED=0`` also turns it off (eager torch).
+  ``torch``. Measured (2026-12-02 evening, 2-core AMD EPYC with AVX512-BF16, load 2-6, whole
+  ``segtme analyze`` processes interleaved; /work/notes/onnx_docs.md): the torch-free fp32 path
+  wins whenever start-up dominates — a 1000² px image at 0.25 µm/px 1.15-1.21 vs 2.56-2.69 CPU s,
+  327 vs 859 MiB peak, the same 346 nuclei; ``segtme serve`` start -> SERVING 0.76-0.82 vs
+  1.65-1.76 CPU s, 296 vs 790 MiB — but it costs more CPU once tiles dominate, because a 512²
+  tile costs 0.17 CPU s in ONNX Runtime fp32 against 0.15 in torch fp32 and 0.10 in torch bf16
+  autocast (which ``precision=auto`` runs on this CPU): 4000² px at 0.5 µm/px 26.1-27.2 vs
+  22.0-22.4 CPU s (torch bf16) / 25.2-25.9 (torch fp32); 10 000² px 139.9 vs 107.4 / 131.9 CPU s
+  (peak 1788 vs 1779 / 2093 MiB). Not "no worse in CPU s", so ``auto`` stays torch; with
+  ``SEGTME_RUNTIME=onnx`` the nuclei equal torch fp32's (tests/test_torch_free.py) and torch is
+  never imported. (On the earlier AVX2 machine without native bf16 a tile measured 0.92-0.99x
+  torch fp32's CPU.) int8 is not the default because its MoNuSeg PQ change is at the issue's
+  0.005 limit — the coordinator's decision. ``SEGTME_COMPILED=0`` also turns it off (eager torch).
 * Eligible (``eligible``): a shipped model (weights from the package's ``models/weights``
   folder, no ``--weights`` / backbone override), device CPU, ``onnxruntime`` importable, the graph
   file present, precision ``auto`` or ``fp32`` (an explicit ``bf16`` keeps the torch path).
@@ -28,15 +39,24 @@ torch module. Nothing of ``onnx``/``onnxscript``/the exporter is needed at run t
   Regenerate with ``python scripts/export_onnx.py`` (one command; ``--check`` only checks).
 * Shapes: the graphs have a dynamic batch and a fixed spatial size, the config's ``tile_size``
   (512² working px; the exporter bakes the pyramid-pooling windows for the traced size, so other
-  sizes would be wrong). ``OrtModule`` runs inputs of exactly that size in ONNX Runtime and any
-  other size (images smaller than one tile, a server's odd tiles) on the torch module, built on
-  first need — the same maths as the eager model for every shape (fp32 graph).
-* Session: ``intra_op_num_threads`` = torch's thread count (``runtime.set_torch_threads``;
-  re-created if it changes), one inter-op thread, sequential execution, idle workers do not spin
-  (``SESSION_OPTIONS``; spinning measured 0.60 vs 0.46 CPU s per tile under load).
+  sizes would be wrong). The engine pads every tile bottom/right (reflect) to a multiple of
+  ``pad_multiple`` (16), so every tile of an image of at least ~481² working px — and a 1000² px
+  image at 0.25 µm/px, 500² working px — is exactly 512² and runs here. Any other size (an image
+  smaller than one tile in either direction, a server's clipped edge tiles) runs on the torch
+  module, built on first need (imports torch) — the same maths as the eager model for every
+  shape. Padding such a tile up to 512² instead would change the maps: measured on 5 real
+  MoNuSeg tiles of 200x500 to 480x300 working px, softmax probabilities differ by up to 0.36-0.61
+  (mean 0.002-0.011) and only 94.3-99.0 % of nuclei keep a centroid within 1 px (the pyramid
+  pooling averages over the padding), versus ~1e-5 and identical nuclei for the fp32 graph.
+* Session: ``intra_op_num_threads`` = ``runtime.compute_threads()`` (torch's thread count when
+  torch is loaded, else ``set_torch_threads``'s value / ``$OMP_NUM_THREADS`` / the physical
+  cores, torch's default; re-created if it changes), one inter-op thread, sequential execution,
+  idle workers do not spin (``SESSION_OPTIONS``; spinning measured 0.60 vs 0.46 CPU s per tile
+  under load).
 
-Imports only the standard library, numpy and torch at import time; ``onnxruntime`` on first use.
-A leaf for the registry, which calls it.
+Imports only the standard library and numpy at import time (no torch; ``OrtModule.forward`` and
+the torch fallback import it when called); ``onnxruntime`` on first use. A leaf for the
+registry, which calls it.
 """
 
 from __future__ import annotations
@@ -50,12 +70,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from .. import runtime
 from ..hashing import file_sha256
 from .config import ModelConfig
+
+if TYPE_CHECKING:  # the torch fallback module's type only
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +90,7 @@ WEIGHTS_DIR = Path(__file__).with_name("weights")
 #: when not possible), onnx-int8 (the int8 graph: opt-in), torch (never ONNX Runtime)
 RUNTIMES = ("auto", "onnx", "onnx-int8", "torch")
 #: what ``auto`` means on the CPU (docs/benchmarks.md, "ONNX Runtime in the product")
-AUTO_RUNTIME = "torch"  # ONNX Runtime fp32 measured equal to torch fp32 per tile here, +145 MiB peak
+AUTO_RUNTIME = "torch"  # measured: ORT fp32 0.17 vs torch 0.15 (fp32) / 0.10 (bf16) CPU s per 512² tile (module doc)
 #: graph variants: file suffix beside the weights
 VARIANTS = {"fp32": ".onnx", "int8": "_int8.onnx"}
 #: session settings, measured on the 2-core machine (docs/benchmarks.md)
@@ -155,9 +179,10 @@ def stale_reason(path: Path, cfg: ModelConfig, weights: Path, variant: str = "fp
     return _mismatch(meta, cfg, weights, variant)
 
 
-def eligible(cfg: ModelConfig, weights: Path | None, device: torch.device, precision: str) -> str | None:
+def eligible(cfg: ModelConfig, weights: Path | None, device: Any, precision: str) -> str | None:
     """The graph variant ("fp32" | "int8") ``cfg`` + ``weights`` should run in ONNX Runtime, or
-    None for the torch path (see the module doc)."""
+    None for the torch path (see the module doc). ``device``: anything with a ``.type`` (a
+    ``torch.device`` or ``runtime.DeviceName``); no torch import."""
     choice = runtime_choice()
     variant = variant_for(choice)
     if variant is None or device.type != "cpu" or weights is None or precision not in ("auto", "fp32"):
@@ -192,23 +217,25 @@ def _session(path: Path, threads: int):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-class OrtModule(nn.Module):
-    """The inference module of a shipped model run by ONNX Runtime; quacks like the folded torch
-    module the engine runs.
+class OrtModule:
+    """The inference module of a shipped model run by ONNX Runtime: the engine's numpy backend
+    (``inference.engine``), without torch.
 
-    ``forward(x)``: x (B, 3, H, W) float normalised RGB -> ``{"sem": (B, C, H, W), "hv": (B, 2,
-    H, W)}`` float32 (the graph's outputs, in the model contract's order). (H, W) = the graph's
-    tile (``self.tile``) runs in ONNX Runtime; other sizes on ``torch_module()`` (built on first
-    need by ``torch_loader``: the folded torch module of the same weights). Autocast does not
-    apply to the ONNX Runtime part (fp32 always). ``segtme_prepared``: nothing left for
+    ``run(x)``: x (B, 3, H, W) float32 normalised RGB (numpy, any strides) -> ``{"sem": (B, C, H,
+    W), "hv": (B, 2, H, W)}`` float32 numpy (the graph's outputs, in the model contract's order).
+    (H, W) = the graph's tile (``self.tile``) runs in ONNX Runtime; another size runs on
+    ``torch_module()`` (built on first need by ``torch_loader``: the folded torch module of the
+    same weights; imports torch) — the graph's pyramid pooling is baked for its tile, and padding a
+    smaller input up to it would change the maps (see the module doc). Always fp32.
+    Called with a torch tensor (``module(x)``, callers that drive the module themselves) it
+    answers with torch tensors, as the torch module would. ``segtme_prepared``: nothing left for
     ``inference.engine._prepare`` to fold."""
 
     segtme_prepared = True
     segtme_runtime = "onnxruntime"
 
     def __init__(self, path: Path, session, threads: int, tile: int, outputs: tuple[str, ...],
-                 torch_loader: Callable[[], nn.Module], metadata: dict[str, str]) -> None:
-        super().__init__()
+                 torch_loader: Callable[[], "nn.Module"], metadata: dict[str, str]) -> None:
         self.path = Path(path)
         self.session = session
         self.threads = int(threads)
@@ -216,38 +243,61 @@ class OrtModule(nn.Module):
         self.outputs = tuple(outputs)
         self.metadata = dict(metadata)
         self._torch_loader = torch_loader
-        self._torch: nn.Module | None = None
-        self.ort_batches = 0  # forward calls served by ONNX Runtime / by the torch module (tests, logs)
+        self._torch: "nn.Module | None" = None
+        self.ort_batches = 0  # batches served by ONNX Runtime / by the torch module (tests, logs)
         self.torch_batches = 0
 
-    def torch_module(self) -> nn.Module:
-        """The folded torch module of the same model (built once, on first call)."""
+    def eval(self) -> "OrtModule":
+        """Nothing to switch (inference only); returns self, as ``nn.Module.eval`` does."""
+        return self
+
+    def torch_module(self) -> "nn.Module":
+        """The folded torch module of the same model (built once, on first call; imports torch)."""
         if self._torch is None:
-            log.debug("%s: building the torch module for a non-%d² input", self.path.name, self.tile)
-            object.__setattr__(self, "_torch", self._torch_loader())  # plain attribute, not a submodule
+            log.info("%s: building the torch module (an input that is not %d² px, or bf16)", self.path.name, self.tile)
+            self._torch = self._torch_loader()
         return self._torch
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if tuple(x.shape[2:]) != (self.tile, self.tile) or x.device.type != "cpu":
+    def takes(self, shape: tuple[int, ...]) -> bool:
+        """True when a (B, 3, H, W) input of ``shape`` runs in ONNX Runtime (H = W = the tile)."""
+        return tuple(shape[2:]) == (self.tile, self.tile)
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """ONNX Runtime on a (B, 3, tile, tile) float32 numpy batch (see the class doc)."""
+        n = runtime.compute_threads()
+        if n != self.threads:  # runtime.set_torch_threads / torch.set_num_threads after load: follow it
+            self.session, self.threads = _session(self.path, n), n
+        ys = self.session.run(list(self.outputs), {"x": np.ascontiguousarray(x, dtype=np.float32)})
+        self.ort_batches += 1
+        return dict(zip(self.outputs, ys))
+
+    def __call__(self, x):
+        """A torch tensor in, torch tensors out (``forward``); numpy in: ``run`` (tile-sized only)."""
+        if isinstance(x, np.ndarray):
+            return self.run(x)
+        return self.forward(x)
+
+    def forward(self, x):
+        """Torch in, torch out: x (B, 3, H, W) tensor; the tile size on CPU in ONNX Runtime, other
+        inputs on ``torch_module()``."""
+        import torch
+
+        if not self.takes(tuple(x.shape)) or x.device.type != "cpu":
             self.torch_batches += 1
             return self.torch_module()(x)
-        n = torch.get_num_threads()
-        if n != self.threads:  # runtime.set_torch_threads after load: follow it
-            self.session, self.threads = _session(self.path, n), n
-        a = np.ascontiguousarray(x.detach().float().numpy())
-        ys = self.session.run(list(self.outputs), {"x": a})
-        self.ort_batches += 1
-        return {k: torch.from_numpy(y) for k, y in zip(self.outputs, ys)}
+        ys = self.run(x.detach().float().numpy())
+        return {k: torch.from_numpy(y) for k, y in ys.items()}
 
 
-def load(cfg: ModelConfig, weights: Path, outputs: tuple[str, ...], torch_loader: Callable[[], nn.Module],
+def load(cfg: ModelConfig, weights: Path, outputs: tuple[str, ...], torch_loader: Callable[[], "nn.Module"],
          variant: str = "fp32") -> OrtModule | None:
     """The ONNX Runtime module of a shipped model's graph ``variant``, or None (graph stale,
     unreadable, or not of this model's outputs: the caller keeps the torch path; the reason is
     logged)."""
     path = graph_path(weights, variant)
     try:
-        sess = _session(path, torch.get_num_threads())
+        threads = runtime.compute_threads()
+        sess = _session(path, threads)
         meta = dict(sess.get_modelmeta().custom_metadata_map)
         problem = _mismatch(meta, cfg, weights, variant)
         names = tuple(o.name for o in sess.get_outputs())
@@ -262,4 +312,4 @@ def load(cfg: ModelConfig, weights: Path, outputs: tuple[str, ...], torch_loader
         log.warning("ONNX Runtime not used for %s (%s); using the torch model", cfg.name, problem)
         return None
     log.debug("ONNX Runtime module loaded from %s", path)
-    return OrtModule(path, sess, torch.get_num_threads(), int(cfg.tile_size), tuple(outputs), torch_loader, meta).eval()
+    return OrtModule(path, sess, threads, int(cfg.tile_size), tuple(outputs), torch_loader, meta)

@@ -1,11 +1,15 @@
 """Model registry: families (builders + their contract) and named presets (configs), timm's way.
 
-A leaf: it imports only ``models.config`` and ``runtime``. Family files register into it —
+A leaf: it imports only ``models.config``, ``runtime`` and ``models.onnx_runtime`` (torch-free),
+never torch at import: torch is imported by the functions that build, read or run torch modules,
+so a config / contract lookup and a shipped model loaded into ONNX Runtime run without it.
+Family files register into it —
 ``register_family("uperhover", contract=...)`` registers a builder ``(ModelConfig) -> nn.Module``
 with the ``ModelContract`` its modules keep; ``register_preset(cfg)`` a named config. The
-family files are listed in ``FAMILY_MODULES`` and imported on first use of the registry (the
-package ``segtme.models`` imports its own family files; a family living in another package,
-like PAGET's SegFormer, is imported by name, as timm loads plugins).
+family files are listed in ``FAMILY_MODULES`` and imported on first use of the registry (a
+family living in another package, like PAGET's SegFormer, is imported by name, as timm loads
+plugins); ``BUILTIN_ARCHS`` names the file of each built-in family, so looking one family up
+imports only its file (``zoo`` for UperHoVer: no torch).
 
 * ``load_model(spec)`` takes a preset name, a shipped model name (``default``), or a path to a
   ``.json`` config / ``.safetensors`` weights file, builds the module and loads the weights.
@@ -23,21 +27,25 @@ import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Union
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 from .. import runtime  # noqa: F401,I001  (first: OpenMP waiting policy before torch loads)
 
-import torch
-from torch import nn
-
 from ..errors import SegTMEError
-from . import compiled, onnx_runtime
+from . import onnx_runtime
 from .config import ModelConfig, ModelConfigError
+
+if TYPE_CHECKING:  # annotations only: torch is imported where a torch module is built or run
+    import torch
+    from torch import nn
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 
 #: modules that register families and presets, imported on first use (order = listing order)
 FAMILY_MODULES = ("segtme.models.zoo", "segtme.models.classical", "segtme.paget.model", "segtme.mitosis.model")
+#: the file of each built-in family (``contract`` / ``create_model`` of one arch import only it)
+BUILTIN_ARCHS = {"uperhover": "segtme.models.zoo", "classical": "segtme.models.classical",
+                 "paget_segformer": "segtme.paget.model", "mitosis_cnn": "segtme.mitosis.model"}
 
 #: how a family's nuclei are made (``ModelContract.instances``)
 INSTANCE_KINDS = ("maps", "hook", "none")
@@ -113,7 +121,7 @@ def register_preset(cfg: ModelConfig) -> ModelConfig:
 
 def contract(cfg: ModelConfig) -> ModelContract:
     """The contract of ``cfg``'s family (ModelConfigError for an unknown arch)."""
-    _ensure_builtin()
+    _ensure_family(cfg.arch)
     if cfg.arch not in _FAMILIES:
         raise ModelConfigError(f"model {cfg.name}: unknown arch {cfg.arch!r}; known: {sorted(_FAMILIES)}")
     spec = _CONTRACTS.get(cfg.arch)
@@ -139,7 +147,7 @@ def shipped_models() -> dict[str, Path]:
 
 def create_model(cfg: ModelConfig) -> nn.Module:
     """Build the module for ``cfg`` with random weights (no file access)."""
-    _ensure_builtin()
+    _ensure_family(cfg.arch)
     try:
         builder = _FAMILIES[cfg.arch]
     except KeyError:
@@ -150,6 +158,8 @@ def create_model(cfg: ModelConfig) -> nn.Module:
 # --------------------------------------------------------------------------- weights
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from safetensors, or a torch file with the safe (weights-only) loader."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
@@ -224,6 +234,11 @@ def find_uni2h_checkpoint(explicit: str | Path | None = None) -> Path:
 class LoadedModel:
     """A model ready for inference: config + module (eval mode) + device.
 
+    module: a torch ``nn.Module``, or the ONNX Runtime module of a shipped model
+    (``onnx_runtime.OrtModule``, numpy in / numpy out, no torch); ``inference.engine`` runs
+    either as its backend. device: a ``torch.device``, or ``runtime.DeviceName("cpu")`` for the
+    ONNX Runtime module (a ``str`` with ``.type``; torch accepts it as a device).
+
     precision: ``"auto"`` (bf16 autocast on CUDA, and on CPUs with native bf16 arithmetic —
     AVX512-BF16 or AMX — where it halves the forward time; fp32 elsewhere), ``"fp32"`` or
     ``"bf16"`` (forced). Weights stay fp32; only the forward pass's arithmetic changes, outputs
@@ -251,7 +266,10 @@ PRECISIONS, cpu_has_native_bf16, resolve_precision = runtime.PRECISIONS, runtime
 
 
 def select_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' -> cuda if available, else mps, else cpu."""
+    """'auto' -> cuda if available, else mps, else cpu (imports torch)."""
+    import torch
+
+    runtime.sync_torch_threads()
     if isinstance(device, torch.device):
         return device
     if device == "auto":
@@ -269,14 +287,20 @@ def select_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+def device_type(device: str | torch.device = "auto") -> str:
+    """The type ("cpu", "cuda", "mps") ``select_device(device)`` gives, without importing torch
+    when the answer is the CPU and known without it (``_host_device``)."""
+    return "cpu" if _host_device(device) is not None else select_device(device).type
+
+
 def resolve_config(spec: str | Path | ModelConfig) -> tuple[ModelConfig, Path | None]:
     """Resolve a model spec to (config, weights path or None).
 
     spec: a ModelConfig; a preset name (``uni2_uperhover``); a shipped model name (``default``);
     a path to a config ``.json`` (weights: its ``weights`` field, relative to the json, or
     ``<stem>.safetensors``); or a path to a ``.safetensors`` file (config: ``<stem>.json`` beside it).
+    Family files are imported only for a preset name (``presets``).
     """
-    _ensure_builtin()
     if isinstance(spec, ModelConfig):
         return spec, (Path(spec.weights) if spec.weights else None)
     s = str(spec)
@@ -296,6 +320,7 @@ def resolve_config(spec: str | Path | ModelConfig) -> tuple[ModelConfig, Path | 
     if s in shipped:
         cfg = ModelConfig.from_json(shipped[s])
         return cfg, shipped[s].parent / (cfg.weights or (s + ".safetensors"))
+    _ensure_builtin()
     if s in _PRESETS:
         cfg = _PRESETS[s]
         return cfg, (Path(cfg.weights) if cfg.weights else None)
@@ -317,8 +342,10 @@ def load_model(
 
     A shipped model on the CPU loads without building the torch module: its prebuilt ONNX graph in
     ONNX Runtime when ``SEGTME_RUNTIME`` selects it (``onnx`` fp32, ``onnx-int8``; ``auto`` =
-    ``onnx_runtime.AUTO_RUNTIME``, measured: torch; precision auto/fp32, ``onnxruntime``
-    importable; ``models/onnx_runtime.py``), else its cached TorchScript module
+    ``onnx_runtime.AUTO_RUNTIME``; precision auto/fp32, ``onnxruntime`` importable;
+    ``models/onnx_runtime.py``) — then torch is not imported at all (``device`` "cpu", or "auto"
+    on a machine without any accelerator, ``runtime.accelerator_possible``; the returned
+    ``LoadedModel.device`` is a ``runtime.DeviceName``) — else its cached TorchScript module
     (``models/compiled.py``), else eagerly (which writes that cache). ``SEGTME_COMPILED=0``:
     always eager.
 
@@ -327,16 +354,24 @@ def load_model(
     """
     cfg, wpath = resolve_config(spec)
     fast_dev = None  # shipped model on the CPU: its ONNX graph (models/onnx_runtime.py), else the compiled module
+    if weights is None and backbone_weights is None and onnx_runtime.runtime_choice() != "torch":
+        host = _host_device(device)  # "cpu" known without torch, else None (then the torch path decides)
+        variant = onnx_runtime.eligible(cfg, wpath, host, precision) if host is not None else None
+        if variant is not None:
+            if precision not in PRECISIONS:
+                raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+            w0 = wpath  # the torch module for inputs the graph does not take, built on first need
+            ort_module = onnx_runtime.load(cfg, wpath, contract(cfg).outputs,
+                                           lambda: _torch_inference_module(cfg, w0, select_device("cpu")), variant)
+            if ort_module is not None:
+                return LoadedModel(cfg, ort_module, host, str(wpath), precision)
+    import torch
+
+    from . import compiled
+
+    runtime.sync_torch_threads()
     if weights is None and backbone_weights is None and compiled.enabled():
         fast_dev = select_device(device)
-        variant = onnx_runtime.eligible(cfg, wpath, fast_dev, precision)
-        if variant is not None:
-            resolve_precision(precision, fast_dev)
-            dev0, w0 = fast_dev, wpath  # the torch module for inputs the graph does not take, built on first need
-            ort_module = onnx_runtime.load(cfg, wpath, contract(cfg).outputs, lambda: _torch_inference_module(cfg, w0, dev0),
-                                           variant)
-            if ort_module is not None:
-                return LoadedModel(cfg, ort_module, fast_dev, str(wpath), precision)
         if compiled.eligible(cfg, wpath, fast_dev):
             resolve_precision(precision, fast_dev)
             fast = compiled.load(cfg, wpath, fast_dev)
@@ -372,10 +407,25 @@ def load_model(
     return LoadedModel(cfg, module, dev, source, precision)
 
 
+def _host_device(device: Any) -> "runtime.DeviceName | None":
+    """``runtime.DeviceName("cpu")`` when ``device`` is the CPU — ``"cpu"``, a CPU
+    ``torch.device``, or ``"auto"`` on a machine without any accelerator
+    (``runtime.accelerator_possible``) — decided without importing torch; else None."""
+    if getattr(device, "type", None) == "cpu" and not isinstance(device, str):
+        return runtime.DeviceName("cpu")
+    if device == "cpu" or (device == "auto" and not runtime.accelerator_possible()):
+        return runtime.DeviceName("cpu")
+    return None
+
+
 def _torch_inference_module(cfg: ModelConfig, wpath: Path, dev: torch.device) -> nn.Module:
     """The folded, channels_last torch inference module of a shipped model (the ONNX Runtime
     module's path for inputs its graph does not take): the compiled TorchScript module when cached,
     else built eagerly (and the cache written, as ``load_model`` does)."""
+    import torch
+
+    from . import compiled
+
     if compiled.eligible(cfg, wpath, dev):
         fast = compiled.load(cfg, wpath, dev)
         if fast is not None:
@@ -402,6 +452,18 @@ def load_backbone_weights(module: nn.Module, path: str | Path) -> None:
 _BUILTIN_DONE = False
 
 
+def _ensure_family(arch: str) -> None:
+    """Register ``arch``'s family: import its built-in file (``BUILTIN_ARCHS``), else every
+    family file (``_ensure_builtin``)."""
+    if arch in _FAMILIES:
+        return
+    if arch in BUILTIN_ARCHS:
+        importlib.import_module(BUILTIN_ARCHS[arch])
+        if arch in _FAMILIES:
+            return
+    _ensure_builtin()
+
+
 def _ensure_builtin() -> None:
     global _BUILTIN_DONE
     if _BUILTIN_DONE:
@@ -420,12 +482,14 @@ _CONV_BN_ATTRS = (("conv", "batch_norm"), ("conv", "bn"), ("conv1", "bn1"), ("co
 
 def _last_conv(m: nn.Module) -> tuple[nn.Module, str] | None:
     """(parent, name) of ``m``'s last Conv2d when ``m`` is a Sequential ending in one."""
+    from torch import nn
     if isinstance(m, nn.Sequential) and len(m) and isinstance(m[-1], nn.Conv2d):
         return m, str(len(m) - 1)
     return None
 
 
 def _fold_pairs(root: nn.Module) -> int:
+    from torch import nn
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     n = 0
@@ -464,6 +528,8 @@ def fold_batchnorm(module: nn.Module, check_size: int = 64, tol: float = 1e-4) -
     and, if any output differs by more than ``tol`` x (1 + max |output|), the unfolded eval copy
     is returned with 0 folds (so an unknown layer order can never change results).
     """
+    import torch
+
     ref = _shell_copy(module).eval()
     folded = _shell_copy(module).eval()
     with torch.no_grad():

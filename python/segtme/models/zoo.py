@@ -1,15 +1,42 @@
 """Built-in model families and presets (one config + builder per family, as timm does).
 
 The UperHoVer family: a pyramid backbone + UperNet heads, outputs = its configured heads
-("sem" logits over the taxonomy, "hv"), nuclei made from the maps. timm / transformers are
-imported when a model is built, not when the presets are listed.
+("sem" logits over the taxonomy, "hv"), nuclei made from the maps. torch / timm / transformers
+are imported when a model is built, not when the presets are listed or a contract is looked up.
 """
 
 from __future__ import annotations
 
-from .backbones import UNI2_H_ARCH, UNI2_H_TAPS, uni2_h_kwargs
+from typing import Any
+
 from .config import ModelConfig
 from .registry import ModelContract, register_family, register_preset
+
+#: UNI2-h (MahmoodLab) timm configuration: ViT-Giant, patch 14, dim 1536, depth 24, 24 heads,
+#: SwiGLU-packed MLP (ratio 2.66667*2), 8 register tokens, layer-scale 1e-5, no class-token
+#: position embedding, dynamic image size. ~681 M parameters. (Exactly as its model card gives
+#: it; here, not in ``backbones``, so listing presets needs no torch.)
+UNI2_H_ARCH = "vit_giant_patch14_224"
+UNI2_H_TAPS = [5, 11, 17, 23]
+
+
+def uni2_h_kwargs() -> dict[str, Any]:
+    """timm kwargs for UNI2-h (serialisable: layer classes named by string)."""
+    return {
+        "img_size": 224,
+        "patch_size": 14,
+        "depth": 24,
+        "num_heads": 24,
+        "init_values": 1e-5,
+        "embed_dim": 1536,
+        "mlp_ratio": 2.66667 * 2,
+        "num_classes": 0,
+        "no_embed_class": True,
+        "mlp_layer": "SwiGLUPacked",
+        "act_layer": "silu",
+        "reg_tokens": 8,
+        "dynamic_img_size": True,
+    }
 
 
 def _uperhover_contract(cfg: ModelConfig) -> ModelContract:

@@ -42,9 +42,11 @@ class ModelRunner:
     @property
     def paget_mode(self) -> str | None:
         """"semantic" (PAGET-S) / "panoptic" (PAGET-H) for PAGET models, else None."""
-        from ..paget.model import is_paget, paget_mode
+        if self.model.contract.product != "paget":  # = paget.model.is_paget, without importing torch
+            return None
+        from ..paget.model import paget_mode
 
-        return paget_mode(self.cfg) if is_paget(self.cfg) else None
+        return paget_mode(self.cfg)
 
     def batchers(self) -> list[MicroBatcher]:
         """This runner's batcher and its instance source's (no duplicates)."""
