@@ -22,11 +22,13 @@ per 768² tile; PAGET-H 407 ms (Table 7).
     python scripts/bench_paget.py [--variants b5,b0] [--tiles 3] [--runs 3] [--out runs/bench_paget]
 
 Region mode (issue #18 item 4): PAGET-H (shipped ``paget_h``: student + default instances +
-mitosis teacher) against the default model, end to end as ``segtme analyze`` runs them (analysis
-+ every output file), each run in a fresh process for its own peak RSS, on a mosaic of real
-MoNuSeg H&E at 0.5 µm/px (``bench_inference.make_mosaic``):
+mitosis teacher) against the default model, end to end: ``segtme analyze IMAGE --mpp 0.5 --model
+M --out TMP --no-progress``, each run a fresh process measured by the OS (CPU seconds user+sys,
+wall, peak RSS), interleaved pairs default / PAGET-H after a warm-up pair, on a mosaic of real
+MoNuSeg H&E at 0.5 µm/px (``bench_inference.make_mosaic``) or an existing PNG:
 
     python scripts/bench_paget.py --region 10000 --runs 1 --out docs/bench_paget
+    python scripts/bench_paget.py --image m05_10000.png --runs 2 --out DIR
 """
 
 from __future__ import annotations
@@ -85,87 +87,93 @@ def _bench_inference():
     return mod
 
 
-def _child_region(png: str, mpp: float, model: str, threads: int, *, q) -> None:
-    """One end-to-end ``segtme analyze`` product run (analysis + every output file) in a fresh
-    process: time and peak RSS (VmHWM) of this process alone."""
-    import segtme  # noqa: F401  (first, as the CLI does)
-
-    torch.set_num_threads(threads)
+def _cli_run(png: str, model: str, threads: int) -> dict:
+    """One ``segtme analyze PNG --mpp 0.5 --model MODEL --out TMP --no-progress`` in a fresh
+    process (the product path: analysis + every output file), measured by the OS for that child
+    alone (``os.wait4``): CPU seconds (user + sys, all threads), wall seconds, peak RSS."""
+    import re
+    import subprocess
     import tempfile
 
-    import segtme.pipeline as pipeline
-    from segtme.export.bundle import write_outputs
-    from segtme.inference import imageio
-    from segtme.models import load_model
-
-    bi = _bench_inference()
-    lm = load_model(model, "cpu")
-    base = bi._peak_rss_mib()
-    t0 = time.perf_counter()
-    res = pipeline.analyze(png, mpp=mpp, model=lm)
-    t1 = time.perf_counter()
+    exe = Path(sys.executable).with_name("segtme")
     with tempfile.TemporaryDirectory() as d:
-        write_outputs(res, d, imageio.read_image(png).rgb)
-    total = time.perf_counter() - t0
-    mit = res.nuclei.meta.get("mitosis") or {}
-    q.put({"model": model, "weights": lm.source, "total_s": total, "analyze_s": t1 - t0, "export_s": total - (t1 - t0),
-           "n_nuclei": len(res.nuclei), "peak_rss_mib": bi._peak_rss_mib(), "base_rss_mib": base,
-           "tissue_annotations": len(getattr(res, "tissue_features", None) or []), "mitosis": mit,
-           "chunks": res.nuclei.meta.get("chunks")})
+        cmd = [str(exe), "analyze", png, "--mpp", "0.5", "--model", model, "--out", d, "--no-progress"]
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        load0 = os.getloadavg()
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+        out = proc.stdout.read()
+        _, status, ru = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-2000:]}")
+        m = re.search(r"^(\d+) nuclei", out, re.M)
+        n_ann = re.search(r"^(\d+) tissue annotation", out, re.M)
+    return {"model": model, "cpu_s": ru.ru_utime + ru.ru_stime, "user_s": ru.ru_utime, "sys_s": ru.ru_stime,
+            "wall_s": wall, "peak_rss_mib": ru.ru_maxrss / 1024.0, "n_nuclei": int(m.group(1)) if m else None,
+            "tissue_annotations": int(n_ann.group(1)) if n_ann else 0, "load_before": load0,
+            "load_after": os.getloadavg(), "cmd": " ".join(cmd[:-4] + ["--out", "TMP", "--no-progress"])}
 
 
 def region_main(args) -> int:
-    """PAGET-H vs the default model end to end on a ``--region``² mosaic of real H&E at 0.5 µm/px
-    (target: PAGET-H within 1.5x of the default's time, peak RSS <= 2.5 GiB)."""
-    import multiprocessing as mp
+    """PAGET-H vs the default model end to end (``segtme analyze``, each run a fresh process, OS
+    accounting of its CPU seconds and peak RSS) on a ``--region``² mosaic of real H&E at 0.5 µm/px
+    or on ``--image``; runs interleaved default, PAGET-H, default, PAGET-H, ... (``--runs`` pairs)
+    after one untimed warm-up pair on a 512² crop (file cache, imports). Target: PAGET-H's CPU
+    seconds <= 1.5x the default's in the same pair, peak RSS <= 2.5 GiB."""
     import tempfile
 
     from PIL import Image
 
     from segtme.export.atomic import atomic_write_text
 
-    bi = _bench_inference()
-    rgb, src = bi.make_mosaic(args.region, 0.5)
+    Image.MAX_IMAGE_PIXELS = None
     rows = []
+    models = ["default", args.paget_model]
     with tempfile.TemporaryDirectory() as d:
-        png = str(Path(d) / "mosaic.png")
-        Image.fromarray(rgb).save(png)
-        del rgb
-        ctx = mp.get_context("spawn")
+        if args.image:
+            png, src = args.image, args.image
+            small = np.asarray(Image.open(png).convert("RGB"))[:512, :512]
+        else:
+            bi = _bench_inference()
+            rgb, src = bi.make_mosaic(args.region, 0.5)
+            png = str(Path(d) / "mosaic.png")
+            Image.fromarray(rgb).save(png)
+            small = rgb[:512, :512]
+            del rgb
+        warm = str(Path(d) / "warm.png")
+        Image.fromarray(np.ascontiguousarray(small)).save(warm)
+        for model in models:  # warm-up (not reported)
+            _cli_run(warm, model, args.threads)
         for rep in range(args.runs):
-            for model in [m for m in ("default", args.paget_model) if m in args.models.split(",") or m == args.paget_model
-                          and "paget" in args.models.split(",")]:
-                q = ctx.Queue()
-                p = ctx.Process(target=_child_region, args=(png, 0.5, model, args.threads), kwargs={"q": q})
-                p.start()
-                out = q.get()
-                p.join()
+            for model in models:
+                out = _cli_run(png, model, args.threads)
                 out["run"] = rep + 1
                 rows.append(out)
                 print(json.dumps(out, default=str), flush=True)
-    if args.reuse_default:  # a previous run's default row (same mosaic and machine)
-        prev = json.loads(Path(args.reuse_default).read_text())["rows"]
-        rows = [r for r in prev if r["model"] == "default"] + rows
-    by = {m: [r for r in rows if r["model"] == m] for m in ("default", args.paget_model)}
-    med = {m: statistics.median(r["total_s"] for r in v) for m, v in by.items()}
-    peak = {m: max(r["peak_rss_mib"] for r in v) for m, v in by.items()}
-    ratio = med[args.paget_model] / med["default"]
-    lines = [f"# PAGET-H vs default, {args.region}² px at 0.5 µm/px ({args.region * 0.5 / 1000:.1f} mm square), "
-             f"{args.threads} threads, {args.runs} run(s) each, end to end (analysis + all outputs)", "",
-             "| model | total s (median) | analyze s | export s | nuclei | peak RSS MiB |", "|---|---|---|---|---|---|"]
-    for m, v in by.items():
-        r = v[-1]
-        lines.append(f"| {m} | {med[m]:.1f} | {r['analyze_s']:.1f} | {r['export_s']:.1f} | {r['n_nuclei']} | {peak[m]:.0f} |")
-    lines += ["", f"PAGET-H / default time: **{ratio:.2f}x** (target <= 1.5x); PAGET-H peak RSS "
-              f"**{peak[args.paget_model] / 1024:.2f} GiB** (target <= 2.5 GiB)", "",
-              f"mosaic: {src}; machine: {os.cpu_count()} cores shared (load {os.getloadavg()}), torch {torch.__version__}"]
+    pairs = [(a, b) for a, b in zip(rows[0::2], rows[1::2])]
+    ratios = [b["cpu_s"] / a["cpu_s"] for a, b in pairs]
+    peak = max(r["peak_rss_mib"] for r in rows if r["model"] == args.paget_model)
+    size = Image.open(png).size if args.image else (args.region, args.region)
+    lines = [f"# PAGET-H ({args.paget_model}) vs default, {size[0]}x{size[1]} px at 0.5 µm/px, `segtme analyze` "
+             f"end to end (analysis + all outputs), fresh process per run, interleaved pairs", "",
+             "| pair | model | CPU s (user+sys) | wall s | peak RSS MiB | nuclei | load before → after |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['run']} | {r['model']} | {r['cpu_s']:.1f} | {r['wall_s']:.1f} | {r['peak_rss_mib']:.0f} | "
+                     f"{r['n_nuclei']} | {r['load_before'][0]:.2f} → {r['load_after'][0]:.2f} |")
+    lines += ["", "PAGET-H / default CPU seconds per pair: " + ", ".join(f"**{x:.2f}x**" for x in ratios)
+              + " (target <= 1.5x); PAGET-H peak RSS " f"**{peak / 1024:.2f} GiB** (target <= 2.5 GiB)", "",
+              f"input: {src}; machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+              f"torch {torch.__version__}, {args.threads} threads per run"]
     text = "\n".join(lines)
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "bench_paget_region.md", text + "\n")
-    atomic_write_text(out / "bench_paget_region.json", json.dumps({"rows": rows, "ratio": ratio, "peak_mib": peak}, indent=1,
-                                                                  default=str))
+    atomic_write_text(out / "bench_paget_region.json", json.dumps({"rows": rows, "cpu_ratios": ratios, "peak_mib": peak},
+                                                                  indent=1, default=str))
     return 0
 
 
@@ -175,8 +183,7 @@ def main() -> int:
                     help="region mode: PAGET-H vs default end to end on a REGION² mosaic at 0.5 µm/px (e.g. 10000)")
     ap.add_argument("--paget-model", default="paget_h", help="region mode: the PAGET model (default paget_h)")
     ap.add_argument("--threads", type=int, default=2, help="region mode: torch threads per run")
-    ap.add_argument("--reuse-default", default=None, help="region mode: bench_paget_region.json whose default row to reuse")
-    ap.add_argument("--models", default="default,paget", help="region mode: which runs (default, paget or both)")
+    ap.add_argument("--image", default=None, help="region mode: an existing 0.5 µm/px PNG instead of the mosaic")
     ap.add_argument("--variants", default="b5,b0", help="MiT variants of PAGET-S to time (b0..b5)")
     ap.add_argument("--tiles", type=int, default=3)
     ap.add_argument("--runs", type=int, default=3)
@@ -184,7 +191,7 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=str(REPO / "runs" / "bench_paget"))
     args = ap.parse_args()
-    if args.region:
+    if args.region or args.image:
         return region_main(args)
 
     from segtme.export.atomic import atomic_write_text

@@ -139,3 +139,134 @@ def test_analyze_paget_semantic_and_panoptic_on_real_tile(tiny, monuseg_small):
     # PAGET-H with a SegTME model as the instance source (the classical baseline: no weights needed)
     c_res = analyze_paget(rgb, mpp, tiny, mode="panoptic", instance_source="classical")
     assert c_res.meta["instances"].startswith("classical")
+
+
+def _former_merge_tissue_features(features, clip=None, mpp=None):
+    """The former ``geometry.merge_tissue_features`` verbatim (reference for the split into
+    ``clip_tissue_features`` + ``merge_tissue_geometries``)."""
+    import shapely
+    from shapely.geometry import mapping, shape
+
+    from segtme.paget.geometry import _areal
+
+    clip_g = shape(clip) if isinstance(clip, dict) else clip
+    groups, props = {}, {}
+    for f in features:
+        name = f["properties"]["classification"]["name"]
+        groups.setdefault(name, []).append(shape(f["geometry"]))
+        props.setdefault(name, f["properties"])
+    out = []
+    for name, geoms in groups.items():
+        g = shapely.union_all(geoms)
+        if clip_g is not None:
+            g = _areal(g.intersection(clip_g))
+        if g is None or g.is_empty:
+            continue
+        p = dict(props[name])
+        meas = {"Area px^2": round(float(g.area), 2)}
+        if mpp:
+            meas["Area µm^2"] = round(float(g.area) * mpp * mpp, 3)
+        p["measurements"] = meas
+        out.append({"type": "Feature", "id": "x", "geometry": mapping(g), "properties": p})
+    return out
+
+
+def _random_masks(n=150, seed=0):
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        h, w = (int(v) for v in rng.integers(1, 40, 2))
+        m = rng.random((h, w)) < rng.uniform(0.15, 0.85)  # many corner-touching pixels (saddles)
+        if m.any():
+            yield m
+    m = np.zeros((9, 9), bool)  # a ring closed only through a corner: one polygon + a touching hole
+    m[1:8, 1] = m[1, 1:8] = m[7, 1:7] = m[1:7, 7] = True
+    m[6, 7] = False
+    m[7, 7] = False
+    yield m
+
+
+def test_traced_geometry_equals_the_former_union_of_pixel_squares():
+    """mask_to_geometry traces the boundary (corner vertices only); the former GEOS union of the
+    per-row pixel runs (``_union_geometry``) is the reference: same point set, same parts, valid."""
+    import shapely
+
+    from segtme.paget.geometry import _union_geometry
+
+    for m in _random_masks():
+        new, old = mask_to_geometry(m, 0.0), _union_geometry(m, 0.0)
+        assert new.is_valid and new.equals(old)
+        assert new.geom_type == old.geom_type and new.area == pytest.approx(old.area) == m.sum()
+        assert len(getattr(new, "geoms", [new])) == len(getattr(old, "geoms", [old]))
+        assert sum(len(p.interiors) for p in getattr(new, "geoms", [new])) == \
+            sum(len(p.interiors) for p in getattr(old, "geoms", [old]))
+        assert shapely.get_num_coordinates(new) <= shapely.get_num_coordinates(old)
+        # simplified (Douglas-Peucker at 1 px, topology kept): near the exact outline
+        # (not vertex-identical to the former: the former's collinear vertices change the result)
+        simp = mask_to_geometry(m, 1.0)
+        assert simp is None or simp.hausdorff_distance(new) <= 2.0 + 1e-9  # vertex Hausdorff
+        # no collinear vertex: every vertex of every ring is a corner
+        for p in getattr(new, "geoms", [new]):
+            for ring in [p.exterior, *p.interiors]:
+                c = np.asarray(ring.coords)[:-1]
+                a, b = np.roll(c, 1, 0) - c, np.roll(c, -1, 0) - c
+                assert (np.abs(a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]) > 0).all()
+
+
+def test_geojson_geometry_equals_the_former_nested_rounding():
+    from segtme.paget.geometry import _geojson_geometry, _geojson_geometry_ref
+
+    for m in list(_random_masks(30, seed=1)):
+        g = mask_to_geometry(m, 0.0)
+        for scale, off in ((1.0, (0.0, 0.0)), (2.0, (1000.5, 37.25)), (1 / 3, (0.125, 7.0))):
+            assert _geojson_geometry(g, scale, off) == _geojson_geometry_ref(g, scale, off)
+
+
+def test_tissue_merge_equals_the_former_merge():
+    """clip per chunk (clip_tissue_features) + one union at the end (merge_tissue_geometries) =
+    the former merge_tissue_features with a clip per chunk, then without (the chunked runner)."""
+    from shapely.geometry import box, shape
+
+    from segtme.paget.geometry import clip_tissue_features, merge_tissue_features, merge_tissue_geometries
+
+    rng = np.random.default_rng(3)
+    sem = rng.choice([pt.EPITHELIUM, pt.STROMA, pt.RED_BLOOD_CELL, 0], size=(60, 90), p=[0.4, 0.4, 0.1, 0.1])
+    sem = np.repeat(np.repeat(sem, 2, 0), 2, 1).astype(np.uint8)  # 120 x 180 px, 2 px blocks
+    chunks = [((0, 0, 100, 120), (0, 0, 90, 120)), ((80, 0, 180, 120), (90, 0, 180, 120))]  # (region, core)
+    items, former = [], []
+    for (x0, y0, x1, y1), core in chunks:
+        feats = tissue_annotations(sem[y0:y1, x0:x1], offset_xy=(x0, y0), simplify_px=1.0, min_area_px=1.0)
+        items += clip_tissue_features(feats, box(*core))
+        former += _former_merge_tissue_features(feats, clip=box(*core), mpp=0.5)
+        for a, b in zip(merge_tissue_features(feats, clip=box(*core), mpp=0.5),
+                        _former_merge_tissue_features(feats, clip=box(*core), mpp=0.5)):
+            # one geometry per class is clipped without the former's re-noding union: same point set
+            assert shape(a["geometry"]).equals(shape(b["geometry"])) and a["properties"] == b["properties"]
+    old = _former_merge_tissue_features(former, mpp=0.5)
+    assert [f["geometry"] for f in merge_tissue_features(former, mpp=0.5)] == [f["geometry"] for f in old]
+    for seams in (None, ([90.0], [])):  # GEOS union / noded coverage union along the core edge x = 90
+        new = merge_tissue_geometries(items, mpp=0.5, seams=seams)
+        assert len(new) == len(old) == 3
+        for a, b in zip(new, old):
+            assert a["properties"] == b["properties"]
+            assert shape(a["geometry"]).equals(shape(b["geometry"]))
+
+
+def test_union_on_seams_equals_the_geos_union():
+    """Pieces of a map clipped to a 3 x 3 grid of cores, dissolved along the core edges = the GEOS
+    union of the pieces (same point set, valid, normalised vertices identical here)."""
+    import shapely
+    from shapely.geometry import box
+
+    from segtme.paget.geometry import _node_on_seams, union_on_seams
+
+    rng = np.random.default_rng(5)
+    m = rng.random((30, 30)) < 0.6
+    m = np.repeat(np.repeat(m, 3, 0), 3, 1)  # 90 x 90 px
+    whole = mask_to_geometry(m, 0.0)
+    edges = [0.0, 31.0, 57.5, 90.0]  # one edge off the pixel grid: pieces get vertices there by clipping
+    pieces = [whole.intersection(box(edges[j], edges[i], edges[j + 1], edges[i + 1])) for i in range(3) for j in range(3)]
+    seams = (edges[1:-1], edges[1:-1])
+    cov = shapely.coverage_union_all(_node_on_seams(pieces, *seams))
+    assert cov.is_valid and cov.area == pytest.approx(m.sum())
+    u = union_on_seams(pieces, *seams)
+    assert u.equals(shapely.union_all(pieces)) and u.equals(whole)

@@ -22,7 +22,7 @@ from ..inference.nuclei import NucleiTable, build_nuclei_table
 from ..taxonomy import Taxonomy
 from . import features as _features  # noqa: F401  (registers the paget13 TME feature group)
 from . import taxonomy as pt
-from .geometry import nucleus_tissue_at, tissue_annotations, tissue_area_by_class
+from .geometry import fill_tissue_under_nuclei, nucleus_tissue_at, tissue_annotations, tissue_area_by_class
 
 
 def nucleus_components(sem: np.ndarray, min_px: int = 4, tax: Taxonomy = pt.TAXONOMY) -> tuple[np.ndarray, np.ndarray]:
@@ -179,7 +179,8 @@ def paget_result_from_prob(
     if mitosis is not None:
         mitosis(table_w, rgb_w, wm)
         meta["mitosis"] = table_w.meta.get("mitosis")
-    nucleus_tissue = nucleus_tissue_at(sem, table_w.centroid, tax)
+    filled = fill_tissue_under_nuclei(sem, tax)  # once, for the nuclei's context and the annotations
+    nucleus_tissue = nucleus_tissue_at(sem, table_w.centroid, tax, filled=filled)
     features = None
     if compute_features:
         from .features import analyze_paget_features
@@ -190,7 +191,7 @@ def paget_result_from_prob(
     table.mpp = input_mpp
     table.meta.update(meta, model=cfg.name, model_mpp=wm, input_mpp=input_mpp, scale=s)
     tissue = tissue_annotations(sem, scale=1.0 / s, offset_xy=(ox, oy), mpp_out=input_mpp, simplify_px=simplify_px,
-                                min_area_px=min_tissue_area_um2 / wm**2, tax=tax)
+                                min_area_px=min_tissue_area_um2 / wm**2, tax=tax, filled=filled)
     return PagetResult(mode, sem, s, wm, float(input_mpp), (ox, oy), table, tissue, features, meta, nucleus_tissue)
 
 

@@ -133,95 +133,128 @@ def resolve_mitosis(cfg: Any, mitosis: Any = "config", device: str = "cpu") -> A
     return mitosis_marker(spec, device)
 
 
-#: chunking of large images for PAGET (input px are derived from these working px): the
-#: student's and the instance source's maps of one chunk at a time (memory ~ chunk² x 90 B)
-PAGET_CHUNK_WORK = 1536  # 2048: 2.73 GiB peak on a 4000² px mosaic (bench_paget --region 4000)
+#: chunking of large images for PAGET (working px): the student's and the instance source's maps
+#: of one chunk at a time (memory ~ chunk² x 90 B). With one tile grid per model the chunk size no
+#: longer changes which tiles run, only the memory and the halo's share of the post-processing:
+#: 1024 as ``pipeline.segment_image`` (1536 before: 2.35 GiB peak on the 4000² px mosaic)
+PAGET_CHUNK_WORK = 1024
 PAGET_HALO_WORK = 64
+#: at most this many working px per forward batch on large images (8 x 256², as the
+#: ``pipeline.BATCH_PIXELS`` default: 2 tiles of 512²; 8 tiles of 512² held ~0.3 GiB more in the
+#: student's decoder)
+PAGET_BATCH_PIXELS = 8 * 256 * 256
 
 
-def _chunk_result(rgb_c: np.ndarray, mpp: float, lm: LoadedModel, mode: str, src: Any, mark: Any, *,
-                  offset_xy: Sequence[float], batch_size: int, tile: int | None, overlap: int | None,
-                  simplify_px: float, min_tissue_area_um2: float, min_nucleus_area_um2: float,
-                  meta: dict) -> PagetResult:
-    prob, rgb_w, s = predict_semantic(lm, rgb_c, mpp, batch_size=batch_size, tile=tile, overlap=overlap)
-    inst = None
-    if mode == "panoptic":
-        inst, meta["instances"] = source_instances(src, rgb_w, float(lm.config.mpp))
-    return paget_result_from_prob(prob, rgb_w, lm.config, scale=s, input_mpp=mpp, mode=mode, inst=inst,
-                                  offset_xy=offset_xy, simplify_px=simplify_px,
-                                  min_tissue_area_um2=min_tissue_area_um2, min_nucleus_area_um2=min_nucleus_area_um2,
-                                  compute_features=False, meta=meta, mitosis=mark)
+def _grid_instances(src: Any, wm: float) -> bool:
+    """True when the instance source is a maps model at the student's working MPP: its maps are
+    then served chunk by chunk from one tile grid over the whole working image
+    (``engine.GridPredictor``), like the student's and like ``pipeline.segment_image``."""
+    return (isinstance(src, LoadedModel) and src.contract.instances == "maps"
+            and abs(float(src.config.mpp) - wm) < 1e-9)
 
 
 def _analyze_chunked(rgb: np.ndarray, mpp: float, lm: LoadedModel, mode: str, src: Any, mark: Any, *,
                      offset_xy: Sequence[float], chunk_work: int, halo_work: int, progress: Any,
-                     compute_features: bool, **kw: Any) -> PagetResult:
-    """PAGET on a large image chunk by chunk (``tiling.chunk_grid`` in input px): nuclei joined
-    by the one stitcher (``inference.stitch.Stitcher``: core ownership + seam de-duplication),
-    tissue annotations clipped to each chunk's core and merged per class, the 14-class map kept
-    as uint8 only. Coordinates: input px + ``offset_xy``."""
+                     compute_features: bool, batch_size: int, tile: int | None, overlap: int | None,
+                     simplify_px: float, min_tissue_area_um2: float, min_nucleus_area_um2: float) -> PagetResult:
+    """PAGET on a large image chunk by chunk: chunks of ``chunk_work`` working px with a
+    ``halo_work`` halo (``tiling.chunk_grid`` on the working grid, as ``pipeline.segment_image``).
+    One tile grid over the whole working image per model (``engine.GridPredictor``: every tile
+    runs once; a chunk's maps are the whole image's blended maps cropped to it) for the student
+    and for a maps instance source at the same MPP (any other instance source runs per chunk).
+    Nuclei joined by the one stitcher (``inference.stitch.Stitcher``: core ownership + seam
+    de-duplication), tissue annotations clipped to each chunk's core (kept as shapely geometries)
+    and merged per class at the end, the 14-class map kept as uint8 only.
+    Forward batches: at most ``PAGET_BATCH_PIXELS`` working px (and ``batch_size`` tiles).
+    Coordinates: input px + ``offset_xy``; ``progress`` called with the number of student tiles
+    just run."""
     from shapely.geometry import box
 
+    from ..inference.engine import GridPredictor
     from ..inference.stitch import Stitcher
     from ..inference.tiling import chunk_grid
+    from ..resample import resample_region, scale, working_size
+    from ..runtime import release_free_memory, trim_free_memory
     from .features import analyze_paget_features
-    from .geometry import merge_tissue_features
+    from .geometry import clip_tissue_features, merge_tissue_geometries
     from .outputs import attach_tissue_context
 
     h, w = rgb.shape[:2]
     wm = float(lm.config.mpp)
-    s_in = float(mpp) / wm
-    chunk_in = max(64, int(round(chunk_work / s_in)))
-    halo_in = int(np.ceil(halo_work / s_in))
+    s_in = scale(float(mpp), wm)
+    ww, hw = working_size((w, h), mpp, wm) if s_in != 1.0 else (w, h)
     ox, oy = float(offset_xy[0]), float(offset_xy[1])
+    chunks = chunk_grid(ww, hw, int(chunk_work), int(halo_work))
+    regions = [ch.region for ch in chunks]
+
+    def fetch(r: Sequence[int]) -> np.ndarray:
+        return rgb[r[1]:r[3], r[0]:r[2]] if s_in == 1.0 else resample_region(rgb, s_in, r)
+
+    def capped(t: int) -> int:
+        return max(1, min(int(batch_size), PAGET_BATCH_PIXELS // (t * t)))
+
+    t_s = int(tile or lm.config.tile_size)
+    student = GridPredictor(lm, hw, ww, fetch, regions, tile, overlap, capped(t_s), progress)
+    inst_grid = None
+    if mode == "panoptic" and _grid_instances(src, wm):
+        inst_grid = GridPredictor(src, hw, ww, fetch, regions, None, None, capped(int(src.config.tile_size)))
     stitcher = Stitcher(lm.config.tax, mpp)
-    tissue: list[dict] = []
-    sem_full = None
+    tissue: list[tuple[str, dict, Any]] = []
+    sem_full = np.zeros((hw, ww), np.uint8)
     meta: dict[str, Any] = {}
-    done = without = 0
-    for ch in chunk_grid(w, h, chunk_in, halo_in):
+    without = 0
+    for ch in chunks:
         x0, y0, x1, y1 = ch.region
-        res = _chunk_result(rgb[y0:y1, x0:x1], mpp, lm, mode, src, mark, offset_xy=(ox + x0, oy + y0), meta=dict(meta),
-                            **kw)
+        rgb_w = fetch(ch.region)
+        prob = student.predict(ch.region).prob
+        inst = None
+        if mode == "panoptic":
+            if inst_grid is not None:
+                maps = inst_grid.predict(ch.region)
+                inst, _ = instances_from_maps(maps.prob, maps.hv, src.config)
+                meta["instances"] = f"{src.config.name} ({src.source})"
+                del maps
+            else:
+                inst, meta["instances"] = source_instances(src, rgb_w, wm)
+        res = paget_result_from_prob(prob, rgb_w, lm.config, scale=s_in, input_mpp=mpp, mode=mode, inst=inst,
+                                     offset_xy=(ox + x0 / s_in, oy + y0 / s_in), simplify_px=simplify_px,
+                                     min_tissue_area_um2=min_tissue_area_um2,
+                                     min_nucleus_area_um2=min_nucleus_area_um2, compute_features=False,
+                                     meta=dict(meta), mitosis=mark)
+        del prob, inst, rgb_w
         meta = {k: v for k, v in res.meta.items() if k not in ("nuclei_without_class", "mitosis")}
         without += int(res.meta.get("nuclei_without_class", 0))
         t = res.nuclei
         t.extra["paget_tissue"] = np.asarray(res.nucleus_tissue, np.float64)
         cx0, cy0, cx1, cy1 = ch.core
-        core = (ox + cx0, oy + cy0, ox + cx1, oy + cy1)
-        stitcher.add(t, core, scale=res.scale)
-        tissue += merge_tissue_features(res.tissue_features, clip=box(*core), mpp=mpp)
-        if sem_full is None:
-            from ..resample import working_size
-
-            ww, hw = working_size((w, h), mpp, wm)
-            sem_full = np.zeros((hw, ww), np.uint8)
-        # the chunk's core in working px of the whole image
-        sx0, sy0 = int(round(cx0 * res.scale)), int(round(cy0 * res.scale))
-        sx1, sy1 = min(sem_full.shape[1], int(round(cx1 * res.scale))), min(sem_full.shape[0], int(round(cy1 * res.scale)))
-        rx0, ry0 = sx0 - int(round(x0 * res.scale)), sy0 - int(round(y0 * res.scale))
-        part = res.sem[ry0:ry0 + (sy1 - sy0), rx0:rx0 + (sx1 - sx0)]
-        sem_full[sy0:sy0 + part.shape[0], sx0:sx0 + part.shape[1]] = part
-        done += 1
-        if progress is not None:
-            progress(done)
+        core = (ox + cx0 / s_in, oy + cy0 / s_in, ox + cx1 / s_in, oy + cy1 / s_in)
+        stitcher.add(t, core, scale=s_in)
+        tissue += clip_tissue_features(res.tissue_features, box(*core))
+        sem_full[cy0:cy1, cx0:cx1] = res.sem[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+        del res
+        trim_free_memory()  # the chunk's maps are freed: hand the heap's free memory back (glibc)
+    del student, inst_grid
+    release_free_memory()  # the forward passes' retained buffers are not needed any more (as segment_image)
     table = stitcher.finish()
     table.mpp = mpp
     ctx = np.asarray(table.extra.pop("paget_tissue", np.zeros(len(table))), np.int32)
-    tissue = merge_tissue_features(tissue, mpp=mpp)
+    # the chunk cores' inner edges (input px): the only lines where clipped pieces meet
+    seams = (sorted({ox + ch.core[0] / s_in for ch in chunks if ch.core[0] > 0}),
+             sorted({oy + ch.core[1] / s_in for ch in chunks if ch.core[1] > 0}))
+    tissue_f = merge_tissue_geometries(tissue, mpp=mpp, seams=seams)
+    del tissue
     if mode == "panoptic":
         meta["nuclei_without_class"] = without
     if mark is not None:
         n_mit = int((np.asarray(table.class_names) == "Mitotic cell").sum()) if len(table) else 0
         meta["mitosis"] = {"n_mitotic_cells": n_mit}
     table.meta.update(meta, model=lm.config.name, model_mpp=wm, input_mpp=float(mpp), scale=s_in,
-                      chunks=done, chunk_work=chunk_work)
+                      chunks=len(chunks), chunk_work=chunk_work)
     features = None
     if compute_features:
-        attach_tissue_context(table, ctx, tissue)
+        attach_tissue_context(table, ctx, tissue_f)
         features = analyze_paget_features(table)
-    return PagetResult(mode, sem_full if sem_full is not None else np.zeros((0, 0), np.uint8), s_in, wm, float(mpp),
-                       (ox, oy), table, tissue, features, dict(meta), ctx)
+    return PagetResult(mode, sem_full, s_in, wm, float(mpp), (ox, oy), table, tissue_f, features, dict(meta), ctx)
 
 
 def analyze_paget(
