@@ -113,7 +113,7 @@ def _cli_run(png: str, model: str, threads: int) -> dict:
     return {"model": model, "cpu_s": ru.ru_utime + ru.ru_stime, "user_s": ru.ru_utime, "sys_s": ru.ru_stime,
             "wall_s": wall, "peak_rss_mib": ru.ru_maxrss / 1024.0, "n_nuclei": int(m.group(1)) if m else None,
             "tissue_annotations": int(n_ann.group(1)) if n_ann else 0, "load_before": load0,
-            "load_after": os.getloadavg(), "cmd": " ".join(cmd[:-4] + ["--out", "TMP", "--no-progress"])}
+            "load_after": os.getloadavg(), "cmd": " ".join(cmd[:-3] + ["TMP", "--no-progress"])}
 
 
 def region_main(args) -> int:
