@@ -165,17 +165,24 @@ def mask_to_geometry(mask: np.ndarray, simplify_px: float = 1.0, min_area_px: fl
     is the square [c, c+1) x [r, r+1), px), traced (``_traced_geometry``: corner vertices only,
     valid by construction), simplified with ``simplify_px`` (topology preserved) and without
     parts smaller than ``min_area_px`` (px²). Returns a shapely (Multi)Polygon or None."""
-    import shapely
-    from shapely.geometry import MultiPolygon, Polygon
-
     m = np.asarray(mask, bool)
     if not m.any():
         return None
-    geom = _traced_geometry(m)
+    # traced rings are valid by construction: validity is checked only after simplification
+    return _simplified_parts(_traced_geometry(m), simplify_px, min_area_px, validate=simplify_px > 0)
+
+
+def _simplified_parts(geom, simplify_px: float, min_area_px: float, validate: bool):
+    """``geom`` simplified with ``simplify_px`` (px, topology preserved), made valid when
+    ``validate`` and invalid, without polygon parts smaller than ``min_area_px`` (px²): a
+    (Multi)Polygon or None."""
+    import shapely
+    from shapely.geometry import MultiPolygon, Polygon
+
     if simplify_px > 0:
         geom = geom.simplify(simplify_px, preserve_topology=True)
-        if not geom.is_valid:
-            geom = shapely.make_valid(geom)
+    if validate and not geom.is_valid:
+        geom = shapely.make_valid(geom)
     parts = [g for g in getattr(geom, "geoms", [geom]) if isinstance(g, Polygon) and g.area >= max(min_area_px, 1e-9)]
     if not parts:
         return None
@@ -187,7 +194,6 @@ def _union_geometry(mask: np.ndarray, simplify_px: float = 1.0, min_area_px: flo
     on 1664² px PAGET chunks, same point set, plus collinear vertices): the reference the tests
     compare the tracer with."""
     import shapely
-    from shapely.geometry import MultiPolygon, Polygon
 
     m = np.asarray(mask, bool)
     if not m.any():
@@ -199,15 +205,7 @@ def _union_geometry(mask: np.ndarray, simplify_px: float = 1.0, min_area_px: flo
     order_s, order_e = np.lexsort((cs, rs)), np.lexsort((ce, re))
     rs, cs, ce = rs[order_s], cs[order_s], ce[order_e]
     boxes = shapely.box(cs, rs, ce, rs + 1)
-    geom = shapely.union_all(boxes)
-    if simplify_px > 0:
-        geom = geom.simplify(simplify_px, preserve_topology=True)
-    if not geom.is_valid:
-        geom = shapely.make_valid(geom)
-    parts = [g for g in getattr(geom, "geoms", [geom]) if isinstance(g, Polygon) and g.area >= max(min_area_px, 1e-9)]
-    if not parts:
-        return None
-    return parts[0] if len(parts) == 1 else MultiPolygon(parts)
+    return _simplified_parts(shapely.union_all(boxes), simplify_px, min_area_px, validate=True)
 
 
 def _geojson_geometry(geom, scale: float, offset_xy: Sequence[float], ndigits: int = 2) -> dict:
