@@ -246,11 +246,16 @@ def cpu_bf16_flags() -> bool:
 _NATIVE_BF16: bool | None = None
 
 
+def check_precision(precision: str) -> None:
+    """ValueError unless ``precision`` is one of ``PRECISIONS`` (no torch needed)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
 def resolve_precision(precision: str, device) -> str:
     """``"fp32"`` or ``"bf16"`` for ``precision`` (one of ``PRECISIONS``) on ``device`` (a
     ``torch.device``): ``auto`` is bf16 on CUDA and on CPUs with native bf16, else fp32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_precision(precision)
     if precision != "auto":
         return precision
     if device.type == "cuda":

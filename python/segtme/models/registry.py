@@ -358,8 +358,7 @@ def load_model(
         host = _host_device(device)  # "cpu" known without torch, else None (then the torch path decides)
         variant = onnx_runtime.eligible(cfg, wpath, host, precision) if host is not None else None
         if variant is not None:
-            if precision not in PRECISIONS:
-                raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+            runtime.check_precision(precision)
             w0 = wpath  # the torch module for inputs the graph does not take, built on first need
             ort_module = onnx_runtime.load(cfg, wpath, contract(cfg).outputs,
                                            lambda: _torch_inference_module(cfg, w0, select_device("cpu")), variant)
