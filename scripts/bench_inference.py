@@ -476,11 +476,20 @@ def stage_row_values(split: dict) -> dict[str, float]:
     return out
 
 
+def tree_env(env: dict, overrides: dict[str, str] | None) -> dict:
+    """``env`` with one tree's variable overrides (e.g. ``SEGTME_RUNTIME=torch``)."""
+    return {**env, **(overrides or {})}
+
+
 def headline_40x(trees: dict[str, str], images: dict[str, tuple[str, float]], repeats: int, extra: Sequence[str] = (),
-                 threads: int = 2) -> dict:
+                 threads: int = 2, tree_vars: dict[str, dict[str, str]] | None = None) -> dict:
     """The 40x headline: for every image and tree, one warm-up (fills the compiled-model cache of
     trees that have one), then ``repeats`` stage-split runs and ``repeats`` plain runs, the trees
-    interleaved (A B A B) so the machine's load drifts over all alike."""
+    interleaved (A B A B) so the machine's load drifts over all alike. ``tree_vars``: environment
+    overrides per tree name (a tree may be the same checkout run with another ``SEGTME_RUNTIME``).
+    On the 10 000² region (minutes per run) one plain run per tree and one stage split of the
+    tree named "current" only."""
+    tree_vars = tree_vars or {}
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     res: dict = {"load": [_load()], "runs": {}}
     with tempfile.TemporaryDirectory(prefix="segtme-bench-cache-") as cache:
@@ -490,18 +499,21 @@ def headline_40x(trees: dict[str, str], images: dict[str, tuple[str, float]], re
                 slot = res["runs"].setdefault(img_name, {}).setdefault(tree_name, {"plain": [], "split": [], "cold_wall": None})
                 if k == 0:  # warm-up on the first (smallest) image: OS file cache, compiled-model cache
                     t0 = time.time()
-                    run_analyze(tree, path, mpp, extra, stages=False, env=env)
+                    run_analyze(tree, path, mpp, extra, stages=False, env=tree_env(env, tree_vars.get(tree_name)))
                     slot["cold_wall"] = time.time() - t0
                     print(f"  {img_name} {tree_name}: warm-up (cold cache) {slot['cold_wall']:.1f} s", flush=True)
             big = os.path.getsize(path) > 50_000_000  # the 10 000² region: one counted run (minutes each)
             for r in range(1 if big else repeats):
                 for tree_name, tree in trees.items():
                     slot = res["runs"][img_name][tree_name]
-                    a = run_analyze(tree, path, mpp, extra, stages=True, env=env)
-                    b = run_analyze(tree, path, mpp, extra, stages=False, env=env)
-                    slot["split"].append(a)
+                    e = tree_env(env, tree_vars.get(tree_name))
+                    a = run_analyze(tree, path, mpp, extra, stages=True, env=e) if not big or tree_name == "current" else None
+                    b = run_analyze(tree, path, mpp, extra, stages=False, env=e)
+                    if a is not None:
+                        slot["split"].append(a)
                     slot["plain"].append(b)
-                    print(f"  {img_name} {tree_name} run {r + 1}: {b['wall']:.1f} s wall (instrumented {a['wall']:.1f} s), "
+                    inst = f" (instrumented {a['wall']:.1f} s)" if a is not None else ""
+                    print(f"  {img_name} {tree_name} run {r + 1}: {b['wall']:.1f} s wall{inst}, "
                           f"peak {b['peak_rss_mib']:.0f} MiB, {b['nuclei']} nuclei; load {_load()}", flush=True)
             res["load"].append(_load())
     return res
@@ -514,14 +526,15 @@ def render_headline(res: dict, images: dict[str, tuple[str, float]], mm2: dict[s
     lines: list[str] = []
     med = statistics.median
     for img in res["runs"]:
-        lines += [f"**{img}** ({mm2[img]:.4g} mm²) — seconds per stage (median of {len(res['runs'][img][trees[0]]['split'])} "
+        st = [t for t in trees if res["runs"][img][t]["split"]]  # trees with a stage split of this image
+        lines += [f"**{img}** ({mm2[img]:.4g} mm²) — seconds per stage (median of {len(res['runs'][img][st[0]]['split'])} "
                   "instrumented runs; exclusive wall time in each stage's functions, all threads):", "",
-                  "| stage | " + " | ".join(trees) + " |", "|---|" + "---:|" * len(trees)]
-        vals = {t: [stage_row_values(a["split"]) for a in res["runs"][img][t]["split"]] for t in trees}
+                  "| stage | " + " | ".join(st) + " |", "|---|" + "---:|" * len(st)]
+        vals = {t: [stage_row_values(a["split"]) for a in res["runs"][img][t]["split"]] for t in st}
         for row in STAGE_ROWS:
-            lines.append(f"| {row} | " + " | ".join(f"{med(v[row] for v in vals[t]):.2f}" for t in trees) + " |")
+            lines.append(f"| {row} | " + " | ".join(f"{med(v[row] for v in vals[t]):.2f}" for t in st) + " |")
         lines.append("| **whole command, instrumented** | " + " | ".join(
-            f"**{med(a['wall'] for a in res['runs'][img][t]['split']):.2f}**" for t in trees) + " |")
+            f"**{med(a['wall'] for a in res['runs'][img][t]['split']):.2f}**" for t in st) + " |")
         lines.append("")
     lines += ["Whole command (`segtme analyze IMAGE --mpp M --out D --no-progress`, fresh process, no instrumentation; "
               "median [min–max]; warm cache):", "",
@@ -678,6 +691,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base", default=None, metavar="DIR",
                     help="40x mode: a checkout of older code run beside this tree (its python/ on PYTHONPATH), e.g. "
                     "`git worktree add /tmp/base COMMIT`")
+    ap.add_argument("--also", action="append", default=[], metavar="NAME=VAR=VALUE",
+                    help="40x mode: also run this tree with one environment override, as tree 'current, NAME' "
+                    "(repeatable), e.g. --also torch=SEGTME_RUNTIME=torch")
     ap.add_argument("--region-05", type=int, default=10000, help="40x mode: edge of the 0.5 µm/px region (0 = skip)")
     ap.add_argument("--region", type=int, default=4000, help="mosaic edge in working px (default 4000; the target is stated for 10000)")
     ap.add_argument("--repeats", type=int, default=2, help="end-to-end repeats (fresh process each)")
@@ -771,6 +787,14 @@ def headline_main(args: argparse.Namespace, argv: list[str]) -> int:
     if args.base:
         trees["baseline"] = str(Path(args.base).resolve())
     trees["current"] = str(REPO)
+    tree_vars: dict[str, dict[str, str]] = {}
+    for spec in args.also:  # NAME=VAR=VAL: this tree again with one environment override
+        name, _, var = spec.partition("=")
+        k, _, v = var.partition("=")
+        if not name or not k:
+            raise SystemExit(f"--also {spec!r}: expected NAME=VAR=VALUE, e.g. torch=SEGTME_RUNTIME=torch")
+        trees[f"current, {name}"] = str(REPO)
+        tree_vars[f"current, {name}"] = {k: v}
     with tempfile.TemporaryDirectory(prefix="segtme-bench-img-") as d:
         images: dict[str, tuple[str, float]] = {}
         mm2: dict[str, float] = {}
@@ -785,7 +809,8 @@ def headline_main(args: argparse.Namespace, argv: list[str]) -> int:
             del rgb
             images[name] = (p, mpp)
             mm2[name] = px * px * mpp * mpp / 1e6
-        res = headline_40x(trees, images, args.repeats, threads=args.threads)
+        res = headline_40x(trees, images, args.repeats, threads=args.threads, tree_vars=tree_vars)
+    res["tree_vars"] = tree_vars
     res["machine"], res["images"], res["mm2"], res["source"] = info, {k: v[1] for k, v in images.items()}, mm2, src
     md = (f"Machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, Python {info['python']}; {info['date']}. "
           f"Images: mosaics of {src.split(' from ')[0]} (40x: their own ~0.25 µm/px pixels; 20x: box-downsampled).\n\n"

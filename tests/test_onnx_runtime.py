@@ -133,8 +133,15 @@ def test_fallback_when_onnxruntime_is_absent(env, monkeypatch):
 
 def test_switches_and_overrides_keep_torch(env, monkeypatch):
     assert isinstance(load_model("default", "cpu").module, OrtModule)
-    monkeypatch.setenv("SEGTME_RUNTIME", "auto")  # the product's default choice (AUTO_RUNTIME, measured)
-    assert isinstance(load_model("default", "cpu").module, OrtModule) == (onnx_runtime.AUTO_RUNTIME != "torch")
+    monkeypatch.setenv("SEGTME_RUNTIME", "auto")  # the product's default: by the CPU's bf16 flags (measured)
+    from segtme import runtime
+
+    flags = runtime.cpu_bf16_flags
+    for bf16, want_ort in ((False, True), (True, False)):
+        monkeypatch.setattr(runtime, "cpu_bf16_flags", lambda v=bf16: v)
+        assert onnx_runtime.auto_runtime() == ("onnx" if want_ort else "torch")
+        assert isinstance(load_model("default", "cpu").module, OrtModule) == want_ort
+    monkeypatch.setattr(runtime, "cpu_bf16_flags", flags)
     for var, val in (("SEGTME_RUNTIME", "torch"), ("SEGTME_COMPILED", "0")):
         monkeypatch.setenv(var, val)
         assert not isinstance(load_model("default", "cpu").module, OrtModule)

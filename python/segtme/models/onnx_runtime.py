@@ -12,20 +12,24 @@ dependency).
 
 * Which runtime (``SEGTME_RUNTIME``): ``onnx`` = the fp32 graph, ``onnx-int8`` = the int8 graph
   (opt-in: ~1.8x faster forward; held-out PQ / AJI −0.0048 / −0.0035 on the 5 MoNuSeg images,
-  −0.002 / −0.003 on all 21), ``torch`` = never, ``auto`` (default) = ``AUTO_RUNTIME``, which is
-  ``torch``. Measured (2026-12-02 evening, 2-core AMD EPYC with AVX512-BF16, load 2-6, whole
-  ``segtme analyze`` processes interleaved; /work/notes/onnx_docs.md): the torch-free fp32 path
-  wins whenever start-up dominates — a 1000² px image at 0.25 µm/px 1.15-1.21 vs 2.56-2.69 CPU s,
-  327 vs 859 MiB peak, the same 346 nuclei; ``segtme serve`` start -> SERVING 0.76-0.82 vs
-  1.65-1.76 CPU s, 296 vs 790 MiB — but it costs more CPU once tiles dominate, because a 512²
-  tile costs 0.17 CPU s in ONNX Runtime fp32 against 0.15 in torch fp32 and 0.10 in torch bf16
-  autocast (which ``precision=auto`` runs on this CPU): 4000² px at 0.5 µm/px 26.1-27.2 vs
-  22.0-22.4 CPU s (torch bf16) / 25.2-25.9 (torch fp32); 10 000² px 139.9 vs 107.4 / 131.9 CPU s
-  (peak 1788 vs 1779 / 2093 MiB). Not "no worse in CPU s", so ``auto`` stays torch; with
-  ``SEGTME_RUNTIME=onnx`` the nuclei equal torch fp32's (tests/test_torch_free.py) and torch is
-  never imported. (On the earlier AVX2 machine without native bf16 a tile measured 0.92-0.99x
-  torch fp32's CPU.) int8 is not the default because its MoNuSeg PQ change is at the issue's
-  0.005 limit — the coordinator's decision. ``SEGTME_COMPILED=0`` also turns it off (eager torch).
+  −0.002 / −0.003 on all 21), ``torch`` = never, ``auto`` (default) = ``auto_runtime()``: the
+  fp32 graph on a CPU **without** native bf16, torch (bf16 autocast, ``precision=auto``) on a CPU
+  with it. Measured, whole ``segtme analyze`` processes interleaved (docs/benchmarks.md):
+  - CPU without native bf16 (2-core AMD EPYC, AVX2, 2026-12-03, idle): torch's ``auto`` is fp32
+    there, and ONNX Runtime fp32 is as cheap per tile and much cheaper to start — 1000² px at
+    0.25 µm/px 1.8-2.0 s wall / 2.3-2.5 CPU s / 341 MiB vs torch 4.9-5.3 s / 5.3-5.7 CPU s / 970
+    MiB; 4000² px at 0.5 µm/px 32.1-35.4 s / 55.4-60.2 CPU s / 1020 MiB vs 37.2-38.6 s /
+    58.4-60.8 CPU s / 1317 MiB (the afternoon AVX2 machine of 2026-12-02: a tile 0.92-0.99x
+    torch fp32's CPU). Same nuclei as torch fp32 (tests/test_torch_free.py).
+  - CPU with native bf16 (2-core AMD EPYC with AVX512-BF16, 2026-12-02 evening, load 2-6): a
+    512² tile costs 0.17 CPU s in ONNX Runtime fp32 against 0.10 in torch bf16, so once tiles
+    dominate torch wins (10 000² px at 0.5 µm/px 139.9 vs 107.4 CPU s, peak 1788 vs 1779 MiB),
+    while start-up still favours ONNX Runtime (1000² px at 0.25 µm/px 1.15-1.21 vs 2.56-2.69 CPU s,
+    327 vs 859 MiB; ``segtme serve`` start -> SERVING 0.76-0.82 vs 1.65-1.76 CPU s). ``auto`` keeps
+    torch there (the larger jobs are what costs users time); ``SEGTME_RUNTIME=onnx`` picks the
+    torch-free path for small jobs.
+  int8 is not the default because its MoNuSeg PQ change is at the issue's 0.005 limit.
+  ``SEGTME_COMPILED=0`` also turns ONNX Runtime off (eager torch).
 * Eligible (``eligible``): a shipped model (weights from the package's ``models/weights``
   folder, no ``--weights`` / backbone override), device CPU, ``onnxruntime`` importable, the graph
   file present, precision ``auto`` or ``fp32`` (an explicit ``bf16`` keeps the torch path).
@@ -89,8 +93,6 @@ WEIGHTS_DIR = Path(__file__).with_name("weights")
 #: ``SEGTME_RUNTIME`` values: auto (the default choice below), onnx (ONNX Runtime fp32; warn
 #: when not possible), onnx-int8 (the int8 graph: opt-in), torch (never ONNX Runtime)
 RUNTIMES = ("auto", "onnx", "onnx-int8", "torch")
-#: what ``auto`` means on the CPU (docs/benchmarks.md, "ONNX Runtime in the product")
-AUTO_RUNTIME = "torch"  # measured: ORT fp32 0.17 vs torch 0.15 (fp32) / 0.10 (bf16) CPU s per 512² tile (module doc)
 #: graph variants: file suffix beside the weights
 VARIANTS = {"fp32": ".onnx", "int8": "_int8.onnx"}
 #: session settings, measured on the 2-core machine (docs/benchmarks.md)
@@ -107,6 +109,13 @@ def runtime_choice() -> str:
         log.warning("SEGTME_RUNTIME=%r is not one of %s; using auto", v, ", ".join(RUNTIMES))
         return "auto"
     return v
+
+
+def auto_runtime() -> str:
+    """What ``SEGTME_RUNTIME=auto`` runs on the CPU: ``"onnx"`` (the fp32 graph) on a CPU without
+    native bf16, ``"torch"`` (bf16 autocast) on one with it (``runtime.cpu_bf16_flags``; no torch
+    import). Measured reasons in the module doc."""
+    return "torch" if runtime.cpu_bf16_flags() else "onnx"
 
 
 def available() -> bool:
@@ -126,7 +135,7 @@ def graph_path(weights: Path, variant: str = "fp32") -> Path:
 def variant_for(choice: str) -> str | None:
     """The graph variant a ``runtime_choice()`` runs (None: torch)."""
     if choice == "auto":
-        choice = AUTO_RUNTIME
+        choice = auto_runtime()
     return {"onnx": "fp32", "onnx-int8": "int8"}.get(choice)
 
 

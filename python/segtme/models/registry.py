@@ -342,7 +342,7 @@ def load_model(
 
     A shipped model on the CPU loads without building the torch module: its prebuilt ONNX graph in
     ONNX Runtime when ``SEGTME_RUNTIME`` selects it (``onnx`` fp32, ``onnx-int8``; ``auto`` =
-    ``onnx_runtime.AUTO_RUNTIME``; precision auto/fp32, ``onnxruntime`` importable;
+    ``onnx_runtime.auto_runtime()``, ONNX Runtime on a CPU without native bf16; precision auto/fp32, ``onnxruntime`` importable;
     ``models/onnx_runtime.py``) — then torch is not imported at all (``device`` "cpu", or "auto"
     on a machine without any accelerator, ``runtime.accelerator_possible``; the returned
     ``LoadedModel.device`` is a ``runtime.DeviceName``) — else its cached TorchScript module
