@@ -236,6 +236,8 @@ def _analyze_chunked(rgb: np.ndarray, mpp: float, lm: LoadedModel, mode: str, sr
     del student, inst_grid
     release_free_memory()  # the forward passes' retained buffers are not needed any more (as segment_image)
     table = stitcher.finish()
+    del stitcher  # its per-chunk tables are copied into ``table``: free them before the tissue merge
+    trim_free_memory()
     table.mpp = mpp
     ctx = np.asarray(table.extra.pop("paget_tissue", np.zeros(len(table))), np.int32)
     # the chunk cores' inner edges (input px): the only lines where clipped pieces meet
@@ -243,6 +245,7 @@ def _analyze_chunked(rgb: np.ndarray, mpp: float, lm: LoadedModel, mode: str, sr
              sorted({oy + ch.core[1] / s_in for ch in chunks if ch.core[1] > 0}))
     tissue_f = merge_tissue_geometries(tissue, mpp=mpp, seams=seams)
     del tissue
+    trim_free_memory()  # the per-chunk pieces and GEOS's noding buffers: not held into the export
     if mode == "panoptic":
         meta["nuclei_without_class"] = without
     if mark is not None:
