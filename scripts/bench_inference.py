@@ -292,12 +292,24 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    import torch
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(pkg: str) -> str:
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return "(not installed)"
+
+    # versions without importing torch: this process forks the measured runs, whose peak-RSS
+    # count starts at this process's resident size (see save_mosaic)
+    from segtme import runtime
 
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
-        "torch": torch.__version__,
+        "torch": ver("torch"),
+        "onnxruntime": ver("onnxruntime"),
+        "native_bf16": runtime.cpu_bf16_flags(),
         "python": platform.python_version(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
@@ -682,6 +694,8 @@ def onnx_vs_torch(threads: int, repeats: int = 5, accuracy: bool = True) -> str:
 # ----------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--mosaic-child"]:  # internal: write one mosaic PNG (see save_mosaic)
+        return save_mosaic_here(int(argv[1]), float(argv[2]), argv[3])
     if argv[:1] == ["--stage-child"]:  # internal: one instrumented `segtme` run (see stage_child)
         return stage_child(argv[1], argv[3:] if argv[2:3] == ["--"] else argv[2:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -777,12 +791,34 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def headline_main(args: argparse.Namespace, argv: list[str]) -> int:
-    """--mode 40x: build the three images, run headline_40x, print and save the table."""
+def save_mosaic_here(px: int, mpp: float, path: str) -> int:
+    """Write ``make_mosaic(px, mpp, seed=px)`` to ``path`` (PNG) and its source line to
+    ``path + '.src'``, in this process."""
     from PIL import Image
 
+    rgb, src = make_mosaic(px, mpp, seed=px)
+    Image.fromarray(rgb).save(path, compress_level=1)
+    Path(path + ".src").write_text(src)
+    return 0
+
+
+def save_mosaic(px: int, mpp: float, path: str) -> str:
+    """The mosaic PNG built in a child process, so this benchmark process stays small: Linux
+    starts a child's peak-RSS count (``wait4``'s ``ru_maxrss``) at its parent's resident size
+    when it forks, so a parent that had built the 10 000² mosaic (~1.4 GB) made every later
+    child report at least that (measured 2026-12-03: 1390 MiB for a 341 MiB run). Returns the
+    source description."""
+    import subprocess
+
+    subprocess.run([sys.executable, str(Path(__file__).resolve()), "--mosaic-child", str(px), repr(mpp), path], check=True)
+    return Path(path + ".src").read_text()
+
+
+def headline_main(args: argparse.Namespace, argv: list[str]) -> int:
+    """--mode 40x: build the three images, run headline_40x, print and save the table."""
     info = machine()
-    print(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}; load average {_load()}", flush=True)
+    print(f"machine: {info['cpu']}, {info['cores']} cores, native bf16 {info['native_bf16']}, torch {info['torch']}, "
+          f"onnxruntime {info['onnxruntime']}; load average {_load()}", flush=True)
     trees = {}
     if args.base:
         trees["baseline"] = str(Path(args.base).resolve())
@@ -803,16 +839,15 @@ def headline_main(args: argparse.Namespace, argv: list[str]) -> int:
             specs.append((f"20x {args.region_05}² px", args.region_05, 0.5))
         src = ""
         for name, px, mpp in specs:
-            rgb, src = make_mosaic(px, mpp, seed=px)
             p = str(Path(d) / f"{px}_{mpp}.png")
-            Image.fromarray(rgb).save(p, compress_level=1)
-            del rgb
+            src = save_mosaic(px, mpp, p)
             images[name] = (p, mpp)
             mm2[name] = px * px * mpp * mpp / 1e6
         res = headline_40x(trees, images, args.repeats, threads=args.threads, tree_vars=tree_vars)
     res["tree_vars"] = tree_vars
     res["machine"], res["images"], res["mm2"], res["source"] = info, {k: v[1] for k, v in images.items()}, mm2, src
-    md = (f"Machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, Python {info['python']}; {info['date']}. "
+    md = (f"Machine: {info['cpu']}, {info['cores']} cores, native bf16: {'yes' if info['native_bf16'] else 'no'}, "
+          f"torch {info['torch']}, onnxruntime {info['onnxruntime']}, Python {info['python']}; {info['date']}. "
           f"Images: mosaics of {src.split(' from ')[0]} (40x: their own ~0.25 µm/px pixels; 20x: box-downsampled).\n\n"
           + render_headline(res, images, mm2))
     print()

@@ -170,6 +170,9 @@ def run(args: argparse.Namespace) -> int:
             prog.close()
         res.nuclei.meta["source"] = str(image_path)
         res.notes[:0] = img.notes
+        # a PAGET run's whole-image class map (uint8, 100 MB on a 10 000² px region) is not written:
+        # drop it before the export (the tissue annotations and nuclei are in ``res``)
+        paget_run, res.paget = res.paget is not None, None
         prog.stage(f"{len(res.nuclei)} nuclei; TME report {'built' if res.report is not None else 'not available'}")
 
         params = {
@@ -195,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
         counts[c] = counts.get(c, 0) + 1
     print(f"{len(res.nuclei)} nuclei ({', '.join(f'{k}: {v}' for k, v in sorted(counts.items())) or 'none'}) "
           f"at {mpp:g} µm/px with model {model.config.name} [{model.source}]")
-    if res.paget is not None:
+    if paget_run:
         area = {f["properties"]["classification"]["name"]: f["properties"]["measurements"].get("Area µm^2")
                 for f in res.tissue_features}
         print(f"{len(res.tissue_features)} tissue annotation(s) in nuclei.geojson: "
