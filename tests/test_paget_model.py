@@ -270,3 +270,16 @@ def test_union_on_seams_equals_the_geos_union():
     assert cov.is_valid and cov.area == pytest.approx(m.sum())
     u = union_on_seams(pieces, *seams)
     assert u.equals(shapely.union_all(pieces)) and u.equals(whole)
+
+
+def test_union_on_seams_of_polygons_only():
+    """Pieces that are all plain Polygons (a class covering whole chunk cores) dissolve too
+    (shapely's ragged arrays of Polygons have one offset level fewer than of MultiPolygons)."""
+    import shapely
+    from shapely.geometry import box
+
+    from segtme.paget.geometry import union_on_seams
+
+    pieces = [box(x0, y0, x0 + 50.5, y0 + 40.25) for x0 in (0.0, 50.5) for y0 in (0.0, 40.25)]
+    u = union_on_seams(pieces, [50.5], [40.25])
+    assert u.is_valid and u.area == pytest.approx(101.0 * 80.5) and u.equals(box(0, 0, 101.0, 80.5))

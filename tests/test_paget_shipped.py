@@ -135,3 +135,34 @@ def test_shipped_configs_name_their_teachers_and_unlearned_classes():
                                             "Eosinophil", "Neutrophil"}
     assert "Mitotic cell" in ex["teachers"] and "Epithelial cell" in ex["teachers"]
     json.dumps(ex)
+
+
+def test_shipped_paget_h_shared_is_the_default_model_plus_a_tme_head(shared_data):
+    """``paget_h_shared`` (configs/paget_h_shared.toml) loads with no --weights, carries the
+    shipped default unchanged in its nucleus heads, names its teachers / unlearned classes, and
+    as PAGET-H gives the default model's nuclei with PAGET classes from one forward pass."""
+    import torch
+
+    from segtme.data.sample import read_rgb
+    from segtme.models.config import ModelConfig
+    from segtme.models.registry import WEIGHTS_DIR, load_model, read_state_dict, shipped_models
+    from segtme.paget.runner import analyze_paget
+    from segtme.taxonomy import PAGET13
+
+    cfg = ModelConfig.from_json(shipped_models()["paget_h_shared"])
+    ex = cfg.extra
+    assert ex["mode"] == "panoptic" and ex["mitosis"] == "mitosis" and "instance_source" not in ex
+    assert set(ex["unlearned_classes"]) == {"Smooth muscle", "Endothelial cell", "Plasma cell", "Myeloid cell",
+                                            "Eosinophil", "Neutrophil"}
+    assert (cfg.tile_size, cfg.tile_overlap) == (512, 32)  # the default model's tiling: its nuclei
+    lm = load_model("paget_h_shared", "cpu")
+    own = lm.module.state_dict()
+    for k, v in read_state_dict(WEIGHTS_DIR / "default.safetensors").items():
+        k2 = "heads.nuc." + k[len("heads.sem."):] if k.startswith("heads.sem.") else k
+        assert torch.equal(own[k2], torch.as_tensor(v)), k
+    rgb = read_rgb(shared_data / "consep-train" / "images" / "train_3.png")[:640, :640]
+    res = analyze_paget(rgb, 0.25, lm, mitosis=None)
+    assert res.meta["instances"] == "paget_h_shared (its own nucleus heads)"
+    names = {PAGET13.names[c] for c in np.unique(res.nuclei.class_id)}
+    assert len(res.nuclei) > 100 and "Epithelial cell" in names and len(names) >= 2
+    assert res.tissue_features and res.features is not None

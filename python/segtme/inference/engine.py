@@ -40,8 +40,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: a forward pass: (B, 3, H, W) float32 normalised RGB (numpy, any strides) -> float32 numpy
-#: outputs ``{"sem": (B, C, H, W) logits, "hv": (B, 2, H, W)}`` ("hv" only for HV models)
+#: outputs ``{"sem": (B, C, H, W) logits, "hv": (B, 2, H, W)}`` ("hv" only for HV models; any
+#: further key: the logits of another class head, e.g. "nuc", softmaxed like "sem": ``AUX``)
 Backend = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
+def aux_outputs(keys) -> list[str]:
+    """The further class heads among a model's output keys: every key but "sem" and "hv", in
+    order (each is softmaxed, flipped back and blended like "sem" and returned by name)."""
+    return [k for k in keys if k not in ("sem", "hv")]
 
 #: progress callback: called with the number of tiles just finished
 Progress = Callable[[int], None]
@@ -165,7 +172,7 @@ class TorchBackend:
             t = torch.from_numpy(x).to(self.model.device).contiguous(memory_format=torch.channels_last)
             with _autocast(self.model):
                 y = self.module(t)
-            return {k: y[k].float().cpu().numpy() for k in ("sem", "hv") if k in y}
+            return {k: v.float().cpu().numpy() for k, v in y.items()}
 
 
 def _backend(model: LoadedModel) -> Backend:
@@ -202,19 +209,25 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 _NHWC_AXIS = {2: 1, 3: 2}
 
 
-def _run(backend: Backend, x: np.ndarray, tta: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """(softmax prob, hv), (B, C, H, W) / (B, 2, H, W) float32, of one normalised batch ``x``
-    (B, H, W, 3) float32; ``tta="flip"``: the mean over the identity and the horizontal, vertical
+def _run(backend: Backend, x: np.ndarray, tta: str) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
+    """(softmax prob, hv, aux), (B, C, H, W) / (B, 2, H, W) / {name: (B, C_k, H, W)} float32, of
+    one normalised batch ``x`` (B, H, W, 3) float32 (aux: the softmax of each further class head,
+    ``aux_outputs``); ``tta="flip"``: the mean over the identity and the horizontal, vertical
     and both flips, each mapped back (HV's x channel changes sign under a horizontal flip, its y
     channel under a vertical one). The backend sees ``x`` as (B, 3, H, W) (channels-last memory)."""
     flips: tuple[tuple[int, ...], ...] = ((),) if tta == "none" else ((), (3,), (2,), (2, 3))
     prob = hv = None
+    aux: dict[str, np.ndarray] = {}
     for dims in flips:
         xi = np.ascontiguousarray(np.flip(x, tuple(_NHWC_AXIS[d] for d in dims))) if dims else x
         y = backend(xi.transpose(0, 3, 1, 2))
         p = _softmax(y["sem"])
         p = np.flip(p, dims) if dims else p
         prob = p if prob is None else prob + p
+        for k in aux_outputs(y):
+            a = _softmax(y[k])
+            a = np.flip(a, dims) if dims else a
+            aux[k] = a if k not in aux else aux[k] + a
         if "hv" in y:
             h = np.asarray(y["hv"], dtype=np.float32)
             if dims:
@@ -225,7 +238,8 @@ def _run(backend: Backend, x: np.ndarray, tta: str) -> tuple[np.ndarray, np.ndar
         n = np.float32(len(flips))
         prob = prob / n
         hv = hv / n if hv is not None else None
-    return prob, hv
+        aux = {k: a / n for k, a in aux.items()}
+    return prob, hv, aux
 
 
 def forward_tiles(
@@ -238,7 +252,8 @@ def forward_tiles(
     (bottom/right, ``resample.pad_to_multiple``: reflect) and normalised with ``cfg.mean/std``;
     outputs are cropped back.
     Returns per tile ``{"prob": (C, h, w) float32 softmax, "hv": (2, h, w) float32}`` (``"hv"``
-    absent for models without an HV head). The forward pass is the model's backend
+    absent for models without an HV head) plus, under its own name, the softmax of each further
+    class head (``aux_outputs``, e.g. ``"nuc"``). The forward pass is the model's backend
     (``_backend``: ONNX Runtime for the shipped model on the CPU, else ``TorchBackend``:
     ``torch.inference_mode``, channels_last, bf16 autocast when ``model.precision`` resolves to
     bf16 — CUDA; CPUs with native bf16); everything else runs here, in numpy.
@@ -267,13 +282,15 @@ def forward_tiles(
             t /= np.float32(255.0)
             t -= mean
             t /= std
-            p, v = _run(backend, t, mode)
+            p, v, a = _run(backend, t, mode)
             prob = p[:, :, :h, :w]
             hv = v[:, :, :h, :w] if v is not None else None
             for k, i in enumerate(batch):
                 d = {"prob": np.ascontiguousarray(prob[k])}
                 if hv is not None:
                     d["hv"] = np.ascontiguousarray(hv[k])
+                for name, arr in a.items():
+                    d[name] = np.ascontiguousarray(arr[k, :, :h, :w])
                 out[i] = d
     return out  # type: ignore[return-value]
 
@@ -371,6 +388,7 @@ class GridPredictor:
             del rgb
         prob = np.zeros((C, h, w), np.float32)
         hv: np.ndarray | None = None
+        aux: dict[str, np.ndarray] = {}
         wsum = np.zeros((h, w), np.float32)
         for k in idx:
             o = fresh.get(k) or self._cache[k]
@@ -385,6 +403,10 @@ class GridPredictor:
                 if hv is None:
                     hv = np.zeros((2, h, w), np.float32)
                 hv[(slice(None),) + dst] += o["hv"][(slice(None),) + src] * wt
+            for name in aux_outputs(n for n in o if n != "prob"):
+                if name not in aux:
+                    aux[name] = np.zeros((o[name].shape[0], h, w), np.float32)
+                aux[name][(slice(None),) + dst] += o[name][(slice(None),) + src] * wt
             wsum[dst] += wt
         for k in idx:
             self._users[k] -= 1
@@ -397,7 +419,9 @@ class GridPredictor:
         prob *= inv
         if hv is not None:
             hv *= inv
-        return Maps(prob=prob, hv=hv)
+        for a in aux.values():
+            a *= inv
+        return Maps(prob=prob, hv=hv, aux=aux)
 
 
 
@@ -419,7 +443,7 @@ def predict_maps(
     stitch: ``"blend"`` (default): every tile's probabilities and HV maps are weighted by the same
     smooth window (``tiling.blend_window``, sin² ramp over the overlap) and normalised by the summed
     weights, so there are no seams; ``"last_writer"``: each tile overwrites the previous ones (the
-    SegTME-UNI2 paper's HV stitching; kept for comparison, it leaves seams).
+    SegTME-UNI2 paper's HV stitching; kept for comparison, it leaves seams; "sem" and "hv" only).
     progress: called with the number of tiles finished after each batch. tta: ``resolve_tta``.
     Memory: (C + 3) x H x W float32 — callers bound H, W (``pipeline.segment_image`` chunks).
     """

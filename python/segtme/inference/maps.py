@@ -14,7 +14,7 @@ loading a model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -32,10 +32,14 @@ class Maps:
 
     prob: (C, H, W) float32 softmax over the model's classes (channel 0 = background).
     hv: (2, H, W) float32 horizontal/vertical maps (≈[-1, 1]), or None for models without HV.
+    aux: the softmax of every further class head of the model, by output name, each (C_k, H, W)
+    float32 (e.g. the nucleus head "nuc" of a PAGET model with its own instances,
+    ``segtme.paget.model``); empty for the usual models.
     """
 
     prob: np.ndarray
     hv: np.ndarray | None
+    aux: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, int]:

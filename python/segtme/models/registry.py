@@ -45,7 +45,8 @@ WEIGHTS_DIR = Path(__file__).with_name("weights")
 FAMILY_MODULES = ("segtme.models.zoo", "segtme.models.classical", "segtme.paget.model", "segtme.mitosis.model")
 #: the file of each built-in family (``contract`` / ``create_model`` of one arch import only it)
 BUILTIN_ARCHS = {"uperhover": "segtme.models.zoo", "classical": "segtme.models.classical",
-                 "paget_segformer": "segtme.paget.model", "mitosis_cnn": "segtme.mitosis.model"}
+                 "paget_segformer": "segtme.paget.model", "paget_uperhover": "segtme.paget.model",
+                 "mitosis_cnn": "segtme.mitosis.model"}
 
 #: how a family's nuclei are made (``ModelContract.instances``)
 INSTANCE_KINDS = ("maps", "hook", "none")

@@ -438,7 +438,11 @@ def _node_on_seams(geoms: Sequence[Any], xs: Sequence[float], ys: Sequence[float
     coverage for ``shapely.coverage_union_all``. Returns an array of MultiPolygons."""
     import shapely
 
-    _, xy, (ring_off, poly_off, multi_off) = shapely.to_ragged_array(np.asarray(geoms, dtype=object))
+    from shapely.geometry import MultiPolygon
+
+    # as MultiPolygons: an array of Polygons only would come back with two offset levels, not three
+    multi = [g if g.geom_type == "MultiPolygon" else MultiPolygon([g]) for g in geoms]
+    _, xy, (ring_off, poly_off, multi_off) = shapely.to_ragged_array(np.asarray(multi, dtype=object))
     xy = np.array(xy, np.float64)
     v = len(xy)
     on_line = []

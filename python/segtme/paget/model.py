@@ -22,6 +22,7 @@ from torch import nn
 
 from ..models.config import ModelConfig
 from ..models.registry import ModelContract, register_family, register_preset
+from .heads import NUC_HEAD, own_instances  # noqa: F401  (own_instances: re-exported)
 
 #: MiT encoder variants (SegFormer paper, Table 1 / the released configs): depths, widths, heads,
 #: decoder width. B5 is the paper's student; B0/B1 are the CPU-sized variants.
@@ -129,6 +130,111 @@ PAGET_H = _preset("paget_h", "b5", "panoptic", "PAGET-H: PAGET-S + per-nucleus m
 PAGET_S_B0 = _preset("paget_s_b0", "b0", "semantic", "PAGET-S with a MiT-B0 encoder (CPU-sized)")
 PAGET_S_B1 = _preset("paget_s_b1", "b1", "semantic", "PAGET-S with a MiT-B1 encoder (CPU-sized)")
 PAGET_H_B0 = _preset("paget_h_b0", "b0", "panoptic", "PAGET-H with a MiT-B0 encoder (CPU-sized)")
+
+
+# --------------------------------------------------------------------------- PAGET-H on the nucleus backbone
+
+
+class PagetUperHoVer(nn.Module):
+    """PAGET-H on the nucleus model's backbone (issue #18 item 4: PAGET-H at the cost of about
+    one more decode head instead of a second network).
+
+    The shipped UperHoVer nucleus model (backbone + its class head, here "nuc", + its HV head
+    "hv"), kept **frozen**, plus one 14-class TME UperNet head "sem" on backbone levels
+    ``extra["tme_levels"]`` (default all), of width ``extra["tme_hidden"]`` (default
+    ``head_hidden``). One forward pass gives the 14-class map and the nuclei (HV watershed on
+    "nuc" + "hv", the one maps -> nuclei step with ``cfg.post``), so the model is its own
+    PAGET-H instance source. With ``extra["freeze_shared"]`` (default true) the shared parts
+    never train: no gradients, BatchNorm always in eval mode, and in training mode the forward
+    pass returns "sem" only (the backbone under ``no_grad``), so the nuclei stay exactly the
+    nucleus model's.
+
+    Outputs (input size, bilinear): ``{"sem": (B, 14, H, W), "hv": (B, 2, H, W), "nuc": (B,
+    extra["nucleus_classes"], H, W)}`` logits. Weights: a nucleus model's state dict loads with
+    its ``heads.sem.*`` renamed to ``heads.nuc.*`` (``[model] init_rename`` in training).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        from ..models.backbones import build_backbone
+        from ..models.uperhover import make_upernet_head
+
+        self.cfg = cfg
+        extra = dict(cfg.extra)
+        self.backbone = build_backbone(cfg.backbone, vit_taps=cfg.vit_taps, out_indices=cfg.out_indices,
+                                       pyramid_channels=cfg.pyramid_channels, pyramid_strides=cfg.pyramid_strides,
+                                       backbone_kwargs=cfg.backbone_kwargs, pretrained=False)
+        chans = list(self.backbone.channels)
+        self.tme_levels = [int(i) for i in extra.get("tme_levels", range(len(chans)))]
+        if not self.tme_levels or any(not 0 <= i < len(chans) for i in self.tme_levels):
+            raise ValueError(f"tme_levels {self.tme_levels} must index the backbone's {len(chans)} levels")
+        tme_hidden = int(extra.get("tme_hidden", cfg.head_hidden))
+        hc = cfg.head_channels()
+        self.heads = nn.ModuleDict({
+            "sem": make_upernet_head([chans[i] for i in self.tme_levels], tme_hidden, hc["sem"], cfg.pool_scales),
+            "hv": make_upernet_head(chans, cfg.head_hidden, hc["hv"], cfg.pool_scales),
+            NUC_HEAD: make_upernet_head(chans, cfg.head_hidden, hc[NUC_HEAD], cfg.pool_scales),
+        })
+        self.freeze_shared = bool(extra.get("freeze_shared", True))
+        if self.freeze_shared:
+            for m in self.shared_modules():
+                m.requires_grad_(False)
+
+    def shared_modules(self) -> list[nn.Module]:
+        """The nucleus model's parts: backbone, HV head, nucleus class head."""
+        return [self.backbone, self.heads["hv"], self.heads[NUC_HEAD]]
+
+    def train(self, mode: bool = True) -> "PagetUperHoVer":
+        super().train(mode)
+        if self.freeze_shared:
+            for m in self.shared_modules():
+                m.train(False)  # BatchNorm statistics of the nucleus model never move
+        return self
+
+    def _tme(self, feats: list[torch.Tensor], size: Any) -> torch.Tensor:
+        y = self.heads["sem"]([feats[i] for i in self.tme_levels])
+        return F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        size = x.shape[-2:]
+        if self.training and self.freeze_shared:
+            with torch.no_grad():
+                feats = self.backbone(x)
+            return {"sem": self._tme(feats, size)}
+        feats = self.backbone(x)
+        out = {"sem": self._tme(feats, size)}
+        for k in ("hv", NUC_HEAD):
+            out[k] = F.interpolate(self.heads[k](feats), size=size, mode="bilinear", align_corners=False)
+        return out
+
+
+@register_family("paget_uperhover", contract=ModelContract(outputs=("sem", "hv", NUC_HEAD), instances="maps",
+                                                           product="paget", taxonomy="paget13"))
+def _build_paget_uperhover(cfg: ModelConfig) -> nn.Module:
+    return PagetUperHoVer(cfg)
+
+
+#: PAGET-H on the default model's backbone (resnet10t levels 0-3, heads 32, 0.5 µm/px, the
+#: default's tiling and post-processing): TME head of width 32 on levels 1-3 (strides 4-16).
+PAGET_H_SHARED = register_preset(
+    ModelConfig(
+        name="paget_h_shared",
+        arch="paget_uperhover",
+        backbone="resnet10t",
+        out_indices=[0, 1, 2, 3],
+        head_hidden=32,
+        heads={"sem": -1, "hv": 2, NUC_HEAD: 5},
+        taxonomy="paget13",
+        mpp=PAGET_MPP,
+        tile_size=512,
+        tile_overlap=32,
+        pad_multiple=16,
+        postprocess={"edge_threshold": 0.15},
+        extra={"mode": "panoptic", "nucleus_classes": 5, "nucleus_taxonomy": "consep4", "tme_levels": [1, 2, 3],
+               "tme_hidden": 32, "freeze_shared": True, "mitosis": "mitosis",
+               "description": "PAGET-H on the default model's backbone: frozen nucleus model + one 14-class TME head"},
+    )
+)
 
 
 def is_paget(cfg: ModelConfig) -> bool:

@@ -72,6 +72,16 @@ def instances_from_maps(prob: np.ndarray, hv: np.ndarray | None, cfg: Any) -> tu
     return np.asarray(ins.inst, np.int32), np.asarray(ins.class_id, np.int32)
 
 
+def own_instance_map(maps: Any, cfg: Any) -> np.ndarray:
+    """PAGET-H instances of a model that makes its own nuclei (``paget.model.own_instances``):
+    the one maps -> nuclei step on its nucleus head ("nuc") and HV head, on the maps' own
+    working grid (the same grid as its 14-class map). Returns inst (h, w) int32 1..N."""
+    from .heads import NUC_HEAD
+
+    inst, _ = instances_from_maps(maps.aux[NUC_HEAD], maps.hv, cfg)
+    return inst
+
+
 def instances_to_grid(inst: np.ndarray, out_shape: tuple[int, int], s: float) -> np.ndarray:
     """Bring an instance map to another pixel grid (nearest neighbour, ``s`` = output px per
     input px; the engine's pixel-centre convention) and renumber 1..N. Identity when the shapes
@@ -198,6 +208,7 @@ def _analyze_chunked(rgb: np.ndarray, mpp: float, lm: LoadedModel, mode: str, sr
     inst_grid = None
     if mode == "panoptic" and _grid_instances(src, wm):
         inst_grid = GridPredictor(src, hw, ww, fetch, regions, None, None, capped(int(src.config.tile_size)))
+    own = mode == "panoptic" and src is None
     stitcher = Stitcher(lm.config.tax, mpp)
     tissue: list[tuple[str, dict, Any]] = []
     sem_full = np.zeros((hw, ww), np.uint8)
@@ -206,10 +217,14 @@ def _analyze_chunked(rgb: np.ndarray, mpp: float, lm: LoadedModel, mode: str, sr
     for ch in chunks:
         x0, y0, x1, y1 = ch.region
         rgb_w = fetch(ch.region)
-        prob = student.predict(ch.region).prob
+        smaps = student.predict(ch.region)
+        prob = smaps.prob
         inst = None
         if mode == "panoptic":
-            if inst_grid is not None:
+            if own:  # the student's own nucleus heads, from the same forward pass
+                inst = own_instance_map(smaps, lm.config)
+                meta["instances"] = f"{lm.config.name} (its own nucleus heads)"
+            elif inst_grid is not None:
                 maps = inst_grid.predict(ch.region)
                 inst, _ = instances_from_maps(maps.prob, maps.hv, src.config)
                 meta["instances"] = f"{src.config.name} ({src.source})"
@@ -221,7 +236,7 @@ def _analyze_chunked(rgb: np.ndarray, mpp: float, lm: LoadedModel, mode: str, sr
                                      min_tissue_area_um2=min_tissue_area_um2,
                                      min_nucleus_area_um2=min_nucleus_area_um2, compute_features=False,
                                      meta=dict(meta), mitosis=mark)
-        del prob, inst, rgb_w
+        del prob, inst, rgb_w, smaps
         meta = {k: v for k, v in res.meta.items() if k not in ("nuclei_without_class", "mitosis")}
         without += int(res.meta.get("nuclei_without_class", 0))
         t = res.nuclei
@@ -231,8 +246,8 @@ def _analyze_chunked(rgb: np.ndarray, mpp: float, lm: LoadedModel, mode: str, sr
         stitcher.add(t, core, scale=s_in)
         tissue += clip_tissue_features(res.tissue_features, box(*core))
         sem_full[cy0:cy1, cx0:cx1] = res.sem[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
-        del res
-        trim_free_memory()  # the chunk's maps are freed: hand the heap's free memory back (glibc)
+        del res  # no malloc_trim per chunk: the next chunk reuses the heap (trimming cost ~50 s of
+        # system time in page faults on the 10 000² region, docs/paget.md)
     del student, inst_grid
     release_free_memory()  # the forward passes' retained buffers are not needed any more (as segment_image)
     table = stitcher.finish()
@@ -287,7 +302,9 @@ def analyze_paget(
     or weights path / a LoadedModel. mode: "semantic" | "panoptic" (default: the config's
     ``extra["mode"]``). instance_source (PAGET-H): a model spec (default: the config's
     ``extra["instance_source"]``, i.e. the shipped UperHoVer ``default``; the classical baseline
-    if no default model is shipped), a LoadedModel, or an ``InstanceSource``.
+    if no default model is shipped), a LoadedModel, or an ``InstanceSource``; a model that makes
+    its own nuclei (``paget_uperhover``, ``model.own_instances``) uses its own nucleus heads
+    unless an instance source is given.
     offset_xy: added to all output coordinates (server: tile origin in full-res px).
     tile / overlap: the student's tiling in working px (default the config's); progress: called
     with the number of student tiles finished. The whole image's 14-class map is held in memory
@@ -300,6 +317,7 @@ def analyze_paget(
     LoadedModel, a marker from ``mitosis_marker``, or None."""
     from ..inference.imageio import validate_mpp
     from ..models.registry import load_model
+    from .heads import own_instances
     from .model import paget_mode
 
     mpp = validate_mpp(mpp, "mpp")
@@ -312,9 +330,11 @@ def analyze_paget(
     wm = float(lm.config.mpp)
     meta: dict[str, Any] = {"model": lm.config.name, "weights": lm.source, "mode": mode}
     src = mark = None
+    own = mode == "panoptic" and instance_source is None and own_instances(lm.config)
     if mode == "panoptic":
-        src = _resolve_instance_source(instance_source or lm.config.extra.get("instance_source", "default"),
-                                       device, allow_random)
+        if not own:
+            src = _resolve_instance_source(instance_source or lm.config.extra.get("instance_source", "default"),
+                                           device, allow_random)
         mark = resolve_mitosis(lm.config, mitosis, "cpu" if lm.device.type == "cpu" else str(lm.device))
     s_in = float(mpp) / wm
     if max(rgb.shape[0], rgb.shape[1]) * s_in > chunk_work * 1.25:
@@ -325,10 +345,19 @@ def analyze_paget(
         res.meta.update(meta)
         res.nuclei.meta["image_size"] = [int(rgb.shape[1]), int(rgb.shape[0])]
         return res
-    prob, rgb_w, s = predict_semantic(lm, rgb, mpp, batch_size=batch_size, tile=tile, overlap=overlap,
-                                      progress=progress)
     inst = None
-    if mode == "panoptic":
+    if own:  # one forward pass: the 14-class map and the nuclei
+        from ..inference.engine import predict_maps, to_working
+
+        rgb_w, s = to_working(rgb, mpp, lm.config)
+        maps = predict_maps(lm, rgb_w, tile, overlap, batch_size=batch_size, progress=progress)
+        prob = maps.prob
+        inst, meta["instances"] = own_instance_map(maps, lm.config), f"{lm.config.name} (its own nucleus heads)"
+        del maps
+    else:
+        prob, rgb_w, s = predict_semantic(lm, rgb, mpp, batch_size=batch_size, tile=tile, overlap=overlap,
+                                          progress=progress)
+    if mode == "panoptic" and not own:
         inst, meta["instances"] = source_instances(src, rgb_w, wm)
     res = paget_result_from_prob(prob, rgb_w, lm.config, scale=s, input_mpp=mpp, mode=mode, inst=inst,
                                  offset_xy=offset_xy, simplify_px=simplify_px,

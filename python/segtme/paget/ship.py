@@ -65,3 +65,40 @@ def ship_student(checkpoint_json: str | Path, weights_dir: str | Path, *, tile_s
         c.to_json(p)
         out.append(p)
     return out
+
+
+#: PAGET-H on the default model's backbone (configs/paget_h_shared.toml, ``paget.model.PagetUperHoVer``)
+SHARED_NAME = "paget_h_shared"
+SHARED_WEIGHTS_FILE = "paget_h_shared.safetensors"
+
+
+def ship_shared(checkpoint_json: str | Path, weights_dir: str | Path, *, as_paget_h: bool,
+                extra: Mapping[str, Any] | None = None) -> list[Path]:
+    """Ship a trained ``paget_uperhover`` model: its weights as ``paget_h_shared.safetensors`` and
+    the config ``paget_h_shared.json`` (PAGET-H, the default model's tiling 512 / 32 working px so
+    its nuclei are the default model's, mitosis teacher ``mitosis``, no separate instance
+    source); with ``as_paget_h`` also ``paget_h.json`` (the product's PAGET-H) on the same
+    weights. ``paget_s`` / ``paget_*_b0`` stay the MiT-B0 student. Returns the written configs."""
+    ck = Path(checkpoint_json)
+    cfg = ModelConfig.from_json(ck)
+    if cfg.arch != "paget_uperhover":
+        raise ValueError(f"{ck}: expected a paget_uperhover checkpoint, got arch {cfg.arch!r}")
+    src_w = ck.parent / (cfg.weights or (ck.stem + ".safetensors"))
+    wd = Path(weights_dir)
+    from ..export.atomic import atomic_write
+
+    with atomic_write(wd / SHARED_WEIGHTS_FILE) as tmp:
+        shutil.copyfile(src_w, tmp)
+    ex = {k: v for k, v in cfg.extra.items() if k not in ("instance_source", "description")}
+    ex.update({"teachers": dict(TEACHERS), "unlearned_classes": list(UNLEARNED), "model_card": "PAGET_MODEL_CARD.md",
+               "mode": "panoptic", "mitosis": "mitosis",
+               "description": "PAGET-H (shipped): the default nucleus model (frozen) + a 14-class TME head on its "
+                              "backbone, one forward pass; see PAGET_MODEL_CARD.md"})
+    ex.update(dict(extra or {}))
+    out = []
+    for name in (SHARED_NAME, "paget_h") if as_paget_h else (SHARED_NAME,):
+        c = cfg.replace(name=name, weights=SHARED_WEIGHTS_FILE, tile_size=512, tile_overlap=32, extra=dict(ex))
+        p = wd / f"{name}.json"
+        c.to_json(p)
+        out.append(p)
+    return out

@@ -37,6 +37,7 @@ import numpy as np
 
 from ..version import __version__
 from ..errors import SegTMEError
+from ..paget.heads import own_instances
 from ._proto.segtme.v1 import segtme_pb2 as pb
 from ._proto.segtme.v1 import segtme_pb2_grpc as pb_grpc
 from .batcher import Cancelled, JobToken
@@ -125,7 +126,8 @@ class SegTMEServicer(pb_grpc.SegTMEServicer):
         spec = parse_job_config(cfg_msg, self.default_model, self._known_models())
         spec.model = self._model_name(spec.model)
         runner = self.runners[spec.model]
-        if runner.paget_mode == "panoptic" and runner.instance_runner is None and runner.instance_direct is None:
+        if (runner.paget_mode == "panoptic" and runner.instance_runner is None and runner.instance_direct is None
+                and not own_instances(runner.cfg)):
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
                                f"config.model: {runner.cfg.name!r} is PAGET-H but the server has no instance source for it")
         return spec, runner
@@ -176,6 +178,8 @@ class SegTMEServicer(pb_grpc.SegTMEServicer):
                 src = r.instance_runner.model if r.instance_runner is not None else r.instance_direct
                 if src is not None:
                     desc += f"; instances from {src.config.name}"
+                elif r.paget_mode == "panoptic" and own_instances(cfg):
+                    desc += "; instances from its own nucleus heads (one forward pass)"
             mi = out.models.add(name=name, mpp=cfg.mpp, tile_size=cfg.tile_size, tile_overlap=cfg.tile_overlap,
                                 description=desc)
             for c in tax.classes:

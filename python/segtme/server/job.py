@@ -24,6 +24,7 @@ from .batcher import Cancelled, JobToken
 from .limits import ServerLimits
 from .requests import DecodedTile, JobSpec, RequestError, TileLedger, invalid
 from .runners import ModelRunner
+from ..paget.heads import NUC_HEAD, own_instances
 from .tiles import TISSUE_ID, WorkTile, paget_instances, tile_nuclei, tile_paget, to_work_tile
 
 log = logging.getLogger("segtme.server")
@@ -126,7 +127,7 @@ class TileJob:
         else:
             inst = mark = None
             if self.paget_mode == "panoptic":
-                inst = self._instances(sub, iout, field_name)
+                inst = self._instances(sub, out, iout, field_name)
                 mark = self.runner.mitosis
             pt_ = tile_paget(wt, out, self.runner.cfg, self.spec.image_mpp, self.spec.geometry,
                              mode=self.paget_mode, inst=inst, mitosis=mark)
@@ -159,12 +160,15 @@ class TileJob:
             self.tables.append(t)
             self._fresh.append(t)
 
-    def _instances(self, sub: Submitted, iout: dict | None, field_name: str) -> np.ndarray:
-        """PAGET-H instance map of a tile on the student's valid working grid."""
+    def _instances(self, sub: Submitted, out: dict, iout: dict | None, field_name: str) -> np.ndarray:
+        """PAGET-H instance map of a tile on the student's valid working grid (from the instance
+        source's output ``iout``, or from the student's own nucleus heads in ``out``)."""
         h, w = sub.wt.valid
         r = self.runner
         if r.instance_runner is not None and iout is not None and sub.iwt is not None:
             return paget_instances(sub.iwt, iout, r.instance_runner.cfg, (h, w), sub.wt.s)
+        if r.instance_runner is None and r.instance_direct is None and own_instances(r.cfg):
+            return paget_instances(sub.wt, {"prob": out[NUC_HEAD], "hv": out["hv"]}, r.cfg, (h, w), sub.wt.s)
         if r.instance_direct is not None:
             from ..paget.runner import source_instances
 

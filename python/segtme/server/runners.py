@@ -99,7 +99,9 @@ def attach_instance_sources(runners: dict[str, ModelRunner], aliases: dict[str, 
     that model's runner and batcher; another model spec is loaded once (shared by all PAGET-H
     runners naming it) with its own batcher; a model without a batched forward pass (the
     classical baseline, which also stands in for ``default`` when no default model is shipped)
-    runs in each job's thread."""
+    runs in each job's thread. A PAGET model with its own nucleus heads (``paget_uperhover``)
+    gets no instance source unless ``config.instance_source`` names one."""
+    from ..paget.heads import own_instances
     from ..paget.runner import _resolve_instance_source, resolve_mitosis
 
     extra: dict[str, ModelRunner] = {}
@@ -110,6 +112,9 @@ def attach_instance_sources(runners: dict[str, ModelRunner], aliases: dict[str, 
             if r.mitosis is not None:
                 log.info("PAGET-H %s: mitotic figures from %s", r.cfg.name, r.cfg.extra.get("mitosis"))
         if r.paget_mode != "panoptic" or r.instance_runner is not None or r.instance_direct is not None:
+            continue
+        if config.instance_source is None and own_instances(r.cfg):
+            log.info("PAGET-H %s: instances from its own nucleus heads (one forward pass)", r.cfg.name)
             continue
         spec = str(config.instance_source or r.cfg.extra.get("instance_source", "default"))
         name = aliases.get(spec, spec)

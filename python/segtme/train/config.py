@@ -13,7 +13,8 @@ Table 3 where it has a value)::
               state_file (<out_dir>/state.safetensors), validate (true)
     [model]   preset = "uperhover_resnet18" | config = "path/to/model.json"; any ModelConfig field
               as an override (name, backbone, head_hidden, taxonomy, mpp, tile_size, ...);
-              init_weights = "full model .safetensors" (init_strict = true);
+              init_weights = "full model .safetensors" (init_strict = true; init_rename =
+              {"old key prefix" = "new key prefix"} applied to its keys first);
               backbone_weights = "auto" | PATH (UNI2-h via find_uni2h_checkpoint; never downloads)
     [optim]   lr (5e-5), weight_decay (1e-2), betas ([0.9, 0.999]), eps (1e-8),
               schedule ("linear" | "poly" | "constant"), warmup_steps (0), poly_power (1.0),

@@ -23,7 +23,23 @@ from ..models.registry import (
 
 log = logging.getLogger(__name__)
 
-MODEL_KEYS_NOT_CONFIG = ("preset", "config", "init_weights", "init_strict")
+MODEL_KEYS_NOT_CONFIG = ("preset", "config", "init_weights", "init_strict", "init_rename")
+
+
+def rename_keys(sd: dict[str, Any], rename: dict[str, str] | None) -> dict[str, Any]:
+    """``sd`` with each key starting with a prefix of ``rename`` given the new prefix instead
+    (first matching prefix; e.g. ``{"heads.sem." = "heads.nuc."}`` loads a nucleus model's class
+    head into ``paget_uperhover``'s "nuc" head)."""
+    if not rename:
+        return dict(sd)
+    out = {}
+    for k, v in sd.items():
+        for old, new in rename.items():
+            if k.startswith(old):
+                k = new + k[len(old):]
+                break
+        out[k] = v
+    return out
 
 
 def build_model_config(model_section: dict[str, Any]) -> ModelConfig:
@@ -50,12 +66,14 @@ def build_model_config(model_section: dict[str, Any]) -> ModelConfig:
 
 
 def init_model(cfg: ModelConfig, model_section: dict[str, Any]) -> tuple[nn.Module, str]:
-    """Fresh model (random heads) + optional full-model or backbone weights. Returns (module, source)."""
+    """Fresh model (random heads) + optional full-model or backbone weights (``init_weights``,
+    its keys renamed by ``init_rename`` {old prefix: new prefix}; ``init_strict = false``: load
+    the tensors whose name and shape match). Returns (module, source)."""
     module = create_model(cfg.replace(weights=None))
     src = "random-init"
     iw = model_section.get("init_weights")
     if iw:
-        sd = read_state_dict(iw)
+        sd = rename_keys(read_state_dict(iw), model_section.get("init_rename"))
         if model_section.get("init_strict", True):
             load_state_dict_strict(module, sd, str(iw))
         else:
