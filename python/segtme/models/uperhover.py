@@ -25,19 +25,24 @@ def make_upernet_head(in_channels: list[int], hidden: int, num_labels: int, pool
     return UperNetHead(cfg, in_channels=list(in_channels))
 
 
+def backbone_from_config(cfg: ModelConfig, pretrained: bool = False) -> nn.Module:
+    """The pyramid backbone ``cfg`` names (``backbones.build_backbone`` with its fields)."""
+    return build_backbone(
+        cfg.backbone,
+        vit_taps=cfg.vit_taps,
+        out_indices=cfg.out_indices,
+        pyramid_channels=cfg.pyramid_channels,
+        pyramid_strides=cfg.pyramid_strides,
+        backbone_kwargs=cfg.backbone_kwargs,
+        pretrained=pretrained,
+    )
+
+
 class UperHoVer(nn.Module):
     def __init__(self, cfg: ModelConfig, pretrained_backbone: bool = False):
         super().__init__()
         self.cfg = cfg
-        self.backbone = build_backbone(
-            cfg.backbone,
-            vit_taps=cfg.vit_taps,
-            out_indices=cfg.out_indices,
-            pyramid_channels=cfg.pyramid_channels,
-            pyramid_strides=cfg.pyramid_strides,
-            backbone_kwargs=cfg.backbone_kwargs,
-            pretrained=pretrained_backbone,
-        )
+        self.backbone = backbone_from_config(cfg, pretrained_backbone)
         chans = self.backbone.channels
         self.heads = nn.ModuleDict(
             {k: make_upernet_head(chans, cfg.head_hidden, n, cfg.pool_scales) for k, n in cfg.head_channels().items()}

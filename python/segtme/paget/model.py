@@ -150,20 +150,17 @@ class PagetUperHoVer(nn.Module):
     nucleus model's.
 
     Outputs (input size, bilinear): ``{"sem": (B, 14, H, W), "hv": (B, 2, H, W), "nuc": (B,
-    extra["nucleus_classes"], H, W)}`` logits. Weights: a nucleus model's state dict loads with
+    heads["nuc"], H, W)}`` logits. Weights: a nucleus model's state dict loads with
     its ``heads.sem.*`` renamed to ``heads.nuc.*`` (``[model] init_rename`` in training).
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        from ..models.backbones import build_backbone
-        from ..models.uperhover import make_upernet_head
+        from ..models.uperhover import backbone_from_config, make_upernet_head
 
         self.cfg = cfg
         extra = dict(cfg.extra)
-        self.backbone = build_backbone(cfg.backbone, vit_taps=cfg.vit_taps, out_indices=cfg.out_indices,
-                                       pyramid_channels=cfg.pyramid_channels, pyramid_strides=cfg.pyramid_strides,
-                                       backbone_kwargs=cfg.backbone_kwargs, pretrained=False)
+        self.backbone = backbone_from_config(cfg)
         chans = list(self.backbone.channels)
         self.tme_levels = [int(i) for i in extra.get("tme_levels", range(len(chans)))]
         if not self.tme_levels or any(not 0 <= i < len(chans) for i in self.tme_levels):
@@ -230,7 +227,7 @@ PAGET_H_SHARED = register_preset(
         tile_overlap=32,
         pad_multiple=16,
         postprocess={"edge_threshold": 0.15},
-        extra={"mode": "panoptic", "nucleus_classes": 5, "nucleus_taxonomy": "consep4", "tme_levels": [1, 2, 3],
+        extra={"mode": "panoptic", "nucleus_taxonomy": "consep4", "tme_levels": [1, 2, 3],
                "tme_hidden": 32, "freeze_shared": True, "mitosis": "mitosis",
                "description": "PAGET-H on the default model's backbone: frozen nucleus model + one 14-class TME head"},
     )

@@ -36,11 +36,19 @@ def predict_semantic(lm: LoadedModel, rgb: np.ndarray, mpp: float, *, batch_size
     """PAGET-S: (prob (14, h, w) softmax, rgb_work, s) at the model's working MPP (tiled, blended;
     ``tile`` / ``overlap`` in working px, default the config's; ``progress`` called with the
     number of tiles finished)."""
+    maps, rgb_w, s = predict_working_maps(lm, rgb, mpp, batch_size=batch_size, tile=tile, overlap=overlap,
+                                          progress=progress)
+    return maps.prob, rgb_w, s
+
+
+def predict_working_maps(lm: LoadedModel, rgb: np.ndarray, mpp: float, *, batch_size: int = 8,
+                         tile: int | None = None, overlap: int | None = None, progress: Any = None) -> tuple[Any, np.ndarray, float]:
+    """(Maps, rgb_work, s): the model's tiled, blended maps of ``rgb`` at its working MPP (every
+    head: the 14-class "sem" as ``prob`` and, for ``paget_uperhover``, "hv" and ``aux["nuc"]``)."""
     from ..inference.engine import predict_maps, to_working
 
     rgb_w, s = to_working(rgb, mpp, lm.config)
-    maps = predict_maps(lm, rgb_w, tile, overlap, batch_size=batch_size, progress=progress)
-    return maps.prob, rgb_w, s
+    return predict_maps(lm, rgb_w, tile, overlap, batch_size=batch_size, progress=progress), rgb_w, s
 
 
 def _resolve_instance_source(src: Any, device: str, allow_random: bool) -> Any:
@@ -187,6 +195,7 @@ def _analyze_chunked(rgb: np.ndarray, mpp: float, lm: LoadedModel, mode: str, sr
     from ..runtime import release_free_memory, trim_free_memory
     from .features import analyze_paget_features
     from .geometry import clip_tissue_features, merge_tissue_geometries
+    from .heads import own_instances
     from .outputs import attach_tissue_context
 
     h, w = rgb.shape[:2]
@@ -208,7 +217,7 @@ def _analyze_chunked(rgb: np.ndarray, mpp: float, lm: LoadedModel, mode: str, sr
     inst_grid = None
     if mode == "panoptic" and _grid_instances(src, wm):
         inst_grid = GridPredictor(src, hw, ww, fetch, regions, None, None, capped(int(src.config.tile_size)))
-    own = mode == "panoptic" and src is None
+    own = mode == "panoptic" and src is None and own_instances(lm.config)  # as analyze_paget decides
     stitcher = Stitcher(lm.config.tax, mpp)
     tissue: list[tuple[str, dict, Any]] = []
     sem_full = np.zeros((hw, ww), np.uint8)
@@ -350,10 +359,8 @@ def analyze_paget(
         return res
     inst = None
     if own:  # one forward pass: the 14-class map and the nuclei
-        from ..inference.engine import predict_maps, to_working
-
-        rgb_w, s = to_working(rgb, mpp, lm.config)
-        maps = predict_maps(lm, rgb_w, tile, overlap, batch_size=batch_size, progress=progress)
+        maps, rgb_w, s = predict_working_maps(lm, rgb, mpp, batch_size=batch_size, tile=tile, overlap=overlap,
+                                              progress=progress)
         prob = maps.prob
         inst, meta["instances"] = own_instance_map(maps, lm.config), f"{lm.config.name} (its own nucleus heads)"
         del maps
