@@ -9,9 +9,18 @@ EXTRAS=${1:-}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-stamp=".venv/.segtme-installed${EXTRAS:+-${EXTRAS//,/-}}"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+# constraints.txt pins every package to the versions the tests last passed with (a new release
+# of torch / scipy / scikit-image moves borderline nuclei). They were made on Python 3.11; on
+# another Python, or with SEGTME_UNPINNED=1, the newest compatible versions are installed.
+PIN=(-c constraints.txt)
+pyv=$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+if [ "${SEGTME_UNPINNED:-0}" = "1" ]; then PIN=()
+elif [ "$pyv" != "3.11" ]; then
+  echo "setup: Python $pyv, constraints.txt is for 3.11: installing unpinned versions" >&2; PIN=()
+fi
+stamp=".venv/.segtme-installed${EXTRAS:+-${EXTRAS//,/-}}${PIN:+-pinned}"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
-  .venv/bin/python -m pip install --quiet -e ".${EXTRAS:+[$EXTRAS]}"
+  .venv/bin/python -m pip install --quiet "${PIN[@]}" -e ".${EXTRAS:+[$EXTRAS]}"
   touch "$stamp"
 fi

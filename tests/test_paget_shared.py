@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 from conftest import load_monuseg
 from segtme.inference.engine import GridPredictor, forward_tiles, predict_maps
+from segtme.inference.tiling import plan_stream_tiles
 from segtme.models import create_model, presets
 from segtme.models.registry import WEIGHTS_DIR, load_model, read_state_dict
 from segtme.paget.heads import NUC_HEAD, own_instances
@@ -183,11 +184,23 @@ def test_paget_h_shared_is_served_without_an_instance_source(shared_json, image)
         srv.stop(1)
     nuclei = [f for f in features if f["properties"]["objectType"] in ("detection", "cell")]
     assert len(nuclei) > 100
-    # the same nuclei as the default model's through the CLI path on the annotation's bounds
+    # the same nuclei as the CLI path gives on the pixels the client sent: the one tile's region
+    # (the annotation's bounds plus the plan's context margin), resampled by the same resampler
+    # from the same full-res origin. (The whole image resampled from (0, 0) samples it on a grid
+    # offset by a fraction of a working px, d ~ 1.98: that moves ~9 % of this model's outlines
+    # below IoU 0.5 — the shipped UperHoVer's dependence on where its grid starts, measured in
+    # docs/server.md "Tests and benchmark"; a property of the model, not of the server's path.)
     from segtme.paget.runner import analyze_paget
 
+    assert len(tiles) == 1
+    rx, ry = tiles[0].x, tiles[0].y
+    plan = plan_stream_tiles((x0, y0, x1 - x0, y1 - y0), rgb.shape[1::-1], mpp, r.cfg.mpp, r.cfg.tile_size,
+                             r.cfg.tile_overlap)
+    _, _, rw, rh = plan[0].region
+    assert (rx, ry) == plan[0].region[:2]
     lm = load_model(str(shared_json), "cpu")
-    ref = analyze_paget(rgb, mpp, lm, mitosis=None, compute_features=False).nuclei
+    ref = analyze_paget(rgb[ry:ry + rh, rx:rx + rw], mpp, lm, mitosis=None, compute_features=False,
+                        offset_xy=(rx, ry)).nuclei
     ann = Polygon(ANNOTATION)
     import shapely
 
@@ -196,7 +209,7 @@ def test_paget_h_shared_is_served_without_an_instance_source(shared_json, image)
 
     got = [Polygon(f["geometry"]["coordinates"][0]) for f in nuclei]
     want = [Polygon(p) for p in ref.subset(keep).polygons]
-    assert abs(len(got) - len(want)) <= 0.03 * len(want)
-    # tiles are run one by one at the plan's downsample (not the CLI's one grid): most, not all,
-    # nuclei are the same polygons (IoU >= 0.5)
-    assert match_fraction(want, got) >= 0.9 and match_fraction(got, want) >= 0.9
+    assert abs(len(got) - len(want)) <= 0.02 * len(want)
+    # the same polygons (IoU >= 0.5); the few left are nuclei whose mask centroid (server) and
+    # polygon centroid (here) fall on either side of the annotation's outline
+    assert match_fraction(want, got) >= 0.98 and match_fraction(got, want) >= 0.98
