@@ -106,13 +106,16 @@ def test_engine_blends_further_class_heads_like_sem(shared, image):
     whole = predict_maps(shared, work, 128, 32, batch_size=4)
     assert set(whole.aux) == {NUC_HEAD} and whole.aux[NUC_HEAD].shape == (5, 300, 280)
     np.testing.assert_allclose(whole.aux[NUC_HEAD].sum(0), 1.0, atol=1e-4)
-    assert whole.prob.shape == (14, 300, 280) and whole.hv.shape == (2, 300, 280)
+    # the 14-class map on its own 4 px grid (io.sem_stride), HV and the nucleus head at every px
+    assert whole.sem_stride == 4 and whole.prob.shape == (14, 75, 70) and whole.hv.shape == (2, 300, 280)
+    assert whole.shape == (300, 280)
     # region by region from one grid = the whole image's maps cropped (float16 cache: ~1e-3)
     regions = [(0, 0, 160, 300), (120, 0, 280, 300)]
     gp = GridPredictor(shared, 300, 280, lambda r: work[r[1]:r[3], r[0]:r[2]], regions, 128, 32, 4)
     for r in regions:
         m = gp.predict(r)
         np.testing.assert_allclose(m.aux[NUC_HEAD], whole.aux[NUC_HEAD][:, r[1]:r[3], r[0]:r[2]], atol=3e-3)
+        np.testing.assert_allclose(m.prob, whole.prob[:, r[1] // 4:-(-r[3] // 4), r[0] // 4:-(-r[2] // 4)], atol=3e-3)
     # flip TTA: the mean of the four flips, mapped back, for the further head too
     t = [work[:128, :128]]
     o = forward_tiles(shared, t, tta="flip")[0]

@@ -77,7 +77,9 @@ def test_preset_builds_runs_and_keeps_its_contract(name):
     assert isinstance(y, dict) and set(y) == set(c.outputs), f"{name}: outputs {sorted(y)} vs contract {c.outputs}"
     ch = cfg.head_channels()
     for k, v in y.items():
-        want = (2, ch[k], e, e) if c.dense else (2,)
+        k_px = int(cfg.io.sem_stride) if k == "sem" else 1  # a class map at its own stride (eval mode)
+        assert k_px == 1 or c.coarse_sem, f"{name}: sem_stride {k_px} but the family's contract has no coarse_sem"
+        want = (2, ch[k], e // k_px, e // k_px) if c.dense else (2,)
         if not c.dense and v.ndim == 2:
             want = (2, ch[k])
         assert tuple(v.shape) == want, f"{name}: {k} has shape {tuple(v.shape)}, contract says {want}"

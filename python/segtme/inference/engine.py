@@ -32,7 +32,7 @@ from ..models.config import ModelConfig
 from ..models.registry import LoadedModel
 from .. import resample as _rs
 from .maps import Maps
-from .tiling import blend_window, tile_grid
+from .tiling import blend_window, coarse_axis, coarse_take, tile_grid
 
 if TYPE_CHECKING:
     import torch
@@ -252,7 +252,8 @@ def forward_tiles(
     (bottom/right, ``resample.pad_to_multiple``: reflect) and normalised with ``cfg.mean/std``;
     outputs are cropped back.
     Returns per tile ``{"prob": (C, h, w) float32 softmax, "hv": (2, h, w) float32}`` (``"hv"``
-    absent for models without an HV head) plus, under its own name, the softmax of each further
+    absent for models without an HV head; "prob" is ``(C, ceil(h/k), ceil(w/k))`` for a model
+    whose ``io.sem_stride`` is k > 1) plus, under its own name, the softmax of each further
     class head (``aux_outputs``, e.g. ``"nuc"``). The forward pass is the model's backend
     (``_backend``: ONNX Runtime for the shipped model on the CPU, else ``TorchBackend``:
     ``torch.inference_mode``, channels_last, bf16 autocast when ``model.precision`` resolves to
@@ -283,7 +284,11 @@ def forward_tiles(
             t -= mean
             t /= std
             p, v, a = _run(backend, t, mode)
-            prob = p[:, :, :h, :w]
+            st = int(io.sem_stride)
+            if p.shape[2] * st != t.shape[1] or p.shape[3] * st != t.shape[2]:
+                raise ValueError(f"model returned 'sem' of {p.shape[2:]} for a {t.shape[1:3]} px tile; "
+                                 f"its config says sem_stride {st}")
+            prob = p[:, :, :-(-h // st), :-(-w // st)]
             hv = v[:, :, :h, :w] if v is not None else None
             for k, i in enumerate(batch):
                 d = {"prob": np.ascontiguousarray(prob[k])}
@@ -342,6 +347,7 @@ class GridPredictor:
         self.H, self.W = int(height), int(width)
         self.grid = tile_grid(self.H, self.W, self.tile, self.overlap)
         self.win = blend_window(min(self.tile, self.H), min(self.tile, self.W), self.overlap)
+        self.sem_stride = int(io.sem_stride)
         self.fetch_rgb = fetch_rgb
         self.batch_size = max(1, int(batch_size))
         self.progress = progress
@@ -363,6 +369,9 @@ class GridPredictor:
         if x1 <= x0 or y1 <= y0:
             raise InputError(f"empty prediction region {region} for a {self.W}x{self.H} px working image")
         C = self.model.config.num_classes
+        st = self.sem_stride
+        if st > 1 and (x0 % st or y0 % st):
+            raise InputError(f"prediction region {region} must start on the model's {st} px class-map grid")
         h, w = y1 - y0, x1 - x0
         idx = self.tiles_for((x0, y0, x1, y1))
         todo = [k for k in idx if k not in self._cache]
@@ -386,7 +395,8 @@ class GridPredictor:
                 if self.progress is not None:
                     self.progress(len(ks))
             del rgb
-        prob = np.zeros((C, h, w), np.float32)
+        prob = np.zeros((C, -(-h // st), -(-w // st)), np.float32)
+        psum = np.zeros(prob.shape[1:], np.float32) if st > 1 else None
         hv: np.ndarray | None = None
         aux: dict[str, np.ndarray] = {}
         wsum = np.zeros((h, w), np.float32)
@@ -398,7 +408,14 @@ class GridPredictor:
             src = (slice(sy0 - ty, sy1 - ty), slice(sx0 - tx, sx1 - tx))
             dst = (slice(sy0 - y0, sy1 - y0), slice(sx0 - x0, sx1 - x0))
             wt = self.win[src]
-            prob[(slice(None),) + dst] += o["prob"][(slice(None),) + src] * wt
+            if psum is None:
+                prob[(slice(None),) + dst] += o["prob"][(slice(None),) + src] * wt
+            else:  # the class map on its own grid (io.sem_stride): window sampled at the block centres
+                ay, ax = coarse_axis(ty, th, y0, h, st), coarse_axis(tx, tw, x0, w, st)
+                if ay is not None and ax is not None:
+                    cw = self.win[np.ix_(ay.px, ax.px)]
+                    prob[:, ay.dst, ax.dst] += coarse_take(o["prob"], ay, ax) * cw
+                    psum[ay.dst, ax.dst] += cw
             if "hv" in o:
                 if hv is None:
                     hv = np.zeros((2, h, w), np.float32)
@@ -416,12 +433,12 @@ class GridPredictor:
             else:
                 self._cache.pop(k, None)
         inv = 1.0 / wsum
-        prob *= inv
+        prob *= inv if psum is None else 1.0 / psum
         if hv is not None:
             hv *= inv
         for a in aux.values():
             a *= inv
-        return Maps(prob=prob, hv=hv, aux=aux)
+        return Maps(prob=prob, hv=hv, aux=aux, sem_stride=st)
 
 
 
@@ -454,6 +471,8 @@ def predict_maps(
         raise InputError(f"need tile > 0 and 0 <= overlap < tile, got tile={tile}, overlap={overlap}")
     if stitch not in ("blend", "last_writer"):
         raise ValueError(f"stitch must be 'blend' or 'last_writer', got {stitch!r}")
+    if stitch == "last_writer" and int(cfg.io.sem_stride) != 1:
+        raise ValueError("stitch='last_writer' needs a class map at every working px (sem_stride 1)")
     H, W = rgb_work.shape[:2]
     bs = max(1, int(batch_size))
     if stitch == "blend":

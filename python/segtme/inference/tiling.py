@@ -86,6 +86,69 @@ def blend_window(height: int, width: int, overlap: int, floor: float = 1e-3) -> 
     return np.outer(blend_ramp(height, overlap, floor), blend_ramp(width, overlap, floor)).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class CoarseAxis:
+    """Where one tile's coarse map (one value per ``stride`` working px) lands on a region's
+    coarse grid, along one axis; see ``coarse_axis``. ``dst``: the region's coarse px covered;
+    ``j0`` / ``j1`` / ``f``: the tile's coarse px to blend linearly, ``(1 - f) * v[j0] + f * v[j1]``
+    (``f`` all 0 when the tile is on the region's grid); ``px``: the tile's working px under each
+    destination px centre (for the blend window)."""
+
+    dst: slice
+    j0: np.ndarray
+    j1: np.ndarray
+    f: np.ndarray
+    px: np.ndarray
+
+    @property
+    def aligned(self) -> bool:
+        return not self.f.any()
+
+
+def coarse_axis(tile0: int, tile_len: int, region0: int, region_len: int, stride: int) -> CoarseAxis | None:
+    """A tile covering working px ``[tile0, tile0 + tile_len)`` with a coarse map whose px ``j``
+    covers tile px ``[stride*j, stride*j + stride)``, placed on the coarse grid of a region
+    starting at working px ``region0`` (px ``m`` covers ``[region0 + stride*m, ...)``, ``ceil
+    (region_len / stride)`` px; the last one may reach beyond the region, as a padded tile's
+    does). A region px is covered by the tile when the centre of its part inside the region lies
+    inside the tile (None when none is); it takes the tile's value at its block's centre
+    ``region0 + stride*m + (stride - 1)/2`` (linear between the tile's px centres, clamped at the
+    tile's first / last px: the convention ``inference.maps.class_map`` upsamples with). Exact
+    copies (``f`` = 0) when ``tile0 - region0`` is a multiple of ``stride``."""
+    st = int(stride)
+    n = -(-int(tile_len) // st)
+    m = np.arange(-(-int(region_len) // st))
+    d = float(int(tile0) - int(region0))
+    c = (st * m + np.minimum(st * m + st, int(region_len)) - 1) / 2.0  # centres of the parts in the region
+    inside = np.flatnonzero((c >= d) & (c < d + int(tile_len)))
+    if inside.size == 0:
+        return None
+    m0, m1 = int(inside[0]), int(inside[-1]) + 1
+    t = c[m0:m1] - d  # tile px of those centres (for the blend window)
+    u = (st * m[m0:m1] - d) / st  # tile coarse coordinate of each block's centre (integer on the grid)
+    j = np.floor(u)
+    f = (u - j).astype(np.float32)
+    j0 = np.clip(j, 0, n - 1).astype(np.int64)
+    j1 = np.clip(j + 1, 0, n - 1).astype(np.int64)
+    f = np.where(j0 == j1, 0.0, f).astype(np.float32)
+    px = np.clip(np.floor(t + 0.5), 0, int(tile_len) - 1).astype(np.int64)
+    return CoarseAxis(slice(m0, m1), j0, j1, f, px)
+
+
+def coarse_take(v: np.ndarray, ay: CoarseAxis, ax: CoarseAxis) -> np.ndarray:
+    """The values of a tile's coarse map ``v`` (C, n_y, n_x) at the destination px of ``ay`` /
+    ``ax`` (``coarse_axis``): (C, len(dst_y), len(dst_x)) float32, linear where off-grid."""
+    if ay.aligned:
+        a = v[:, ay.j0[0]:ay.j0[-1] + 1] if ay.j0[-1] - ay.j0[0] + 1 == len(ay.j0) else v[:, ay.j0]
+    else:
+        fy = ay.f[None, :, None]
+        a = v[:, ay.j0] * (1.0 - fy) + v[:, ay.j1] * fy
+    if ax.aligned:
+        return a[:, :, ax.j0[0]:ax.j0[-1] + 1] if ax.j0[-1] - ax.j0[0] + 1 == len(ax.j0) else a[:, :, ax.j0]
+    fx = ax.f[None, None, :]
+    return a[:, :, ax.j0] * (1.0 - fx) + a[:, :, ax.j1] * fx
+
+
 # --------------------------------------------------------------------------- streaming plan
 
 
@@ -207,15 +270,22 @@ class Chunk:
     region: tuple[int, int, int, int]
 
 
-def chunk_grid(width: int, height: int, chunk: int, halo: int) -> list[Chunk]:
+def chunk_grid(width: int, height: int, chunk: int, halo: int, align: int = 1) -> list[Chunk]:
     """Chunks of at most ``chunk`` x ``chunk`` input px (cores, row-major) with a ``halo`` px
-    margin on every side (clipped to the image). Cores are near-equal in size."""
+    margin on every side (clipped to the image). Cores are near-equal in size (an inner edge
+    moves by up to ``align / 2`` px to its grid, so a core may exceed ``chunk`` by up to ``align``
+    px when ``align`` > 1). ``align``: every
+    core and region starts on a multiple of it (a model's class-map grid, ``io.sem_stride``; it
+    must divide ``chunk`` and ``halo``); only the image's right / bottom edge may be off-grid."""
     if chunk <= 0 or halo < 0:
         raise ValueError(f"need chunk > 0 and halo >= 0, got chunk={chunk}, halo={halo}")
+    if align < 1 or chunk % align or halo % align:
+        raise ValueError(f"align {align} must divide chunk {chunk} and halo {halo}")
 
     def edges(n: int) -> list[int]:
         k = max(1, math.ceil(n / chunk))
-        return [round(i * n / k) for i in range(k + 1)]
+        inner = [align * round(i * n / (k * align)) for i in range(1, k)]
+        return [0, *inner, n]
 
     xs, ys = edges(width), edges(height)
     out = []

@@ -59,7 +59,7 @@ class PostprocessParams:
 #: flat JSON keys of each part, in file order
 ARCH_FIELDS = ("arch", "backbone", "backbone_kwargs", "vit_taps", "out_indices", "pyramid_channels", "pyramid_strides",
                "head_hidden", "pool_scales", "heads", "taxonomy")
-IO_FIELDS = ("mpp", "tile_size", "tile_overlap", "pad_multiple", "mean", "std")
+IO_FIELDS = ("mpp", "tile_size", "tile_overlap", "pad_multiple", "mean", "std", "sem_stride")
 FLAT_FIELDS = ("name", *ARCH_FIELDS, *IO_FIELDS, "postprocess", "weights", "backbone_weights", "extra")
 
 
@@ -101,6 +101,11 @@ class IOConfig:
     tile_size / tile_overlap: inference tile edge and overlap in working px.
     pad_multiple: tile edges are padded to a multiple of this (e.g. 14 for a patch-14 ViT).
     mean / std: input normalisation (RGB in [0, 1]).
+    sem_stride: the grid of the model's "sem" output (its class map), in working px per output
+        px: 1 = every working px (the usual); k > 1 = one value per k x k working px block
+        (output px ``i`` covers working px ``[k*i, k*i + k)``), e.g. a head that is cheap to
+        run and to blend at its native stride. The HV map and further class heads stay at
+        every working px. Must divide ``pad_multiple``, so every padded tile holds whole blocks.
     """
 
     mpp: float = 0.5
@@ -109,6 +114,7 @@ class IOConfig:
     pad_multiple: int = 32
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    sem_stride: int = 1
 
     def check(self, name: str) -> None:
         """ModelConfigError naming the model and the bad field."""
@@ -121,6 +127,9 @@ class IOConfig:
             )
         if self.pad_multiple <= 0:
             raise ModelConfigError(f"model config {name}: 'pad_multiple' must be positive")
+        if not isinstance(self.sem_stride, int) or self.sem_stride < 1 or self.pad_multiple % self.sem_stride:
+            raise ModelConfigError(f"model config {name}: 'sem_stride' must be a positive integer dividing "
+                                   f"pad_multiple ({self.pad_multiple}), got {self.sem_stride!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
             raise ModelConfigError(f"model config {name}: 'mean'/'std' need 3 values, std > 0")
 
@@ -146,13 +155,14 @@ class ModelConfig:
                  pyramid_strides: list[int] | None = None, head_hidden: int = 768, pool_scales: list[int] | None = None,
                  heads: dict[str, int] | None = None, taxonomy: Any = "pannuke6", mpp: float = 0.5, tile_size: int = 256,
                  tile_overlap: int = 64, pad_multiple: int = 32, mean: list[float] | None = None,
-                 std: list[float] | None = None, postprocess: Mapping[str, Any] | None = None, weights: str | None = None,
+                 std: list[float] | None = None, sem_stride: int | None = None, postprocess: Mapping[str, Any] | None = None, weights: str | None = None,
                  backbone_weights: str | None = None, extra: dict[str, Any] | None = None) -> None:
         a = ArchitectureConfig()
         arch_kw = dict(arch=arch, backbone=backbone, backbone_kwargs=backbone_kwargs, vit_taps=vit_taps,
                        out_indices=out_indices, pyramid_channels=pyramid_channels, pyramid_strides=pyramid_strides,
                        head_hidden=head_hidden, pool_scales=pool_scales, heads=heads, taxonomy=taxonomy)
-        io_kw = dict(mpp=mpp, tile_size=tile_size, tile_overlap=tile_overlap, pad_multiple=pad_multiple, mean=mean, std=std)
+        io_kw = dict(mpp=mpp, tile_size=tile_size, tile_overlap=tile_overlap, pad_multiple=pad_multiple, mean=mean, std=std,
+                     sem_stride=sem_stride)
         architecture = replace(a, **{k: v for k, v in arch_kw.items() if v is not None or k in ("vit_taps", "out_indices")})
         io = replace(IOConfig(), **{k: v for k, v in io_kw.items() if v is not None})
         try:

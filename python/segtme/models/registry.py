@@ -70,6 +70,9 @@ class ModelContract:
     taxonomy: the taxonomy name the family always predicts in, or None (the config's).
     dense: outputs are per-pixel maps (B, n, H, W); False: one value per input, (B,) logits
         (a crop classifier such as the mitosis teacher).
+    coarse_sem: the family honours ``io.sem_stride`` k > 1: in eval mode its "sem" output is
+        (B, n, H/k, W/k) (``inference.engine`` blends it on that grid); a config asking another
+        family for k > 1 is refused when the model is built.
     """
 
     outputs: tuple[str, ...] = ("sem", "hv")
@@ -77,6 +80,7 @@ class ModelContract:
     product: str = "nuclei"
     taxonomy: str | None = None
     dense: bool = True
+    coarse_sem: bool = False
 
     def __post_init__(self) -> None:
         if self.instances not in INSTANCE_KINDS:
@@ -153,6 +157,9 @@ def create_model(cfg: ModelConfig) -> nn.Module:
         builder = _FAMILIES[cfg.arch]
     except KeyError:
         raise ModelConfigError(f"model {cfg.name}: unknown arch {cfg.arch!r}; known: {sorted(_FAMILIES)}") from None
+    if int(cfg.io.sem_stride) != 1 and not contract(cfg).coarse_sem:
+        raise ModelConfigError(f"model {cfg.name}: arch {cfg.arch!r} gives its class map at every working px; "
+                               f"'sem_stride' must be 1, got {cfg.io.sem_stride}")
     return builder(cfg)
 
 

@@ -13,6 +13,11 @@ from ..models.config import ModelConfig
 #: the nucleus class head of a PAGET model that makes its own nuclei
 NUC_HEAD = "nuc"
 
+#: ``io.sem_stride`` of ``paget_h_shared``: its TME head's finest level (backbone levels 1-3) has
+#: stride 4, so its 14-class map is used on that grid (blended, soft-maxed, arg-maxed per 2 µm
+#: block at 0.5 µm/px) instead of being upsampled to every working px first
+SHARED_SEM_STRIDE = 4
+
 
 def own_instances(cfg: ModelConfig) -> bool:
     """``cfg`` is a PAGET model that makes its own nuclei (its contract: product "paget",

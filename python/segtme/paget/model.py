@@ -22,7 +22,7 @@ from torch import nn
 
 from ..models.config import ModelConfig
 from ..models.registry import ModelContract, register_family, register_preset
-from .heads import NUC_HEAD, own_instances  # noqa: F401  (own_instances: re-exported)
+from .heads import NUC_HEAD, SHARED_SEM_STRIDE, own_instances  # noqa: F401  (own_instances: re-exported)
 
 #: MiT encoder variants (SegFormer paper, Table 1 / the released configs): depths, widths, heads,
 #: decoder width. B5 is the paper's student; B0/B1 are the CPU-sized variants.
@@ -150,7 +150,9 @@ class PagetUperHoVer(nn.Module):
     nucleus model's.
 
     Outputs (input size, bilinear): ``{"sem": (B, 14, H, W), "hv": (B, 2, H, W), "nuc": (B,
-    heads["nuc"], H, W)}`` logits. Weights: a nucleus model's state dict loads with
+    heads["nuc"], H, W)}`` logits; in eval mode with ``io.sem_stride`` = k > 1 "sem" is
+    ``(B, 14, H/k, W/k)`` instead (the TME head's own grid when k is the stride of its finest
+    level, 4 for levels 1-3: no upsampling; the engine blends it at that stride). Weights: a nucleus model's state dict loads with
     its ``heads.sem.*`` renamed to ``heads.nuc.*`` (``[model] init_rename`` in training).
     """
 
@@ -190,6 +192,8 @@ class PagetUperHoVer(nn.Module):
 
     def _tme(self, feats: list[torch.Tensor], size: Any) -> torch.Tensor:
         y = self.heads["sem"]([feats[i] for i in self.tme_levels])
+        if tuple(y.shape[-2:]) == tuple(size):
+            return y
         return F.interpolate(y, size=size, mode="bilinear", align_corners=False)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -197,22 +201,27 @@ class PagetUperHoVer(nn.Module):
         if self.training and self.freeze_shared:
             with torch.no_grad():
                 feats = self.backbone(x)
-            return {"sem": self._tme(feats, size)}
+            return {"sem": self._tme(feats, size)}  # the training loss sees every working px
         feats = self.backbone(x)
-        out = {"sem": self._tme(feats, size)}
+        st = 1 if self.training else int(self.cfg.io.sem_stride)
+        if st > 1 and (size[0] % st or size[1] % st):
+            raise ValueError(f"input {tuple(size)} is not a multiple of sem_stride {st} (pad to pad_multiple)")
+        out = {"sem": self._tme(feats, size if st == 1 else (size[0] // st, size[1] // st))}
         for k in ("hv", NUC_HEAD):
             out[k] = F.interpolate(self.heads[k](feats), size=size, mode="bilinear", align_corners=False)
         return out
 
 
 @register_family("paget_uperhover", contract=ModelContract(outputs=("sem", "hv", NUC_HEAD), instances="maps",
-                                                           product="paget", taxonomy="paget13"))
+                                                           product="paget", taxonomy="paget13", coarse_sem=True))
 def _build_paget_uperhover(cfg: ModelConfig) -> nn.Module:
     return PagetUperHoVer(cfg)
 
 
 #: PAGET-H on the default model's backbone (resnet10t levels 0-3, heads 32, 0.5 µm/px, the
-#: default's tiling and post-processing): TME head of width 32 on levels 1-3 (strides 4-16).
+#: default's tiling and post-processing): TME head of width 32 on levels 1-3 (strides 4-16),
+#: its 14-class map served at its own stride 4 (``sem_stride``: blended, soft-maxed and
+#: arg-maxed on 2 µm blocks, not upsampled to every working px; training sees every px).
 PAGET_H_SHARED = register_preset(
     ModelConfig(
         name="paget_h_shared",
@@ -226,6 +235,7 @@ PAGET_H_SHARED = register_preset(
         tile_size=512,
         tile_overlap=32,
         pad_multiple=16,
+        sem_stride=SHARED_SEM_STRIDE,
         postprocess={"edge_threshold": 0.15},
         extra={"mode": "panoptic", "nucleus_taxonomy": "consep4", "tme_levels": [1, 2, 3],
                "tme_hidden": 32, "freeze_shared": True, "mitosis": "mitosis",

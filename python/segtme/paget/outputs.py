@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..inference.maps import class_map
 from ..inference.nuclei import NucleiTable, build_nuclei_table
 from ..taxonomy import Taxonomy
 from . import features as _features  # noqa: F401  (registers the paget13 TME feature group)
@@ -54,12 +55,13 @@ def nucleus_components(sem: np.ndarray, min_px: int = 4, tax: Taxonomy = pt.TAXO
 
 
 def majority_nucleus_class(inst: np.ndarray, sem: np.ndarray, prob: np.ndarray | None = None,
-                           tax: Taxonomy = pt.TAXONOMY) -> tuple[np.ndarray, np.ndarray]:
+                           tax: Taxonomy = pt.TAXONOMY, prob_stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """PAGET-H vote: for instances 1..N, the most frequent **nucleus-level** class among their
     pixels in ``sem`` (background and tissue pixels do not vote: an instance mask slightly larger
     than the student's nucleus blob must not become "stroma"). Returns (class_id (N,), share (N,)):
     class 0 where no pixel of the instance has a nucleus-level class; share = fraction of the
-    instance's pixels carrying the chosen class (or its mean probability if ``prob`` is given)."""
+    instance's pixels carrying the chosen class (or its mean probability if ``prob`` is given;
+    ``prob_stride``: its grid, ``class_map``)."""
     n = int(inst.max(initial=0))
     k = tax.num_classes
     if n == 0:
@@ -75,7 +77,11 @@ def majority_nucleus_class(inst: np.ndarray, sem: np.ndarray, prob: np.ndarray |
     cid = np.where(counts.max(axis=1) > 0, counts.argmax(axis=1), 0).astype(np.int32)
     area = np.bincount(lab, minlength=n + 1)[1:].astype(np.float64)
     if prob is not None:
-        chosen = prob[:, m][cid[lab - 1], np.arange(lab.size)]
+        if prob_stride == 1:
+            chosen = prob[:, m][cid[lab - 1], np.arange(lab.size)]
+        else:
+            yy, xx = np.nonzero(m)
+            chosen = prob[cid[lab - 1], yy // prob_stride, xx // prob_stride]
         share = np.bincount(lab, weights=chosen, minlength=n + 1)[1:] / np.maximum(area, 1)
     else:
         share = counts.max(axis=1) / np.maximum(area, 1)
@@ -137,7 +143,8 @@ def paget_result_from_prob(
 
     This is the model-free half of :func:`analyze_paget`; the gRPC server calls it per streamed
     tile with the student's output from the shared batcher.
-    prob: (14, h, w) softmax at ``cfg.mpp``; rgb_w: (h, w, 3) uint8 at the same resolution.
+    prob: (14, h, w) softmax at ``cfg.mpp`` (``(14, ceil(h/k), ceil(w/k))`` for a model with
+    ``io.sem_stride`` k, see ``class_map``); rgb_w: (h, w, 3) uint8 at the same resolution.
     scale: s = working px per output px (input px of the image, or full-resolution slide px for
     the server); input_mpp: µm per output px. mode: "semantic" | "panoptic"; inst: PAGET-H
     instance map (h, w) on the same working grid (required for "panoptic").
@@ -148,14 +155,15 @@ def paget_result_from_prob(
     if mode not in ("semantic", "panoptic"):
         raise InputError(f"PAGET mode must be 'semantic' or 'panoptic', got {mode!r}")
     tax = cfg.tax
-    sem = prob.argmax(axis=0).astype(np.uint8)
+    st = int(cfg.io.sem_stride)
+    sem = class_map(prob, rgb_w.shape[:2], st)  # inference.maps: arg-max on every working px
     wm = float(cfg.mpp)
     s = float(scale)
     meta = dict(meta or {})
     meta.setdefault("mode", mode)
     if mode == "semantic":
         inst_s, cid = nucleus_components(sem, max(1, round(min_nucleus_area_um2 / wm**2)), tax)
-        _, share = majority_nucleus_class(inst_s, sem, prob, tax) if len(cid) else (None, np.zeros(0, np.float32))
+        _, share = majority_nucleus_class(inst_s, sem, prob, tax, st) if len(cid) else (None, np.zeros(0, np.float32))
         meta.setdefault("instances", "connected components of nucleus-class pixels")
         inst = inst_s
     else:
@@ -166,7 +174,7 @@ def paget_result_from_prob(
         from ..inference.postprocess import relabel_sequential
 
         inst = relabel_sequential(np.asarray(inst, np.int32))
-        cid, share = majority_nucleus_class(inst, sem, prob, tax)
+        cid, share = majority_nucleus_class(inst, sem, prob, tax, st)
         keep = cid > 0
         meta["nuclei_without_class"] = int((~keep).sum())
         if not keep.all():

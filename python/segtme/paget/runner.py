@@ -203,7 +203,8 @@ def _analyze_chunked(rgb: np.ndarray, mpp: float, lm: LoadedModel, mode: str, sr
     s_in = scale(float(mpp), wm)
     ww, hw = working_size((w, h), mpp, wm) if s_in != 1.0 else (w, h)
     ox, oy = float(offset_xy[0]), float(offset_xy[1])
-    chunks = chunk_grid(ww, hw, int(chunk_work), int(halo_work))
+    # chunks start on the student's class-map grid (io.sem_stride), as GridPredictor needs
+    chunks = chunk_grid(ww, hw, int(chunk_work), int(halo_work), int(lm.config.io.sem_stride))
     regions = [ch.region for ch in chunks]
 
     def fetch(r: Sequence[int]) -> np.ndarray:

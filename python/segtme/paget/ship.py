@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..models.config import ModelConfig
+from .heads import SHARED_SEM_STRIDE
 
 #: the teacher of every class the shipped student learned (configs/paget_distill_b0.toml)
 TEACHERS: dict[str, str] = {
@@ -97,7 +98,8 @@ def ship_shared(checkpoint_json: str | Path, weights_dir: str | Path, *, as_page
     ex.update(dict(extra or {}))
     out = []
     for name in (SHARED_NAME, "paget_h") if as_paget_h else (SHARED_NAME,):
-        c = cfg.replace(name=name, weights=SHARED_WEIGHTS_FILE, tile_size=512, tile_overlap=32, extra=dict(ex))
+        c = cfg.replace(name=name, weights=SHARED_WEIGHTS_FILE, tile_size=512, tile_overlap=32,
+                        sem_stride=SHARED_SEM_STRIDE, extra=dict(ex))
         p = wd / f"{name}.json"
         c.to_json(p)
         out.append(p)

@@ -138,8 +138,9 @@ def tile_paget(wt: WorkTile, out: dict[str, np.ndarray], cfg: ModelConfig, image
     from ..paget.outputs import paget_result_from_prob
 
     h, w = wt.valid
+    st = int(cfg.io.sem_stride)  # the class map's grid (padded tiles hold whole blocks)
     res = paget_result_from_prob(
-        out["prob"][:, :h, :w], wt.padded[:h, :w], cfg, scale=wt.full_scale, input_mpp=image_mpp, mode=mode,
+        out["prob"][:, :-(-h // st), :-(-w // st)], wt.padded[:h, :w], cfg, scale=wt.full_scale, input_mpp=image_mpp, mode=mode,
         inst=inst, offset_xy=(wt.tile.x, wt.tile.y), compute_features=False, mitosis=mitosis)
     t = res.nuclei
     keep = np.ones(len(t), bool)
