@@ -223,7 +223,9 @@ class ModelConfig:
                  extra=json.loads(json.dumps(self.extra)))
         if not isinstance(self.taxonomy, str):
             d["taxonomy"] = get_taxonomy(self.taxonomy).to_dict()
-        return {k: d[k] for k in FLAT_FIELDS}
+        # sem_stride is written only when it is not the usual 1: every config written before the
+        # field existed reads and writes back key for key
+        return {k: d[k] for k in FLAT_FIELDS if not (k == "sem_stride" and d[k] == 1)}
 
     def to_json(self, path: str | Path) -> None:
         """Write atomically (temporary name, then rename)."""
