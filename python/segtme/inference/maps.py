@@ -76,16 +76,15 @@ def class_map(prob: np.ndarray, shape: Sequence[int], stride: int = 1) -> np.nda
     if st == 1:
         return prob.argmax(axis=0).astype(np.uint8)
     # interpolation cells: cell (a, b) of the edge-padded coarse map (padding = clamping) spans the
-    # coarse px centres a..a+1, b..b+1 and holds a k x k block of working px (rows k*(a-1) + k/2 ..,
-    # fractions (r + 0.5)/k for r = 0..k-1 when k is even; the general rule: px y sits at coarse
-    # coordinate (y + 0.5)/k - 0.5)
+    # padded coarse px centres a..a+1, b..b+1 and holds a k x k block of working px: working px y
+    # sits at coarse coordinate (y + 0.5)/k - 0.5, so cell row a holds y = k*(a - 1) + off + r,
+    # r = 0..k-1, at fractions f[r] = (off + r + 0.5)/k - 0.5 (0.125 .. 0.875 for k = 4)
     lp = np.log(np.maximum(prob, np.float32(1e-30)), dtype=np.float32)
     lp = np.pad(lp, ((0, 0), (1, 1), (1, 1)), mode="edge")
     a = lp.argmax(axis=0).astype(np.uint8)
     c00, c01, c10, c11 = a[:-1, :-1], a[:-1, 1:], a[1:, :-1], a[1:, 1:]
     ny, nx = c00.shape
-    # working px y of cell row ca, offset r: y = k*(ca - 1) + off + r, off = ceil(k/2 - 0.5)
-    off = -(-(st - 1) // 2)
+    off = -(-(st - 1) // 2)  # ceil((k - 1) / 2)
     f = ((off + np.arange(st) + 0.5) / st - 0.5).astype(np.float32)  # in [0, 1)
     out = np.repeat(np.repeat(c00, st, axis=0), st, axis=1)
     ca, cb = np.nonzero((c00 != c01) | (c00 != c10) | (c00 != c11))
@@ -95,8 +94,8 @@ def class_map(prob: np.ndarray, shape: Sequence[int], stride: int = 1) -> np.nda
         fy, fx = f[:, None], f[None, :]
         v = (l00 * (1 - fx) + l01 * fx) * (1 - fy) + (l10 * (1 - fx) + l11 * fx) * fy  # (C, n, k, k)
         out.reshape(ny, st, nx, st)[ca, :, cb, :] = v.argmax(axis=0).astype(np.uint8)
-    y0 = st - off  # working px 0 in ``out``
-    return np.ascontiguousarray(out[y0:y0 + h, y0:y0 + w])
+    o = st - off  # row / column of working px 0 in ``out``
+    return np.ascontiguousarray(out[o:o + h, o:o + w])
 
 
 @dataclass

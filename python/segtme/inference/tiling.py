@@ -272,11 +272,11 @@ class Chunk:
 
 def chunk_grid(width: int, height: int, chunk: int, halo: int, align: int = 1) -> list[Chunk]:
     """Chunks of at most ``chunk`` x ``chunk`` input px (cores, row-major) with a ``halo`` px
-    margin on every side (clipped to the image). Cores are near-equal in size (an inner edge
-    moves by up to ``align / 2`` px to its grid, so a core may exceed ``chunk`` by up to ``align``
-    px when ``align`` > 1). ``align``: every
+    margin on every side (clipped to the image). Cores are near-equal in size. ``align``: every
     core and region starts on a multiple of it (a model's class-map grid, ``io.sem_stride``; it
-    must divide ``chunk`` and ``halo``); only the image's right / bottom edge may be off-grid."""
+    must divide ``chunk`` and ``halo``); only the image's right / bottom edge may be off-grid. An
+    inner edge moves by up to ``align / 2`` px to its grid, so a core may exceed ``chunk`` by up
+    to ``align`` px when ``align`` > 1."""
     if chunk <= 0 or halo < 0:
         raise ValueError(f"need chunk > 0 and halo >= 0, got chunk={chunk}, halo={halo}")
     if align < 1 or chunk % align or halo % align:

@@ -61,7 +61,8 @@ def majority_nucleus_class(inst: np.ndarray, sem: np.ndarray, prob: np.ndarray |
     than the student's nucleus blob must not become "stroma"). Returns (class_id (N,), share (N,)):
     class 0 where no pixel of the instance has a nucleus-level class; share = fraction of the
     instance's pixels carrying the chosen class (or its mean probability if ``prob`` is given;
-    ``prob_stride``: its grid, ``class_map``)."""
+    ``prob_stride`` k: ``prob`` is on a k px grid, ``io.sem_stride``, and each pixel reads the
+    value of its own k x k block)."""
     n = int(inst.max(initial=0))
     k = tax.num_classes
     if n == 0:
