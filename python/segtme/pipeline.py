@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -33,6 +31,7 @@ from .errors import InputError
 from .inference.maps import Maps
 from .inference.nuclei import NucleiTable, build_nuclei_table
 from .inference.options import InferenceOptions
+from .inference.overlap import POST_WORKERS, run_overlapped
 from .inference.stitch import ChunkSink, Stitcher
 from .models.config import ModelConfig
 from .models.registry import LoadedModel
@@ -51,8 +50,6 @@ DEFAULT_CHUNK_WORK = 1024
 DEFAULT_HALO_WORK = 64
 #: working pixels per forward batch when no batch size is given (8 x 256^2)
 BATCH_PIXELS = 8 * 256 * 256
-#: chunks post-processed concurrently with the model (``InferenceOptions.pipelined``)
-POST_WORKERS = int(os.environ.get("SEGTME_POST_WORKERS", "1"))
 
 def _chunk_params(opt: InferenceOptions) -> tuple[int, int]:
     c = opt.chunk_size or DEFAULT_CHUNK_WORK
@@ -238,24 +235,14 @@ def _segment_regions(fetch: Callable[[Sequence[int]], np.ndarray], s: float, hw:
                  input_mpp=mpp)
         return t, tuple(v / s for v in ch.core)
 
+    def produce(ch) -> tuple[Maps, np.ndarray]:
+        return predictor.predict(ch.region), fetch(ch.region)
+
     # post-processing (single-threaded numpy / scikit-image) of chunk k runs in a worker thread
     # while the model predicts chunk k + 1, so both CPU stages keep the cores busy; at most
     # POST_WORKERS chunks wait for or are in post-processing (bounded memory)
-    workers = POST_WORKERS if opt.pipelined else 0
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="segtme-post") as ex:
-        pending: deque = deque()
-        for ch in chunks:
-            maps = predictor.predict(ch.region)
-            rgb_work = fetch(ch.region)
-            while len(pending) >= max(1, workers):
-                stitcher.add(*pending.popleft().result(), scale=s)
-            if workers:
-                pending.append(ex.submit(post_chunk, ch, maps, rgb_work))
-            else:
-                stitcher.add(*post_chunk(ch, maps, rgb_work), scale=s)
-            del maps, rgb_work
-        while pending:
-            stitcher.add(*pending.popleft().result(), scale=s)
+    run_overlapped(chunks, produce, lambda ch, made: post_chunk(ch, *made),
+                   lambda ch, done: stitcher.add(*done, scale=s), POST_WORKERS if opt.pipelined else 0)
     del predictor
     release_free_memory()  # the forward passes' retained buffers are not needed any more
     table = stitcher.finish()
@@ -364,7 +351,7 @@ def analyze_paget_image(
     opt = options or InferenceOptions()
     res = analyze_paget(rgb, mpp, _with_precision(model, opt), instance_source=instance_source, device=opt.device,
                         batch_size=opt.batch_size or 8, compute_features=False, tile=opt.tile, overlap=opt.overlap,
-                        progress=opt.progress)
+                        progress=opt.progress, pipelined=opt.pipelined)
     attach_tissue_context(res.nuclei, res.nucleus_tissue, res.tissue_features)
     res.nuclei.meta.update(scale=res.scale, image_size=[int(rgb.shape[1]), int(rgb.shape[0])])
     report = build_report(res.nuclei, narrative_backend)

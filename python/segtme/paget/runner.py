@@ -174,7 +174,8 @@ def _grid_instances(src: Any, wm: float) -> bool:
 def _analyze_chunked(rgb: np.ndarray, mpp: float, lm: LoadedModel, mode: str, src: Any, mark: Any, *,
                      offset_xy: Sequence[float], chunk_work: int, halo_work: int, progress: Any,
                      compute_features: bool, batch_size: int, tile: int | None, overlap: int | None,
-                     simplify_px: float, min_tissue_area_um2: float, min_nucleus_area_um2: float) -> PagetResult:
+                     simplify_px: float, min_tissue_area_um2: float, min_nucleus_area_um2: float,
+                     pipelined: bool = True) -> PagetResult:
     """PAGET on a large image chunk by chunk: chunks of ``chunk_work`` working px with a
     ``halo_work`` halo (``tiling.chunk_grid`` on the working grid, as ``pipeline.segment_image``).
     One tile grid over the whole working image per model (``engine.GridPredictor``: every tile
@@ -185,10 +186,12 @@ def _analyze_chunked(rgb: np.ndarray, mpp: float, lm: LoadedModel, mode: str, sr
     and merged per class at the end, the 14-class map kept as uint8 only.
     Forward batches: at most ``PAGET_BATCH_PIXELS`` working px (and ``batch_size`` tiles).
     Coordinates: input px + ``offset_xy``; ``progress`` called with the number of student tiles
-    just run."""
+    just run. pipelined: post-process chunk k (instances, classes, mitoses, tissue polygons) in a
+    worker thread while the student runs chunk k + 1 (``inference.overlap``; same result)."""
     from shapely.geometry import box
 
     from ..inference.engine import GridPredictor
+    from ..inference.overlap import POST_WORKERS, run_overlapped
     from ..inference.stitch import Stitcher
     from ..inference.tiling import chunk_grid
     from ..resample import resample_region, scale, working_size
@@ -222,45 +225,72 @@ def _analyze_chunked(rgb: np.ndarray, mpp: float, lm: LoadedModel, mode: str, sr
     stitcher = Stitcher(lm.config.tax, mpp)
     tissue: list[tuple[str, dict, Any]] = []
     sem_full = np.zeros((hw, ww), np.uint8)
-    meta: dict[str, Any] = {}
+    base_meta: dict[str, Any] = {}
+    if mode == "panoptic" and own:
+        base_meta["instances"] = f"{lm.config.name} (its own nucleus heads)"
+    elif mode == "panoptic" and inst_grid is not None:
+        base_meta["instances"] = f"{src.config.name} ({src.source})"
+    meta: dict[str, Any] = dict(base_meta)
     without = 0
-    for ch in chunks:
-        x0, y0, x1, y1 = ch.region
-        rgb_w = fetch(ch.region)
+
+    def produce(ch: Any) -> tuple[Any, Any, Any, dict]:
+        """The chunk's forward passes (calling thread): the student's maps, the instance grid's
+        maps, or the instances of a per-chunk instance source."""
         smaps = student.predict(ch.region)
-        prob = smaps.prob
+        rgb_w = fetch(ch.region)
+        extra, info = None, dict(base_meta)
+        if mode == "panoptic" and not own:
+            if inst_grid is not None:
+                extra = inst_grid.predict(ch.region)
+            else:
+                extra, info["instances"] = source_instances(src, rgb_w, wm)
+        return smaps, extra, rgb_w, info
+
+    def post(ch: Any, made: tuple) -> tuple[PagetResult, list]:
+        """maps -> nuclei, classes, mitoses, tissue annotations clipped to the core (worker thread)."""
+        smaps, extra, rgb_w, info = made
         inst = None
         if mode == "panoptic":
             if own:  # the student's own nucleus heads, from the same forward pass
                 inst = own_instance_map(smaps, lm.config)
-                meta["instances"] = f"{lm.config.name} (its own nucleus heads)"
             elif inst_grid is not None:
-                maps = inst_grid.predict(ch.region)
-                inst, _ = instances_from_maps(maps.prob, maps.hv, src.config)
-                meta["instances"] = f"{src.config.name} ({src.source})"
-                del maps
+                inst, _ = instances_from_maps(extra.prob, extra.hv, src.config)
             else:
-                inst, meta["instances"] = source_instances(src, rgb_w, wm)
-        res = paget_result_from_prob(prob, rgb_w, lm.config, scale=s_in, input_mpp=mpp, mode=mode, inst=inst,
+                inst = extra
+        x0, y0 = ch.region[:2]
+        res = paget_result_from_prob(smaps.prob, rgb_w, lm.config, scale=s_in, input_mpp=mpp, mode=mode, inst=inst,
                                      offset_xy=(ox + x0 / s_in, oy + y0 / s_in), simplify_px=simplify_px,
                                      min_tissue_area_um2=min_tissue_area_um2,
                                      min_nucleus_area_um2=min_nucleus_area_um2, compute_features=False,
-                                     meta=dict(meta), mitosis=mark)
-        del prob, inst, rgb_w, smaps
+                                     meta=info, mitosis=mark)
+        return res, clip_tissue_features(res.tissue_features, box(*_core_in(ch)))
+
+    def _core_in(ch: Any) -> tuple[float, float, float, float]:
+        cx0, cy0, cx1, cy1 = ch.core
+        return (ox + cx0 / s_in, oy + cy0 / s_in, ox + cx1 / s_in, oy + cy1 / s_in)
+
+    def consume(ch: Any, done: tuple[PagetResult, list]) -> None:
+        """In chunk order (calling thread): the stitcher, the tissue pieces, the class map."""
+        nonlocal without, meta
+        res, pieces = done
         meta = {k: v for k, v in res.meta.items() if k not in ("nuclei_without_class", "mitosis")}
         without += int(res.meta.get("nuclei_without_class", 0))
         t = res.nuclei
         t.extra["paget_tissue"] = np.asarray(res.nucleus_tissue, np.float64)
+        stitcher.add(t, _core_in(ch), scale=s_in)
+        tissue.extend(pieces)
+        x0, y0 = ch.region[:2]
         cx0, cy0, cx1, cy1 = ch.core
-        core = (ox + cx0 / s_in, oy + cy0 / s_in, ox + cx1 / s_in, oy + cy1 / s_in)
-        stitcher.add(t, core, scale=s_in)
-        tissue += clip_tissue_features(res.tissue_features, box(*core))
         sem_full[cy0:cy1, cx0:cx1] = res.sem[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
-        del res
+        del res, done
         # the chunk's maps are freed: hand the heap's free memory back (glibc). Without it (measured
         # 2026-12-03 with paget_h_shared on the 10 000² region) system time fell 56.6 -> 10.5 s but
         # user time rose, total CPU -10 s, and the peak RSS rose 2.62 -> 3.02 GiB: kept
         trim_free_memory()
+
+    # post-processing of chunk k in a worker thread while the student runs chunk k + 1 (as
+    # pipeline.segment_image); the stitcher, tissue pieces and class map see chunks in order
+    run_overlapped(chunks, produce, post, consume, POST_WORKERS if pipelined else 0)
     del student, inst_grid
     release_free_memory()  # the forward passes' retained buffers are not needed any more (as segment_image)
     table = stitcher.finish()
@@ -308,6 +338,7 @@ def analyze_paget(
     progress: Any = None,
     mitosis: Any = "config",
     chunk_work: int = PAGET_CHUNK_WORK,
+    pipelined: bool = True,
 ) -> PagetResult:
     """Run PAGET-S or PAGET-H on one RGB image / tile.
 
@@ -327,7 +358,8 @@ def analyze_paget(
     mitosis (PAGET-H): the mitosis teacher run on the instances (marks "Mitotic cell", adds the
     ``mitosis_prob`` / ``mitosis_atypical_prob`` columns): "config" = the config's
     ``extra["mitosis"]`` (the shipped ``mitosis`` model for the shipped PAGET-H), a model spec /
-    LoadedModel, a marker from ``mitosis_marker``, or None."""
+    LoadedModel, a marker from ``mitosis_marker``, or None. pipelined (chunked images): the
+    post-processing of one chunk overlaps the student's forward of the next (same result)."""
     from ..inference.imageio import validate_mpp
     from ..models.registry import load_model
     from .heads import own_instances
@@ -354,7 +386,8 @@ def analyze_paget(
         res = _analyze_chunked(rgb, mpp, lm, mode, src, mark, offset_xy=offset_xy, chunk_work=chunk_work,
                                halo_work=PAGET_HALO_WORK, progress=progress, compute_features=compute_features,
                                batch_size=batch_size, tile=tile, overlap=overlap, simplify_px=simplify_px,
-                               min_tissue_area_um2=min_tissue_area_um2, min_nucleus_area_um2=min_nucleus_area_um2)
+                               min_tissue_area_um2=min_tissue_area_um2, min_nucleus_area_um2=min_nucleus_area_um2,
+                               pipelined=pipelined)
         res.meta.update(meta)
         res.nuclei.meta["image_size"] = [int(rgb.shape[1]), int(rgb.shape[0])]
         return res
