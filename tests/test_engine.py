@@ -281,6 +281,23 @@ def test_malloc_tuning_applies_on_linux_glibc_and_can_be_turned_off():
         assert runtime._mallopt(256 << 20, 512 << 20) is True
 
 
+def test_trim_free_memory_only_above_the_resident_size_asked_for():
+    """trim_free_memory(above_bytes) trims only while the resident set is larger (PAGET's chunk loop):
+    a bound far above this process skips it, no bound / a bound below it runs malloc_trim."""
+    import sys
+
+    from segtme import runtime
+
+    rss = runtime.resident_bytes()
+    if not sys.platform.startswith("linux") or runtime._libc() is None:
+        assert runtime.trim_free_memory() is False
+        return
+    assert rss is not None and 10 << 20 < rss < 64 << 30
+    assert runtime.trim_free_memory(rss * 100) is False
+    assert runtime.trim_free_memory(1 << 20) is True
+    assert runtime.trim_free_memory() is True and runtime.trim_free_memory(0) is True
+
+
 def test_flip_tta_is_flip_equivariant_and_off_by_default():
     """With ``tta="flip"`` the maps of a flipped tile are the flipped maps of the tile (HV x / y
     channels change sign with their flip); without it the plain forward is returned."""

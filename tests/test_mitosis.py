@@ -63,6 +63,31 @@ def test_mark_mitoses_sets_columns_and_relabels_paget13_only_above_threshold():
     assert t.class_id.tolist() == [3, 3] and t.meta["mitosis"]["n_mitotic"] == 2
 
 
+def test_classify_nuclei_runs_the_engines_inference_copy_with_the_eager_modules_results():
+    """classify_nuclei forwards through inference.engine.TorchBackend (BatchNorm folded, channels_last,
+    the model's precision): fp32 equals the eager training module on the same crops; bf16 stays close."""
+    from segtme.mitosis.crops import centred_windows
+    from segtme.mitosis.detect import classify_nuclei
+    from segtme.models.registry import load_model
+
+    lm = load_model("mitosis", "cpu")  # the shipped teacher: trained BatchNorm statistics to fold
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(40, 230, (96, 128, 3), dtype=np.uint8)
+    xy = rng.uniform(0, 128, (300, 2)) * [1.0, 0.75]
+    with torch.no_grad():
+        t = torch.from_numpy(centred_windows(rgb, xy, 32)).permute(0, 3, 1, 2).float() / 255.0
+        out = lm.module.eval()(t)
+    ref_m, ref_a = torch.sigmoid(out["mitosis"]).numpy(), torch.sigmoid(out["atypical"]).numpy()
+    lm.precision = "fp32"
+    pm, pa = classify_nuclei(lm, rgb, 0.5, xy, batch=128)
+    assert pm.dtype == np.float32 and pm.shape == (300,)
+    np.testing.assert_allclose(pm, ref_m, atol=1e-5)
+    np.testing.assert_allclose(pa, ref_a, atol=1e-5)
+    lm.precision = "bf16"
+    pb, _ = classify_nuclei(lm, rgb, 0.5, xy, batch=128)
+    assert np.abs(pb - ref_m).max() < 0.1 and np.mean((pb >= 0.5) == (ref_m >= 0.5)) > 0.97
+
+
 def test_config_errors_are_one_line_input_errors():
     from segtme.mitosis.train import parse_config
 

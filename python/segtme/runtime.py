@@ -78,12 +78,26 @@ def keep_large_buffers() -> None:
         _mallopt(256 << 20, 512 << 20)
 
 
-def trim_free_memory() -> bool:
+def resident_bytes() -> int | None:
+    """This process's resident set size now, bytes (``/proc/self/statm``), or None when unknown."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def trim_free_memory(above_bytes: int | None = None) -> bool:
     """Return the heap's free memory to the OS (glibc ``malloc_trim(0)``); True if it ran
-    (Linux glibc only)."""
+    (Linux glibc only). ``above_bytes``: only when the resident set is larger than that (memory
+    handed back is faulted in again by the next allocations: system time)."""
     libc = _libc()
     if libc is None:
         return False
+    if above_bytes is not None and above_bytes > 0:
+        rss = resident_bytes()
+        if rss is not None and rss <= above_bytes:
+            return False
     libc.malloc_trim(0)
     return True
 

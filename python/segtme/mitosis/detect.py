@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..errors import InputError
 
@@ -47,10 +46,15 @@ def load_mitosis_model(spec: Any = "mitosis", device: str = "cpu"):
     return lm
 
 
-@torch.no_grad()
 def classify_nuclei(lm: Any, rgb: np.ndarray, mpp: float, centroids_xy: np.ndarray,
                     batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """(p_mitosis (N,), p_atypical (N,)) float32 for nuclei centred at ``centroids_xy``."""
+    """(p_mitosis (N,), p_atypical (N,)) float32 for nuclei centred at ``centroids_xy``.
+
+    Forward through the engine's ``TorchBackend`` like every SegTME model: the BatchNorm-folded,
+    channels_last inference copy, bf16 autocast when the model's precision resolves to bf16
+    (by default on CUDA and CPUs with native bf16). Measured 2026-12-05 (8192 crops of 32 px,
+    2 AMD EPYC cores with avx512_bf16): 1.14 s as the eager NCHW fp32 module, 0.55 s folded +
+    channels_last fp32, 0.38 s with bf16."""
     xy = np.asarray(centroids_xy, np.float64).reshape(-1, 2)
     if len(xy) == 0:
         return np.zeros(0, np.float32), np.zeros(0, np.float32)
@@ -60,15 +64,19 @@ def classify_nuclei(lm: Any, rgb: np.ndarray, mpp: float, centroids_xy: np.ndarr
         from ..resample import resample
 
         rgb, xy = resample(rgb, s), xy * s
+    from scipy.special import expit
+
+    from ..inference.engine import TorchBackend
     from .crops import centred_windows
 
+    run = TorchBackend(lm)
     pm, pa = [], []
     for a in range(0, len(xy), batch):
-        x = centred_windows(rgb, xy[a:a + batch], size)
-        t = torch.from_numpy(x).to(lm.device).permute(0, 3, 1, 2).float().div_(255.0)
-        out = lm.module(t)
-        pm.append(torch.sigmoid(out["mitosis"]).float().cpu().numpy())
-        pa.append(torch.sigmoid(out["atypical"]).float().cpu().numpy())
+        # (B, S, S, 3) uint8 -> (B, 3, S, S) float32 view whose memory is channels_last already
+        x = centred_windows(rgb, xy[a:a + batch], size).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+        out = run(x)
+        pm.append(expit(out["mitosis"]).astype(np.float32))
+        pa.append(expit(out["atypical"]).astype(np.float32))
     return np.concatenate(pm), np.concatenate(pa)
 
 

@@ -7,6 +7,7 @@ Units: ``rgb`` at ``mpp`` µm/px (input px); the student works at ``cfg.mpp`` (w
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -161,6 +162,13 @@ PAGET_HALO_WORK = 64
 #: ``pipeline.BATCH_PIXELS`` default: 2 tiles of 512²; 8 tiles of 512² held ~0.3 GiB more in the
 #: student's decoder)
 PAGET_BATCH_PIXELS = 8 * 256 * 256
+#: after each chunk the heap's free memory goes back to the OS only while the resident set is above
+#: this many MiB (env ``SEGTME_PAGET_TRIM_ABOVE_MIB``; 0 = after every chunk, as before 2026-12-05):
+#: memory handed back is faulted in again by the next chunk. 4000² region, paget_h_shared, 3 runs
+#: each on 2 idle cores, mean ± sd: every chunk 57.4 ± 3.5 CPU s (sys 7-15 s, wall 39.4 s), above
+#: 1500 MiB 50.4 ± 1.4 (33.2 s), never 47.9 ± 0.5 (sys 3.6, 31.4 s); peaks 1.48-1.60 GiB for all
+#: three, the 10 000² figures in docs/paget.md
+PAGET_TRIM_ABOVE_MIB = int(os.environ.get("SEGTME_PAGET_TRIM_ABOVE_MIB", "2048"))
 
 
 def _grid_instances(src: Any, wm: float) -> bool:
@@ -283,10 +291,10 @@ def _analyze_chunked(rgb: np.ndarray, mpp: float, lm: LoadedModel, mode: str, sr
         cx0, cy0, cx1, cy1 = ch.core
         sem_full[cy0:cy1, cx0:cx1] = res.sem[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
         del res, done
-        # the chunk's maps are freed: hand the heap's free memory back (glibc). Without it (measured
-        # 2026-12-03 with paget_h_shared on the 10 000² region) system time fell 56.6 -> 10.5 s but
-        # user time rose, total CPU -10 s, and the peak RSS rose 2.62 -> 3.02 GiB: kept
-        trim_free_memory()
+        # the chunk's maps are freed: hand the heap's free memory back (glibc) once the process is
+        # large. Never trimming (measured 2026-12-03 with paget_h_shared on the 10 000² region) cut
+        # system time 56.6 -> 10.5 s, total CPU -10 s, but raised the peak RSS 2.62 -> 3.02 GiB
+        trim_free_memory(PAGET_TRIM_ABOVE_MIB << 20)
 
     # post-processing of chunk k in a worker thread while the student runs chunk k + 1 (as
     # pipeline.segment_image); the stitcher, tissue pieces and class map see chunks in order
