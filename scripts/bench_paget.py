@@ -29,6 +29,11 @@ MoNuSeg H&E at 0.5 µm/px (``bench_inference.make_mosaic``) or an existing PNG:
 
     python scripts/bench_paget.py --region 10000 --runs 1 --out docs/bench_paget
     python scripts/bench_paget.py --image m05_10000.png --runs 2 --out DIR
+
+Mitosis mode: the mitosis teacher's ``classify_nuclei`` on N crops in torch and in ONNX Runtime,
+in turn in one process (``mitosis_main``):
+
+    python scripts/bench_paget.py --mitosis 32768 --runs 3 [--image m05_4000.png]
 """
 
 from __future__ import annotations
@@ -179,6 +184,54 @@ def region_main(args) -> int:
     return 0
 
 
+def mitosis_main(args) -> int:
+    """The mitosis teacher's forward on ``--mitosis`` N nucleus crops (``mitosis.detect.
+    classify_nuclei``: crop gathering + forward + sigmoid) in each runtime, in this process, in
+    turn (``--runs`` repeats each, after one untimed call): the torch inference copy
+    (``SEGTME_RUNTIME=torch``: BatchNorm folded, channels_last, bf16 autocast where the CPU has
+    native bf16) and ONNX Runtime (``SEGTME_RUNTIME=onnx``: ``weights/mitosis.onnx``, fp32).
+    Centroids: a regular grid over ``--image`` (or a 2000² MoNuSeg mosaic at 0.5 µm/px). Prints
+    CPU s (process time) and wall s per call and the largest difference of the probabilities."""
+    import time
+
+    from segtme.mitosis.detect import classify_nuclei
+    from segtme.models.registry import load_model
+
+    if args.image:
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = None
+        rgb = np.asarray(Image.open(args.image).convert("RGB"))
+    else:
+        rgb, _ = _bench_inference().make_mosaic(2000, 0.5)
+    n = int(args.mitosis)
+    h, w = rgb.shape[:2]
+    k = int(np.ceil(np.sqrt(n)))
+    gx, gy = np.meshgrid(np.linspace(20, w - 20, k), np.linspace(20, h - 20, k))
+    xy = np.stack([gx.ravel(), gy.ravel()], 1)[:n]
+    results, lines = {}, [f"# mitosis teacher, {n} crops of a {w}x{h} px image at 0.5 µm/px, "
+                          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "",
+                          "| runtime | module | CPU s per call (min / median) | wall s per call (min / median) |",
+                          "|---|---|---|---|"]
+    for rt in ("torch", "onnx"):
+        os.environ["SEGTME_RUNTIME"] = rt
+        lm = load_model("mitosis", "cpu")
+        classify_nuclei(lm, rgb, 0.5, xy[:256])
+        cpu, wall = [], []
+        for _ in range(max(1, args.runs)):
+            c0, w0 = time.process_time(), time.perf_counter()
+            results[rt] = classify_nuclei(lm, rgb, 0.5, xy)
+            cpu.append(time.process_time() - c0)
+            wall.append(time.perf_counter() - w0)
+        lines.append(f"| {rt} | {type(lm.module).__name__} | {min(cpu):.2f} / {float(np.median(cpu)):.2f} | "
+                     f"{min(wall):.2f} / {float(np.median(wall)):.2f} |")
+    os.environ.pop("SEGTME_RUNTIME", None)
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(results["torch"], results["onnx"]))
+    lines += ["", f"max |p_torch - p_onnx| = {diff:.2e} (p_mitosis and p_atypical)"]
+    print("\n".join(lines))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--region", type=int, default=0,
@@ -192,7 +245,11 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=str(REPO / "runs" / "bench_paget"))
+    ap.add_argument("--mitosis", type=int, default=0, metavar="N",
+                    help="time the mitosis teacher on N crops in torch and in ONNX Runtime (with --image: its pixels)")
     args = ap.parse_args()
+    if args.mitosis:
+        return mitosis_main(args)
     if args.region or args.image:
         return region_main(args)
 

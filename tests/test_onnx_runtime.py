@@ -91,6 +91,31 @@ def test_shipped_graph_matches_shipped_weights(variant):
     assert "models/weights/*.onnx" in (REPO / "pyproject.toml").read_text()
 
 
+@pytest.mark.parametrize("name", ["default", "paget_h_shared", "mitosis"])
+def test_every_shipped_fp32_graph_matches_its_shipped_model(name):
+    """Every shipped model with an ONNX graph (the default, PAGET-H on its backbone, the mitosis
+    teacher): the graph beside its weights is current (``python scripts/export_onnx.py --model
+    NAME --no-int8`` rewrites it), and no other graph lies in the weights folder unchecked."""
+    cfg, w = resolve_config(name)
+    path = onnx_runtime.graph_path(w)
+    assert path.is_file(), f"ship the graph: python scripts/export_onnx.py --model {name} --no-int8"
+    problem = onnx_runtime.stale_reason(path, cfg, w)
+    assert problem is None, problem
+    shipped = {p.name for p in WEIGHTS_DIR.glob("*.onnx")}
+    assert shipped == {"default.onnx", "default_int8.onnx", "paget_h_shared.onnx", "mitosis.onnx"}, shipped
+
+
+def test_shipped_paget_and_mitosis_models_load_into_onnx_runtime(env):
+    """With ONNX Runtime asked for, the shipped ``paget_h_shared`` and ``mitosis`` load as graphs
+    whose outputs are their contracts' (the 14-class map at stride 4, hv, nuc; the two logits)."""
+    for name, outs in (("paget_h_shared", ("sem", "hv", "nuc")), ("mitosis", ("mitosis", "atypical"))):
+        lm = load_model(name, "cpu")
+        assert isinstance(lm.module, OrtModule) and lm.module.outputs == outs, name
+    x = np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32)
+    y = load_model("mitosis", "cpu").module.run(x)
+    assert y["mitosis"].shape == (3,) and np.isfinite(y["mitosis"]).all()
+
+
 def test_ort_equals_eager_maps_and_nuclei(env, monkeypatch, shared_data):
     eager = _eager(monkeypatch)
     fast = load_model("default", "cpu", precision="fp32")

@@ -137,7 +137,7 @@ def test_shipped_configs_name_their_teachers_and_unlearned_classes():
     json.dumps(ex)
 
 
-def test_shipped_paget_h_shared_is_the_default_model_plus_a_tme_head(shared_data):
+def test_shipped_paget_h_shared_is_the_default_model_plus_a_tme_head(shared_data, monkeypatch):
     """``paget_h_shared`` (configs/paget_h_shared.toml) loads with no --weights, carries the
     shipped default unchanged in its nucleus heads, names its teachers / unlearned classes, and
     as PAGET-H gives the default model's nuclei with PAGET classes from one forward pass."""
@@ -155,6 +155,7 @@ def test_shipped_paget_h_shared_is_the_default_model_plus_a_tme_head(shared_data
     assert set(ex["unlearned_classes"]) == {"Smooth muscle", "Endothelial cell", "Plasma cell", "Myeloid cell",
                                             "Eosinophil", "Neutrophil"}
     assert (cfg.tile_size, cfg.tile_overlap) == (512, 32)  # the default model's tiling: its nuclei
+    monkeypatch.setenv("SEGTME_RUNTIME", "torch")  # the torch module's tensors (not its ONNX graph)
     lm = load_model("paget_h_shared", "cpu")
     own = lm.module.state_dict()
     for k, v in read_state_dict(WEIGHTS_DIR / "default.safetensors").items():

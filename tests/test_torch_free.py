@@ -144,3 +144,46 @@ def test_lookups_and_threads_without_torch_then_the_torch_fallback(tmp_path):
     assert out["LOOKUP"] == "nuclei maps sem,hv cpu []"
     assert out["ORT"] == "OrtModule cpu 1 []"
     assert out["FALLBACK"] == "1 1"
+
+
+def test_paget_h_shared_with_the_mitosis_teacher_runs_without_torch_and_equals_torch_fp32(tmp_path):
+    """PAGET-H on the default's backbone (``paget_h_shared``) and the mitosis teacher, both shipped
+    with ONNX graphs: ``segtme analyze --model paget_h_shared`` on a 1500 x 1000 working-px mosaic
+    (chunked: 2 x 1 chunks of 1024 px) never imports torch in ONNX Runtime mode, and gives the
+    same nuclei, classes (Mitotic cell included) and mitosis probabilities (within 1e-3) as the
+    torch modules in fp32."""
+    ims = [load_monuseg(6)[k][0][:1000, :1000] for k in range(6)]
+    half = [np.asarray(Image.fromarray(a).resize((500, 500), Image.BOX)) for a in ims]  # 0.25 -> 0.5 µm/px
+    rgb = np.concatenate([np.concatenate(half[:3], 1), np.concatenate(half[3:], 1)], 0)
+    png = tmp_path / "mosaic.png"
+    Image.fromarray(rgb).save(png)
+    code = r"""
+import sys
+from segtme.cli import main
+out, mode = sys.argv[1:3]
+extra = ["--precision", "fp32"] if mode == "torch" else []
+rc = main(["analyze", %(png)r, "--mpp", "0.5", "--model", "paget_h_shared", "--out", out, "--no-progress",
+           "--no-overlay", *extra])
+assert rc == 0, rc
+print("HEAVY", ",".join(m for m in %(heavy)r if m in sys.modules) or "-")
+""" % {"png": str(png), "heavy": HEAVY}
+    rows, heavy = {}, {}
+    for mode in ("onnx", "torch"):
+        env = {k: v for k, v in os.environ.items() if k not in ("SEGTME_COMPILED", "SEGTME_RUNTIME")}
+        env.update(SEGTME_RUNTIME=mode, SEGTME_CACHE_DIR=str(tmp_path / "cache"))
+        p = subprocess.run([sys.executable, "-c", code, str(tmp_path / mode), mode], capture_output=True, text=True,
+                           env=env, timeout=900)
+        assert p.returncode == 0, p.stderr[-3000:]
+        heavy[mode] = next(ln.split()[1] for ln in p.stdout.splitlines() if ln.startswith("HEAVY "))
+        rows[mode] = _nuclei(tmp_path / mode)
+    assert heavy["onnx"] == "-" and "torch" in heavy["torch"], heavy
+    na, nb = rows["onnx"], rows["torch"]
+    assert len(na) == len(nb) > 1000
+    assert [r["Classification"] for r in na] == [r["Classification"] for r in nb]
+    assert {"Epithelial cell", "Lymphocyte"} <= {r["Classification"] for r in na}
+    xy = ("Centroid X px", "Centroid Y px")
+    assert np.abs(np.array([[float(r[k]) for k in xy] for r in na])
+                  - np.array([[float(r[k]) for k in xy] for r in nb])).max() < 0.01
+    for k in ("Mitosis: probability", "Mitosis: atypical probability", "Class probability"):
+        d = np.abs(np.array([float(r[k]) for r in na]) - np.array([float(r[k]) for r in nb]))
+        assert d.max() < 1e-3, (k, d.max())

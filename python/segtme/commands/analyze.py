@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         prog.stage(f"{img.size[0]}x{img.size[1]} px at {mpp:g} µm/px ({mpp_source}); loading model {args.model}")
         model = load_model_for(args, inf)
         if args.instance_source is not None:
-            from ..paget.model import is_paget, paget_mode
+            from ..paget.zoo import is_paget, paget_mode
 
             if not (is_paget(model.config) and paget_mode(model.config) == "panoptic"):
                 raise InputError(f"--instance-source applies to PAGET-H models only; {model.config.name!r} is not one")

@@ -53,7 +53,7 @@ def aux_outputs(keys) -> list[str]:
 #: progress callback: called with the number of tiles just finished
 Progress = Callable[[int], None]
 
-__all__ = ["Maps", "Backend", "GridPredictor", "TorchBackend", "forward_tiles", "predict_maps", "scale_factor",
+__all__ = ["Maps", "Backend", "GridPredictor", "TorchBackend", "model_backend", "forward_tiles", "predict_maps", "scale_factor",
            "to_working", "work_to_input", "input_to_work"]
 
 
@@ -175,7 +175,7 @@ class TorchBackend:
             return {k: v.float().cpu().numpy() for k, v in y.items()}
 
 
-def _backend(model: LoadedModel) -> Backend:
+def model_backend(model: LoadedModel) -> Backend:
     """The forward pass of ``model``: its ONNX Runtime session (``models/onnx_runtime.py``;
     inputs of another size than its graph's tile on its torch module) or ``TorchBackend``."""
     m = model.module
@@ -255,7 +255,7 @@ def forward_tiles(
     absent for models without an HV head; "prob" is ``(C, ceil(h/k), ceil(w/k))`` for a model
     whose ``io.sem_stride`` is k > 1) plus, under its own name, the softmax of each further
     class head (``aux_outputs``, e.g. ``"nuc"``). The forward pass is the model's backend
-    (``_backend``: ONNX Runtime for the shipped model on the CPU, else ``TorchBackend``:
+    (``model_backend``: ONNX Runtime for the shipped model on the CPU, else ``TorchBackend``:
     ``torch.inference_mode``, channels_last, bf16 autocast when ``model.precision`` resolves to
     bf16 — CUDA; CPUs with native bf16); everything else runs here, in numpy.
     tta: test-time augmentation (``resolve_tta``: "none" or "flip", 4 forward passes).
@@ -263,7 +263,7 @@ def forward_tiles(
     mode = resolve_tta(model, tta)
     keep_large_buffers()  # reuse large activation buffers (runtime._tune_glibc_malloc)
     io = model.config.io
-    backend = _backend(model)
+    backend = model_backend(model)
     mean = np.asarray(io.mean, dtype=np.float32)
     std = np.asarray(io.std, dtype=np.float32)
     out: list[dict[str, np.ndarray] | None] = [None] * len(tiles)

@@ -39,7 +39,7 @@ def load_mitosis_model(spec: Any = "mitosis", device: str = "cpu"):
     from ..models.registry import LoadedModel, load_model
 
     lm = spec if isinstance(spec, LoadedModel) else load_model(spec, device)
-    from .model import is_mitosis
+    from .zoo import is_mitosis
 
     if not is_mitosis(lm.config):
         raise InputError(f"model {lm.config.name!r} is not a mitosis model (arch {lm.config.arch!r})")
@@ -50,11 +50,15 @@ def classify_nuclei(lm: Any, rgb: np.ndarray, mpp: float, centroids_xy: np.ndarr
                     batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """(p_mitosis (N,), p_atypical (N,)) float32 for nuclei centred at ``centroids_xy``.
 
-    Forward through the engine's ``TorchBackend`` like every SegTME model: the BatchNorm-folded,
-    channels_last inference copy, bf16 autocast when the model's precision resolves to bf16
-    (by default on CUDA and CPUs with native bf16). Measured 2026-12-05 (8192 crops of 32 px,
-    2 AMD EPYC cores with avx512_bf16): 1.14 s as the eager NCHW fp32 module, 0.55 s folded +
-    channels_last fp32, 0.38 s with bf16."""
+    Forward through the engine's backend like every SegTME model (``engine.model_backend``): the
+    shipped teacher's ONNX graph (``weights/mitosis.onnx``) in ONNX Runtime when the model was
+    loaded into it (a CPU without native bf16, ``models/onnx_runtime.py``), else the
+    BatchNorm-folded, channels_last torch copy (``TorchBackend``), bf16 autocast when the
+    model's precision resolves to bf16 (CUDA, CPUs with native bf16). Measured: 8192 crops of
+    32 px, 2 AMD EPYC cores with avx512_bf16 (2026-12-05): 1.14 s as the eager NCHW fp32
+    module, 0.55 s folded + channels_last fp32, 0.38 s with bf16; 16 384 crops, 2 AVX2 EPYC
+    cores without bf16 (2026-12-07): 2.26 CPU s / 1.21 s wall folded fp32 torch, 1.64 / 0.85
+    ONNX Runtime (``scripts/bench_paget.py --mitosis``)."""
     xy = np.asarray(centroids_xy, np.float64).reshape(-1, 2)
     if len(xy) == 0:
         return np.zeros(0, np.float32), np.zeros(0, np.float32)
@@ -66,10 +70,10 @@ def classify_nuclei(lm: Any, rgb: np.ndarray, mpp: float, centroids_xy: np.ndarr
         rgb, xy = resample(rgb, s), xy * s
     from scipy.special import expit
 
-    from ..inference.engine import TorchBackend
+    from ..inference.engine import model_backend
     from .crops import centred_windows
 
-    run = TorchBackend(lm)
+    run = model_backend(lm)
     pm, pa = [], []
     for a in range(0, len(xy), batch):
         # (B, S, S, 3) uint8 -> (B, 3, S, S) float32 view whose memory is channels_last already

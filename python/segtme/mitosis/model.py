@@ -1,5 +1,5 @@
-"""The mitosis classifier: a small CNN on nucleus-centred RGB crops, registered as the
-``mitosis_cnn`` model family with the ``mitosis`` preset.
+"""The mitosis classifier: a small CNN on nucleus-centred RGB crops, registered (torch-free)
+as the ``mitosis_cnn`` model family with the ``mitosis`` preset in ``mitosis.zoo``.
 
 Input: ``(B, 3, S, S)`` RGB in [0, 1] (the engine's normalisation is *not* used: the module
 converts to optical density and normalises every crop on its own — per-channel mean and spread
@@ -17,10 +17,7 @@ import torch
 from torch import nn
 
 from ..models.config import ModelConfig
-from ..models.registry import ModelContract, register_family, register_preset
-
-#: outputs of the family (order of the last linear layer)
-OUTPUTS = ("mitosis", "atypical")
+from .heads import OUTPUTS
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -58,34 +55,3 @@ class MitosisNet(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         z = self.head(self.dropout(self.features(self.normalise(x))))
         return {name: z[:, i] for i, name in enumerate(OUTPUTS)}
-
-
-@register_family("mitosis_cnn", contract=ModelContract(outputs=("mitosis", "atypical"), instances="none", dense=False))
-def _build_mitosis(cfg: ModelConfig) -> nn.Module:
-    return MitosisNet(cfg)
-
-
-#: the mitosis teacher: 32 px crops at 0.5 µm/px (16 µm field) centred on a nucleus
-MITOSIS = register_preset(
-    ModelConfig(
-        name="mitosis",
-        arch="mitosis_cnn",
-        backbone="none",
-        heads={"mitosis": 1, "atypical": 1},
-        taxonomy="nucleus1",
-        mpp=0.5,
-        tile_size=32,
-        tile_overlap=0,
-        pad_multiple=1,
-        extra={"widths": [16, 32, 48, 48], "dropout": 0.2, "threshold": 0.5,
-               "description": "Mitosis teacher: mitotic figure vs non-mitotic nucleus (+ atypical vs normal)"},
-    )
-)
-
-
-def is_mitosis(cfg: ModelConfig) -> bool:
-    """The family's contract is the mitosis classifier's (per-crop "mitosis" / "atypical" logits)."""
-    from ..models.registry import contract
-
-    c = contract(cfg)
-    return not c.dense and tuple(c.outputs) == OUTPUTS

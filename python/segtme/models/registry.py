@@ -42,11 +42,11 @@ if TYPE_CHECKING:  # annotations only: torch is imported where a torch module is
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 
 #: modules that register families and presets, imported on first use (order = listing order)
-FAMILY_MODULES = ("segtme.models.zoo", "segtme.models.classical", "segtme.paget.model", "segtme.mitosis.model")
+FAMILY_MODULES = ("segtme.models.zoo", "segtme.models.classical", "segtme.paget.zoo", "segtme.mitosis.zoo")
 #: the file of each built-in family (``contract`` / ``create_model`` of one arch import only it)
 BUILTIN_ARCHS = {"uperhover": "segtme.models.zoo", "classical": "segtme.models.classical",
-                 "paget_segformer": "segtme.paget.model", "paget_uperhover": "segtme.paget.model",
-                 "mitosis_cnn": "segtme.mitosis.model"}
+                 "paget_segformer": "segtme.paget.zoo", "paget_uperhover": "segtme.paget.zoo",
+                 "mitosis_cnn": "segtme.mitosis.zoo"}
 
 #: how a family's nuclei are made (``ModelContract.instances``)
 INSTANCE_KINDS = ("maps", "hook", "none")

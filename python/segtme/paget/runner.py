@@ -82,7 +82,7 @@ def instances_from_maps(prob: np.ndarray, hv: np.ndarray | None, cfg: Any) -> tu
 
 
 def own_instance_map(maps: Any, cfg: Any) -> np.ndarray:
-    """PAGET-H instances of a model that makes its own nuclei (``paget.model.own_instances``):
+    """PAGET-H instances of a model that makes its own nuclei (``paget.heads.own_instances``):
     the one maps -> nuclei step on its nucleus head ("nuc") and HV head, on the maps' own
     working grid (the same grid as its 14-class map). Returns inst (h, w) int32 1..N."""
     from .heads import NUC_HEAD
@@ -371,7 +371,7 @@ def analyze_paget(
     from ..inference.imageio import validate_mpp
     from ..models.registry import load_model
     from .heads import own_instances
-    from .model import paget_mode
+    from .zoo import paget_mode
 
     mpp = validate_mpp(mpp, "mpp")
     lm = model if isinstance(model, LoadedModel) else load_model(model, device, allow_random=allow_random)

@@ -42,9 +42,9 @@ class ModelRunner:
     @property
     def paget_mode(self) -> str | None:
         """"semantic" (PAGET-S) / "panoptic" (PAGET-H) for PAGET models, else None."""
-        if self.model.contract.product != "paget":  # = paget.model.is_paget, without importing torch
+        if self.model.contract.product != "paget":  # = paget.zoo.is_paget
             return None
-        from ..paget.model import paget_mode
+        from ..paget.zoo import paget_mode
 
         return paget_mode(self.cfg)
 
