@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from segtme.errors import InputError
-from segtme.mitosis.crops import centred_windows, inside
+from segtme.mitosis.crops import centred_windows, inside, iter_centred_windows
 
 
 def test_centred_windows_take_the_pixels_around_each_centre():
@@ -18,6 +18,26 @@ def test_centred_windows_take_the_pixels_around_each_centre():
     assert w.shape == (2, 9, 9, 3)
     assert w[0, 4, 4, 0] == 255 and w[0].sum() == 3 * 255  # the bright pixel is the centre
     assert inside(img.shape, np.array([[30.5, 20.5], [2.0, 2.0]]), 9).tolist() == [True, False]
+
+
+def test_windows_in_batches_are_the_per_pixel_gather_of_the_padded_image():
+    """``iter_centred_windows`` (block copies out of a sliding-window view) = the per-pixel
+    gather it replaced, for windows inside, across and beyond the border, in any batch size and
+    both layouts."""
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    xy = np.concatenate([rng.uniform(-5, 95, (40, 2)), [[0.0, 0.0], [90.0, 70.0], [45.3, 0.7]]])
+    size = 32
+    p = np.pad(img, ((size, size), (size, size), (0, 0)), mode="reflect")
+    x0 = np.clip(np.rint(xy[:, 0] - size / 2).astype(int) + size, 0, p.shape[1] - size)
+    y0 = np.clip(np.rint(xy[:, 1] - size / 2).astype(int) + size, 0, p.shape[0] - size)
+    ar = np.arange(size)
+    ref = p[(y0[:, None] + ar)[:, :, None], (x0[:, None] + ar)[:, None, :]]  # (N, S, S, 3)
+    assert np.array_equal(centred_windows(img, xy, size), ref)
+    for batch in (1, 7, 64):
+        got = np.concatenate(list(iter_centred_windows(img, xy, size, batch)))
+        assert got.shape == (len(xy), 3, size, size) and np.array_equal(got, ref.transpose(0, 3, 1, 2))
+    assert centred_windows(img, np.zeros((0, 2)), size).shape == (0, size, size, 3)
 
 
 def _lm(threshold=0.5):

@@ -167,3 +167,32 @@ def test_shipped_paget_h_shared_is_the_default_model_plus_a_tme_head(shared_data
     names = {PAGET13.names[c] for c in np.unique(res.nuclei.class_id)}
     assert len(res.nuclei) > 100 and "Epithelial cell" in names and len(names) >= 2
     assert res.tissue_features and res.features is not None
+
+
+def test_tissue_pieces_of_a_core_are_the_clipped_tissue_annotations(shared_data):
+    """``geometry.tissue_pieces`` (the chunked runner's tissue: the core + 16 px traced, clipped,
+    no GeoJSON round trip) = ``clip_tissue_features(tissue_annotations(whole map), core)``, per
+    class within 1e-3 of the area (IoU >= 0.999), on the shipped paget_h_shared's map of a PAGET
+    training image (CoNSeP train_1: not held out), and the pieces are valid polygons."""
+    from shapely.geometry import box
+
+    from segtme.data.sample import read_rgb
+    from segtme.inference.maps import class_map
+    from segtme.models.registry import load_model
+    from segtme.paget.geometry import clip_tissue_features, fill_tissue_under_nuclei, tissue_annotations, tissue_pieces
+    from segtme.paget.runner import predict_working_maps
+
+    lm = load_model("paget_h_shared", "cpu")
+    maps, rgb_w, _ = predict_working_maps(lm, read_rgb(shared_data / "consep-train" / "images" / "train_1.png"), 0.25)
+    sem = class_map(maps.prob, rgb_w.shape[:2], lm.config.io.sem_stride)
+    filled = fill_tissue_under_nuclei(sem, lm.config.tax)
+    core, off, sc = (96, 64, 420, 404), (1000.0, 2000.0), 2.0  # output px = 2 x working px + offset
+    ref = clip_tissue_features(tissue_annotations(sem, scale=sc, offset_xy=off, min_area_px=100, tax=lm.config.tax,
+                                                  filled=filled),
+                               box(core[0] * sc + off[0], core[1] * sc + off[1], core[2] * sc + off[0], core[3] * sc + off[1]))
+    got = tissue_pieces(filled, core, scale=sc, offset_xy=off, min_area_px=100, tax=lm.config.tax)
+    assert len(ref) >= 2 and [n for n, _, _ in got] == [n for n, _, _ in ref]
+    for (name, props, g), (_, rprops, r) in zip(got, ref):
+        assert g.is_valid and props["classification"] == rprops["classification"] and props["name"] == rprops["name"]
+        assert abs(g.area - r.area) <= 1e-3 * r.area, name
+        assert g.intersection(r).area / g.union(r).area >= 0.999, name

@@ -89,11 +89,15 @@ def class_map(prob: np.ndarray, shape: Sequence[int], stride: int = 1) -> np.nda
     out = np.repeat(np.repeat(c00, st, axis=0), st, axis=1)
     ca, cb = np.nonzero((c00 != c01) | (c00 != c10) | (c00 != c11))
     if ca.size:
-        l00, l01 = lp[:, ca, cb][:, :, None, None], lp[:, ca, cb + 1][:, :, None, None]
-        l10, l11 = lp[:, ca + 1, cb][:, :, None, None], lp[:, ca + 1, cb + 1][:, :, None, None]
-        fy, fx = f[:, None], f[None, :]
-        v = (l00 * (1 - fx) + l01 * fx) * (1 - fy) + (l10 * (1 - fx) + l11 * fx) * fy  # (C, n, k, k)
-        out.reshape(ny, st, nx, st)[ca, :, cb, :] = v.argmax(axis=0).astype(np.uint8)
+        # the k x k px of each such cell from its 4 corners' log p in one matrix product: (k², 4)
+        # bilinear weights @ (4, n x C) corners (on a PAGET map about half the cells; 1152² px
+        # chunk of paget_h_shared: 0.04 s against 0.14-0.17 s for the broadcast (C, n, k, k) sums)
+        lpt = np.ascontiguousarray(lp.transpose(1, 2, 0))  # (ny + 1, nx + 1, C)
+        corners = np.stack([lpt[ca, cb], lpt[ca, cb + 1], lpt[ca + 1, cb], lpt[ca + 1, cb + 1]])  # (4, n, C)
+        fy, fx = np.repeat(f, st), np.tile(f, st)  # px (r, c) of the cell, row-major
+        wts = np.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], 1).astype(np.float32)
+        v = (wts @ corners.reshape(4, -1)).reshape(st * st, ca.size, -1)  # (k², n, C)
+        out.reshape(ny, st, nx, st)[ca, :, cb, :] = v.argmax(axis=2).astype(np.uint8).T.reshape(-1, st, st)
     o = st - off  # row / column of working px 0 in ``out``
     return np.ascontiguousarray(out[o:o + h, o:o + w])
 

@@ -326,19 +326,51 @@ def tissue_annotations(
         meas: dict[str, float] = {"Area px^2": round(area_px, 2)}
         if mpp_out:
             meas["Area µm^2"] = round(area_px * mpp_out * mpp_out, 3)
-        feats.append({
-            "type": "Feature",
-            "id": str(uuid.uuid4()),
-            "geometry": _geojson_geometry(geom, scale, offset_xy),
-            "properties": {
-                "objectType": "annotation",
-                "name": f"PAGET {c.name}",
-                "classification": {"name": c.name, "color": list(c.color)},
-                "isLocked": False,
-                "measurements": meas,
-            },
-        })
+        feats.append({"type": "Feature", "id": str(uuid.uuid4()), "geometry": _geojson_geometry(geom, scale, offset_xy),
+                      "properties": _annotation_properties(c, meas)})
     return feats
+
+
+def _annotation_properties(c: Any, meas: dict[str, float]) -> dict:
+    """The properties of a PAGET tissue annotation Feature of class ``c`` (QuPath's layout)."""
+    return {"objectType": "annotation", "name": f"PAGET {c.name}",
+            "classification": {"name": c.name, "color": list(c.color)}, "isLocked": False, "measurements": meas}
+
+
+#: working px around a chunk's core that ``tissue_pieces`` traces too: the coverage is simplified
+#: in that context, so the clip at the core cuts simplified edges, not the crop's own border
+TISSUE_CONTEXT_WORK = 16
+
+
+def tissue_pieces(filled: np.ndarray, core: Sequence[int], *, scale: float = 1.0,
+                  offset_xy: Sequence[float] = (0.0, 0.0), simplify_px: float = 1.0, min_area_px: float = 16.0,
+                  tax: Taxonomy = pt.TAXONOMY, context: int = TISSUE_CONTEXT_WORK) -> list[tuple[str, dict, Any]]:
+    """The tissue regions of a chunk's tissue map (``fill_tissue_under_nuclei``) clipped to its
+    ``core`` = (x0, y0, x1, y1) working px of ``filled``, as ``[(class name, properties, shapely
+    geometry)]`` in output px (``x * scale + offset``, rounded to 0.01 px as the GeoJSON of
+    ``tissue_annotations``) — what ``clip_tissue_features(tissue_annotations(...), core box)``
+    gives, without the GeoJSON round trip, and traced on the core + ``context`` px only (not the
+    whole chunk with its halo). For ``merge_tissue_geometries``."""
+    import shapely
+
+    h, w = filled.shape
+    x0, y0, x1, y1 = (int(v) for v in core)
+    bx0, by0 = max(0, x0 - context), max(0, y0 - context)
+    bx1, by1 = min(w, x1 + context), min(h, y1 + context)
+    sub = filled[by0:by1, bx0:bx1]
+    sc = float(scale)
+    off = np.asarray([bx0 * sc + float(offset_xy[0]), by0 * sc + float(offset_xy[1])])
+    clip = shapely.box(x0 * sc + float(offset_xy[0]), y0 * sc + float(offset_xy[1]),
+                       x1 * sc + float(offset_xy[0]), y1 * sc + float(offset_xy[1]))
+    out = []
+    for cid, geom in _tissue_coverage(sub, pt.tissue_classes(tax), simplify_px, min_area_px):
+        g = shapely.transform(geom, lambda c: np.round(c * sc + off, 2))
+        g = _areal(g.intersection(clip))
+        if g is None or g.is_empty:
+            continue
+        c = tax.classes[cid]
+        out.append((c.name, _annotation_properties(c, {}), g))
+    return out
 
 
 def nucleus_tissue_at(sem: np.ndarray, centroid_work: np.ndarray, tax: Taxonomy = pt.TAXONOMY,

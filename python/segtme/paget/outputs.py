@@ -23,7 +23,8 @@ from ..inference.nuclei import NucleiTable, build_nuclei_table
 from ..taxonomy import Taxonomy
 from . import features as _features  # noqa: F401  (registers the paget13 TME feature group)
 from . import taxonomy as pt
-from .geometry import fill_tissue_under_nuclei, nucleus_tissue_at, tissue_annotations, tissue_area_by_class
+from .geometry import (fill_tissue_under_nuclei, nucleus_tissue_at, tissue_annotations, tissue_area_by_class,
+                       tissue_pieces)
 
 
 def nucleus_components(sem: np.ndarray, min_px: int = 4, tax: Taxonomy = pt.TAXONOMY) -> tuple[np.ndarray, np.ndarray]:
@@ -114,6 +115,10 @@ class PagetResult:
     #: (N,) int32 PAGET id of the tissue region under each nucleus centroid (0 = background),
     #: aligned with ``nuclei`` (for the immune-location features once tiles are merged)
     nucleus_tissue: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    #: a chunk's tissue regions clipped to its core, ``[(class name, properties, shapely
+    #: geometry)]`` in output px (``geometry.tissue_pieces``), instead of ``tissue_features``
+    #: when ``paget_result_from_prob(tissue_core=...)`` asked for them
+    tissue_pieces: list = field(default_factory=list)
 
     def feature_collection(self, output_type: str = "detection") -> dict:
         """QuPath FeatureCollection: tissue annotations first, then the classified nuclei."""
@@ -139,6 +144,7 @@ def paget_result_from_prob(
     compute_features: bool = True,
     meta: dict | None = None,
     mitosis: Any = None,
+    tissue_core: Sequence[int] | None = None,
 ) -> PagetResult:
     """PAGET-S / PAGET-H outputs from the student's softmax of one working-resolution image.
 
@@ -152,7 +158,10 @@ def paget_result_from_prob(
     Output coordinates: ``x_work / scale + offset_xy``.
     mitosis: optional ``callable(table_w, rgb_w, mpp_w)`` that marks mitotic figures in the
     working-px table in place (``segtme.mitosis.detect.mark_mitoses`` bound to a model, see
-    ``runner.mitosis_marker``) — run before the TME features so they count them."""
+    ``runner.mitosis_marker``) — run before the TME features so they count them.
+    tissue_core: (x0, y0, x1, y1) working px of this image (a chunk's core): the tissue regions
+    come clipped to it as ``PagetResult.tissue_pieces`` (shapely, for the chunked runner's merge)
+    and ``tissue_features`` stays empty."""
     if mode not in ("semantic", "panoptic"):
         raise InputError(f"PAGET mode must be 'semantic' or 'panoptic', got {mode!r}")
     tax = cfg.tax
@@ -199,9 +208,15 @@ def paget_result_from_prob(
     table = table_w.translated(ox, oy, scale=1.0 / s, mpp=input_mpp)
     table.mpp = input_mpp
     table.meta.update(meta, model=cfg.name, model_mpp=wm, input_mpp=input_mpp, scale=s)
-    tissue = tissue_annotations(sem, scale=1.0 / s, offset_xy=(ox, oy), mpp_out=input_mpp, simplify_px=simplify_px,
-                                min_area_px=min_tissue_area_um2 / wm**2, tax=tax, filled=filled)
-    return PagetResult(mode, sem, s, wm, float(input_mpp), (ox, oy), table, tissue, features, meta, nucleus_tissue)
+    tissue, pieces = [], []
+    if tissue_core is None:
+        tissue = tissue_annotations(sem, scale=1.0 / s, offset_xy=(ox, oy), mpp_out=input_mpp, simplify_px=simplify_px,
+                                    min_area_px=min_tissue_area_um2 / wm**2, tax=tax, filled=filled)
+    else:
+        pieces = tissue_pieces(filled, tissue_core, scale=1.0 / s, offset_xy=(ox, oy), simplify_px=simplify_px,
+                               min_area_px=min_tissue_area_um2 / wm**2, tax=tax)
+    return PagetResult(mode, sem, s, wm, float(input_mpp), (ox, oy), table, tissue, features, meta, nucleus_tissue,
+                       pieces)
 
 
 def attach_tissue_context(table: NucleiTable, nucleus_tissue: np.ndarray, tissue_features: Sequence[dict]) -> NucleiTable:
