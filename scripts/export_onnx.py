@@ -3,8 +3,10 @@
 
     python scripts/export_onnx.py            # writes weights/default.onnx and weights/default_int8.onnx
     python scripts/export_onnx.py --check    # exit 1 if a shipped graph is missing or stale
+    python scripts/export_onnx.py --model paget_h_shared --no-int8   # PAGET-H on the default's backbone
+    python scripts/export_onnx.py --model mitosis --no-int8          # the mitosis teacher (32 px crops)
 
-Run it whenever ``weights/default.safetensors`` (or the architecture part of ``default.json``)
+Run it whenever a shipped model's ``.safetensors`` (or the architecture part of its ``.json``)
 changes: the graph records the SHA-256 of the weights file and of the architecture fields, and the
 tile edge, in its metadata (``models/onnx_runtime.py`` reads them) and
 tests/test_onnx_runtime.py fails when they do not match the shipped files, so a retrained
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = onnx_runtime.expected_metadata(cfg, wpath)
         meta["torch"] = torch.__version__
         meta["onnx_exporter"] = f"torch.onnx.export(dynamo=True), opset {args.opset}"
-        _set_metadata(tmp, meta, f"segtme {args.model}: folded UperHoVer inference module; regenerate with scripts/export_onnx.py")
+        _set_metadata(tmp, meta, f"segtme {args.model}: folded inference module ({cfg.arch}); regenerate with scripts/export_onnx.py")
         # check the written graph against the torch module before it replaces the shipped one
         import onnxruntime as ort
 
