@@ -84,8 +84,9 @@ def test_mark_mitoses_sets_columns_and_relabels_paget13_only_above_threshold():
 
 
 def test_classify_nuclei_runs_the_engines_inference_copy_with_the_eager_modules_results():
-    """classify_nuclei forwards through inference.engine.TorchBackend (BatchNorm folded, channels_last,
-    the model's precision): fp32 equals the eager training module on the same crops; bf16 stays close."""
+    """classify_nuclei forwards through inference.engine.model_backend (the ONNX graph, or the torch copy:
+    BatchNorm folded, channels_last, the model's precision): fp32 equals the eager training module on
+    the same crops; bf16 (the torch copy) stays close."""
     from segtme.mitosis.crops import centred_windows
     from segtme.mitosis.detect import classify_nuclei
     from segtme.models.registry import load_model
@@ -106,6 +107,43 @@ def test_classify_nuclei_runs_the_engines_inference_copy_with_the_eager_modules_
     lm.precision = "bf16"
     pb, _ = classify_nuclei(lm, rgb, 0.5, xy, batch=128)
     assert np.abs(pb - ref_m).max() < 0.1 and np.mean((pb >= 0.5) == (ref_m >= 0.5)) > 0.97
+
+
+def test_core_marker_classifies_only_the_nuclei_a_stitcher_can_keep():
+    """paget.runner.core_marker: nuclei with a centroid within BORDER_TOL_WORK + 1 px of the core get
+    the same probabilities as when every nucleus is classified; the others keep probability 0 and
+    their class; a caller's own marker without ``candidates`` is left as it is."""
+    from segtme.inference.nuclei import NucleiTable
+    from segtme.paget.runner import core_marker, mitosis_marker
+    from segtme.taxonomy import PAGET13
+
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(40, 230, (200, 200, 3), dtype=np.uint8)
+    inst = np.zeros((200, 200), np.int32)
+    cx = [10, 47, 52, 100, 150, 155, 190]
+    for k, c in enumerate(cx, 1):
+        inst[96:104, c - 3:c + 3] = k
+    from segtme.inference.nuclei import build_nuclei_table
+
+    cid = np.full(len(cx), PAGET13.names.index("Lymphocyte"), np.int32)
+    full = build_nuclei_table(inst, PAGET13, class_id=cid, mpp=0.5)
+    part = build_nuclei_table(inst, PAGET13, class_id=cid, mpp=0.5)
+    mark = mitosis_marker("mitosis", "cpu", threshold=0.0)  # every classified nucleus becomes mitotic
+    mark(full, rgb, 0.5)
+    core_marker(mark, (50.0, 0.0, 150.0, 200.0))(part, rgb, 0.5)
+    x = part.centroid[:, 0]
+    inside = (x >= 47.0) & (x < 153.0)  # core +- (2 + 1) px
+    assert inside.tolist() == [False, False, True, True, True, False, False]
+    np.testing.assert_allclose(part.extra["mitosis_prob"][inside], full.extra["mitosis_prob"][inside])
+    assert (part.extra["mitosis_prob"][~inside] == 0).all()
+    assert (np.asarray(part.class_names)[inside] == "Mitotic cell").all()
+    assert (np.asarray(part.class_names)[~inside] == "Lymphocyte").all()
+    assert isinstance(part, NucleiTable) and part.meta["mitosis"]["n_candidates"] == 3
+
+    def own(table, rgb, mpp):
+        pass
+
+    assert core_marker(own, (0, 0, 1, 1)) is own
 
 
 def test_config_errors_are_one_line_input_errors():

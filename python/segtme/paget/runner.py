@@ -137,6 +137,8 @@ def mitosis_marker(spec: Any = "mitosis", device: str = "cpu", threshold: float 
     def mark(table: Any, rgb: np.ndarray, mpp: float, candidates: np.ndarray | None = None) -> None:
         mark_mitoses(table, rgb, mpp, lm, params, candidates=candidates)
 
+    mark.takes_candidates = True  # type: ignore[attr-defined]  (core_marker may restrict it)
+
     return mark
 
 
@@ -151,6 +153,25 @@ def resolve_mitosis(cfg: Any, mitosis: Any = "config", device: str = "cpu") -> A
     if callable(spec) and not isinstance(spec, LoadedModel):
         return spec
     return mitosis_marker(spec, device)
+
+
+def core_marker(mark: Any, core_w: Sequence[float]) -> Any:
+    """A mitosis marker (``mitosis_marker``) restricted to the nuclei of a chunk or tile that its
+    stitcher can keep: centroid within ``stitch.BORDER_TOL_WORK`` of ``core_w`` (x0, y0, x1, y1,
+    working px of the image the marker sees), + 1 working px against rounding between the grids.
+    The halo's other nuclei (~20 % of a 1024 px chunk's with its 64 px halo) are dropped anyway,
+    so the result is the same at less cost. A marker that takes no ``candidates`` (a caller's own
+    ``callable(table, rgb, mpp)``) is returned as it is."""
+    from ..inference.stitch import BORDER_TOL_WORK, split_owned
+
+    if not getattr(mark, "takes_candidates", False):
+        return mark
+
+    def mark_core(table_w: Any, rgb_w: np.ndarray, mpp_w: float) -> None:
+        fin, bor, _ = split_owned(table_w.centroid[:, 0], table_w.centroid[:, 1], core_w, BORDER_TOL_WORK + 1.0, 0.0)
+        mark(table_w, rgb_w, mpp_w, candidates=fin | bor)
+
+    return mark_core
 
 
 #: chunking of large images for PAGET (working px): the student's and the instance source's maps
@@ -200,7 +221,7 @@ def _analyze_chunked(rgb: np.ndarray, mpp: float, lm: LoadedModel, mode: str, sr
 
     from ..inference.engine import GridPredictor
     from ..inference.overlap import POST_WORKERS, run_overlapped
-    from ..inference.stitch import BORDER_TOL_WORK, Stitcher, split_owned
+    from ..inference.stitch import Stitcher
     from ..inference.tiling import chunk_grid
     from ..resample import resample_region, scale, working_size
     from ..runtime import release_free_memory, trim_free_memory
@@ -275,17 +296,8 @@ def _analyze_chunked(rgb: np.ndarray, mpp: float, lm: LoadedModel, mode: str, sr
         return res, res.tissue_pieces
 
     def _core_marker(ch: Any) -> Any:
-        """The mitosis teacher on the chunk's nuclei that the stitcher can keep (centroid within
-        ``BORDER_TOL_WORK`` of the core, + 1 working px against rounding between the grids): the
-        halo's other nuclei (~20 % of a 1024 px chunk's with its 64 px halo) it drops anyway."""
         x0, y0 = ch.region[:2]
-        core = (ch.core[0] - x0, ch.core[1] - y0, ch.core[2] - x0, ch.core[3] - y0)  # chunk working px
-
-        def mark_core(table_w: Any, rgb_w: np.ndarray, mpp_w: float) -> None:
-            fin, bor, _ = split_owned(table_w.centroid[:, 0], table_w.centroid[:, 1], core, BORDER_TOL_WORK + 1.0, 0.0)
-            mark(table_w, rgb_w, mpp_w, candidates=fin | bor)
-
-        return mark_core
+        return core_marker(mark, (ch.core[0] - x0, ch.core[1] - y0, ch.core[2] - x0, ch.core[3] - y0))
 
     def _core_in(ch: Any) -> tuple[float, float, float, float]:
         cx0, cy0, cx1, cy1 = ch.core

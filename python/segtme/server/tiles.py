@@ -136,11 +136,17 @@ def tile_paget(wt: WorkTile, out: dict[str, np.ndarray], cfg: ModelConfig, image
 
     from ..paget.geometry import merge_tissue_features
     from ..paget.outputs import paget_result_from_prob
+    from ..paget.runner import core_marker
 
     h, w = wt.valid
     st = int(cfg.io.sem_stride)  # the class map's grid (padded tiles hold whole blocks)
+    s = float(wt.full_scale)
+    x0, y0, x1, y1 = wt.tile.core  # full-resolution px
+    if mitosis is not None:  # only the nuclei the stitcher can keep (core on the tile's working grid)
+        mitosis = core_marker(mitosis, ((x0 - wt.tile.x) * s, (y0 - wt.tile.y) * s, (x1 - wt.tile.x) * s,
+                                        (y1 - wt.tile.y) * s))
     res = paget_result_from_prob(
-        out["prob"][:, :-(-h // st), :-(-w // st)], wt.padded[:h, :w], cfg, scale=wt.full_scale, input_mpp=image_mpp, mode=mode,
+        out["prob"][:, :-(-h // st), :-(-w // st)], wt.padded[:h, :w], cfg, scale=s, input_mpp=image_mpp, mode=mode,
         inst=inst, offset_xy=(wt.tile.x, wt.tile.y), compute_features=False, mitosis=mitosis)
     t = res.nuclei
     keep = np.ones(len(t), bool)
@@ -149,6 +155,5 @@ def tile_paget(wt: WorkTile, out: dict[str, np.ndarray], cfg: ModelConfig, image
     t = t.subset(keep)
     ids = np.asarray(res.nucleus_tissue)[keep]
     t.extra[TISSUE_ID] = ids.astype(np.float64)
-    x0, y0, x1, y1 = wt.tile.core
     tissue = merge_tissue_features(res.tissue_features, clip=shapely.box(x0, y0, x1, y1), mpp=image_mpp)
     return PagetTile(t, ids, tissue)
