@@ -83,7 +83,6 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     lm = load_model(args.model, "cpu", precision="fp32")
     folded = _prepare(lm).eval()
-    T = int(cfg.tile_size)
     x = sample_input(lm, 2).contiguous(memory_format=torch.channels_last)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
