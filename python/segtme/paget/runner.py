@@ -287,17 +287,14 @@ def _analyze_chunked(rgb: np.ndarray, mpp: float, lm: LoadedModel, mode: str, sr
             else:
                 inst = extra
         x0, y0 = ch.region[:2]
+        core_w = (ch.core[0] - x0, ch.core[1] - y0, ch.core[2] - x0, ch.core[3] - y0)  # chunk working px
         res = paget_result_from_prob(smaps.prob, rgb_w, lm.config, scale=s_in, input_mpp=mpp, mode=mode, inst=inst,
                                      offset_xy=(ox + x0 / s_in, oy + y0 / s_in), simplify_px=simplify_px,
                                      min_tissue_area_um2=min_tissue_area_um2,
                                      min_nucleus_area_um2=min_nucleus_area_um2, compute_features=False,
-                                     meta=info, mitosis=None if mark is None else _core_marker(ch),
-                                     tissue_core=(ch.core[0] - x0, ch.core[1] - y0, ch.core[2] - x0, ch.core[3] - y0))
+                                     meta=info, mitosis=None if mark is None else core_marker(mark, core_w),
+                                     tissue_core=core_w)
         return res, res.tissue_pieces
-
-    def _core_marker(ch: Any) -> Any:
-        x0, y0 = ch.region[:2]
-        return core_marker(mark, (ch.core[0] - x0, ch.core[1] - y0, ch.core[2] - x0, ch.core[3] - y0))
 
     def _core_in(ch: Any) -> tuple[float, float, float, float]:
         cx0, cy0, cx1, cy1 = ch.core
