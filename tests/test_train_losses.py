@@ -13,6 +13,7 @@ from segtme.train.losses import (
     SemanticCELoss,
     UperHoVerLoss,
     build_loss,
+    foreground_dice_loss,
     hv_loss_terms,
     semantic_loss,
     sobel_kernels,
@@ -132,3 +133,38 @@ def test_loss_registry():
         build_loss("nope")
     ce = build_loss("ce")({"sem": torch.zeros(1, 3, 2, 2)}, {"sem": torch.zeros(1, 2, 2, dtype=torch.long)})
     assert set(ce) == {"total", "sem"} and float(ce["total"]) == pytest.approx(math.log(3))
+
+
+def test_foreground_dice_against_hand_computation_and_off_by_default():
+    """L_dice = 1 - (2 Σ p t + 1) / (Σ p + Σ t + 1) on the marginal foreground p = 1 - p_bg, over
+    non-ignored pixels; dice_weight = 0 (the default) leaves the paper's total unchanged."""
+    sem_t = torch.tensor([[[0, 1, FG_UNKNOWN, IGNORE]]])  # (1, 1, 4)
+    # 3 classes; background probabilities 0.5, 0.25, 0.5, 0.0 (the last pixel is ignored)
+    p_bg = torch.tensor([0.5, 0.25, 0.5, 0.0])
+    rest = (1 - p_bg) / 2
+    logits = torch.log(torch.stack([p_bg, rest, rest]).clamp(min=1e-12))[None, :, None, :]  # (1, 3, 1, 4)
+    p = torch.tensor([0.5, 0.75, 0.5])  # valid pixels' foreground probability
+    t = torch.tensor([0.0, 1.0, 1.0])
+    want = 1 - (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1)
+    assert float(foreground_dice_loss(logits, sem_t)) == pytest.approx(float(want), rel=1e-5)
+    # a confident perfect prediction has (almost) no Dice loss, an inverted one almost 1
+    big = torch.zeros(1, 3, 1, 3)
+    big[0, 0, 0, 0], big[0, 1, 0, 1], big[0, 2, 0, 2] = 30.0, 30.0, 30.0
+    st = torch.tensor([[[0, 1, FG_UNKNOWN]]])
+    assert float(foreground_dice_loss(big, st)) < 1e-6
+    inv = torch.zeros(1, 3, 1, 3)
+    inv[0, 1, 0, 0], inv[0, 0, 0, 1], inv[0, 0, 0, 2] = 30.0, 30.0, 30.0
+    assert float(foreground_dice_loss(inv, st)) > 0.6  # (1 - 1 / 4): only the smoothing term left
+    hv = torch.zeros(1, 2, 1, 4)
+    out, batch = {"sem": logits, "hv": hv}, {"sem": sem_t, "hv": hv}
+    base = UperHoVerLoss()(out, batch)
+    assert "dice" not in base
+    with_dice = UperHoVerLoss(dice_weight=0.5)(out, batch)
+    assert float(with_dice["dice"]) == pytest.approx(float(want), rel=1e-5)
+    assert float(with_dice["total"]) == pytest.approx(float(base["total"]) + 0.5 * float(want), rel=1e-5)
+    with pytest.raises(ValueError):
+        UperHoVerLoss(dice_weight=-1.0)
+    # the gradient reaches the logits
+    lg = logits.clone().requires_grad_(True)
+    foreground_dice_loss(lg, sem_t).backward()
+    assert torch.isfinite(lg.grad).all() and lg.grad.abs().sum() > 0

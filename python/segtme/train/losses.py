@@ -1,6 +1,7 @@
 """Losses of the SegTME-UNI2 paper (section 4.4) and their pluggable registry.
 
-``L_total = L_sem + λ · L_hv``, ``L_hv = L_MSE + 2 · L_MSGE``, λ = 1 (paper eqs. 2-6):
+``L_total = L_sem + λ · L_hv``, ``L_hv = L_MSE + 2 · L_MSGE``, λ = 1 (paper eqs. 2-6), and an
+optional ``+ dice_weight · L_dice`` (off by default, so the paper's loss is unchanged):
 
 * ``L_sem``: cross-entropy over valid pixels (label != 255). **Extension for class-agnostic
   labels** (MoNuSeg, GBM: instances without classes, encoded 254 = ``FG_UNKNOWN``): at such a
@@ -12,6 +13,11 @@
 * ``L_MSGE = (1/|Ω_fg|) [||(∇x M̂0 - ∇x T0) ⊙ M_fg||² + ||(∇y M̂1 - ∇y T1) ⊙ M_fg||²]``, with
   ∇ HoVer-Net's 5x5 Sobel-like kernel ``K_x[i, j] = x_j / (x_j² + y_i² + 1e-15)``
   (``F.conv2d``, zero padding 2). Ω_fg = foreground pixels (1 ≤ label ≤ 254) of the whole batch.
+* ``L_dice = 1 - (2 Σ p t + 1) / (Σ p + Σ t + 1)`` over the valid pixels of the whole batch, with
+  p = 1 - softmax background probability (the marginal foreground, as above) and t = 1 at
+  foreground labels: HoVer-Net's nuclear-pixel branch is trained with CE + this soft Dice
+  (Graham et al. 2019, section 3.3); here it acts on the same marginal foreground the HV
+  watershed thresholds, so class-agnostic datasets take part.
 
 Losses are computed in float32 (outputs are cast), so bf16 autocast does not affect them.
 A loss maps ``(outputs: dict, batch: dict) -> dict`` whose ``"total"`` is optimised; every other
@@ -86,18 +92,33 @@ def hv_loss_terms(pred: torch.Tensor, target: torch.Tensor, fg: torch.Tensor, so
     return mse, msge
 
 
+def foreground_dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE,
+                         smooth: float = 1.0) -> torch.Tensor:
+    """Soft Dice loss of the marginal foreground (module doc). logits (B, C, H, W) with class 0 =
+    background, target (B, H, W) int64; pixels labelled ``ignore_index`` do not count."""
+    p_fg = 1.0 - torch.softmax(logits.float(), dim=1)[:, 0]
+    valid = (target != ignore_index).to(p_fg.dtype)
+    t = ((target > 0) & (target != ignore_index)).to(p_fg.dtype)
+    p = p_fg * valid
+    return 1.0 - (2.0 * (p * t).sum() + smooth) / (p.sum() + t.sum() + smooth)
+
+
 def foreground_mask(sem: torch.Tensor) -> torch.Tensor:
     """Foreground pixels for the HV loss: 1 ≤ label ≤ 254 (classes and FG_UNKNOWN; not ignore)."""
     return (sem > 0) & (sem != IGNORE)
 
 
 class UperHoVerLoss(nn.Module):
-    """``L_total = L_sem + hv_weight · (L_MSE + msge_weight · L_MSGE)`` (paper: 1.0 and 2.0)."""
+    """``L_total = L_sem + hv_weight · (L_MSE + msge_weight · L_MSGE) + dice_weight · L_dice``
+    (paper: 1.0, 2.0 and no Dice term, ``dice_weight = 0``)."""
 
     def __init__(self, hv_weight: float = 1.0, msge_weight: float = 2.0, sobel_size: int = 5,
-                 class_weights: list[float] | None = None):
+                 class_weights: list[float] | None = None, dice_weight: float = 0.0):
         super().__init__()
         self.hv_weight, self.msge_weight, self.sobel_size = float(hv_weight), float(msge_weight), int(sobel_size)
+        if not float(dice_weight) >= 0:
+            raise ValueError(f"[loss] dice_weight = {dice_weight}: must be >= 0")
+        self.dice_weight = float(dice_weight)
         if class_weights is not None and (not class_weights or min(class_weights) <= 0):
             raise ValueError("[loss] class_weights must be a non-empty list of positive numbers (one per class)")
         self.class_weights = None if class_weights is None else torch.tensor([float(w) for w in class_weights])
@@ -110,7 +131,11 @@ class UperHoVerLoss(nn.Module):
         l_sem = semantic_loss(outputs["sem"], sem_t, class_weights=cw)
         mse, msge = hv_loss_terms(outputs["hv"], batch["hv"], foreground_mask(sem_t), self.sobel_size)
         l_hv = mse + self.msge_weight * msge
-        return {"total": l_sem + self.hv_weight * l_hv, "sem": l_sem, "hv": l_hv, "mse": mse, "msge": msge}
+        terms = {"total": l_sem + self.hv_weight * l_hv, "sem": l_sem, "hv": l_hv, "mse": mse, "msge": msge}
+        if self.dice_weight > 0:
+            terms["dice"] = foreground_dice_loss(outputs["sem"], sem_t)
+            terms["total"] = terms["total"] + self.dice_weight * terms["dice"]
+        return terms
 
 
 class SemanticCELoss(nn.Module):
