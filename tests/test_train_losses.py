@@ -147,14 +147,15 @@ def test_foreground_dice_against_hand_computation_and_off_by_default():
     t = torch.tensor([0.0, 1.0, 1.0])
     want = 1 - (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1)
     assert float(foreground_dice_loss(logits, sem_t)) == pytest.approx(float(want), rel=1e-5)
-    # a confident perfect prediction has (almost) no Dice loss, an inverted one almost 1
+    # a confident perfect prediction has (almost) no Dice loss; an inverted one keeps only the
+    # smoothing term: 1 - 1 / (1 + 2 + 1)
     big = torch.zeros(1, 3, 1, 3)
     big[0, 0, 0, 0], big[0, 1, 0, 1], big[0, 2, 0, 2] = 30.0, 30.0, 30.0
     st = torch.tensor([[[0, 1, FG_UNKNOWN]]])
     assert float(foreground_dice_loss(big, st)) < 1e-6
     inv = torch.zeros(1, 3, 1, 3)
     inv[0, 1, 0, 0], inv[0, 0, 0, 1], inv[0, 0, 0, 2] = 30.0, 30.0, 30.0
-    assert float(foreground_dice_loss(inv, st)) > 0.6  # (1 - 1 / 4): only the smoothing term left
+    assert float(foreground_dice_loss(inv, st)) == pytest.approx(0.75, abs=1e-6)
     hv = torch.zeros(1, 2, 1, 4)
     out, batch = {"sem": logits, "hv": hv}, {"sem": sem_t, "hv": hv}
     base = UperHoVerLoss()(out, batch)

@@ -92,20 +92,18 @@ def hv_loss_terms(pred: torch.Tensor, target: torch.Tensor, fg: torch.Tensor, so
     return mse, msge
 
 
-def foreground_dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE,
-                         smooth: float = 1.0) -> torch.Tensor:
-    """Soft Dice loss of the marginal foreground (module doc). logits (B, C, H, W) with class 0 =
-    background, target (B, H, W) int64; pixels labelled ``ignore_index`` do not count."""
-    p_fg = 1.0 - torch.softmax(logits.float(), dim=1)[:, 0]
-    valid = (target != ignore_index).to(p_fg.dtype)
-    t = ((target > 0) & (target != ignore_index)).to(p_fg.dtype)
-    p = p_fg * valid
-    return 1.0 - (2.0 * (p * t).sum() + smooth) / (p.sum() + t.sum() + smooth)
-
-
 def foreground_mask(sem: torch.Tensor) -> torch.Tensor:
-    """Foreground pixels for the HV loss: 1 ≤ label ≤ 254 (classes and FG_UNKNOWN; not ignore)."""
+    """Foreground pixels for the HV and Dice losses: 1 ≤ label ≤ 254 (classes and FG_UNKNOWN; not ignore)."""
     return (sem > 0) & (sem != IGNORE)
+
+
+def foreground_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Soft Dice loss of the marginal foreground (module doc). logits (B, C, H, W) with class 0 =
+    background, target (B, H, W) int64; pixels labelled ``IGNORE`` do not count."""
+    p_fg = 1.0 - torch.softmax(logits.float(), dim=1)[:, 0]
+    p = p_fg * (target != IGNORE).to(p_fg.dtype)
+    t = foreground_mask(target).to(p_fg.dtype)
+    return 1.0 - (2.0 * (p * t).sum() + smooth) / (p.sum() + t.sum() + smooth)
 
 
 class UperHoVerLoss(nn.Module):
