@@ -26,3 +26,19 @@ def own_instances(cfg: ModelConfig) -> bool:
 
     c = contract(cfg)
     return c.product == "paget" and c.instances == "maps" and NUC_HEAD in c.outputs
+
+
+#: ``extra["nucleus_class_vote"]`` of a PAGET-H config: "free" (default: every nucleus takes the
+#: majority nucleus-level class of its pixels in the 14-class map, paper section 3.5) or "guided"
+#: (the instance source's own class decides the major category — CoNSeP epithelial / inflammatory /
+#: spindle-shaped -> epithelial cell / leukocyte subtypes / connective cells — and the 14-class map
+#: only the subtype within it; ``paget.taxonomy.guided_leaves``)
+VOTES = ("free", "guided")
+
+
+def guided_vote(cfg: ModelConfig) -> bool:
+    """``cfg`` asks PAGET-H for the guided vote (``VOTES``); an unknown value is a config error."""
+    v = str((cfg.extra or {}).get("nucleus_class_vote", "free"))
+    if v not in VOTES:
+        raise ValueError(f"model {cfg.name!r}: extra.nucleus_class_vote must be one of {VOTES}, got {v!r}")
+    return v == "guided"

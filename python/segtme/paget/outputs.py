@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import InputError
 from ..inference.maps import class_map
 from ..inference.nuclei import NucleiTable, build_nuclei_table
-from ..taxonomy import Taxonomy
+from ..taxonomy import Taxonomy, get_taxonomy
 from . import features as _features  # noqa: F401  (registers the paget13 TME feature group)
 from . import taxonomy as pt
 from .geometry import (fill_tissue_under_nuclei, nucleus_tissue_at, tissue_annotations, tissue_area_by_class,
@@ -56,14 +56,19 @@ def nucleus_components(sem: np.ndarray, min_px: int = 4, tax: Taxonomy = pt.TAXO
 
 
 def majority_nucleus_class(inst: np.ndarray, sem: np.ndarray, prob: np.ndarray | None = None,
-                           tax: Taxonomy = pt.TAXONOMY, prob_stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
+                           tax: Taxonomy = pt.TAXONOMY, prob_stride: int = 1,
+                           allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """PAGET-H vote: for instances 1..N, the most frequent **nucleus-level** class among their
     pixels in ``sem`` (background and tissue pixels do not vote: an instance mask slightly larger
     than the student's nucleus blob must not become "stroma"). Returns (class_id (N,), share (N,)):
     class 0 where no pixel of the instance has a nucleus-level class; share = fraction of the
     instance's pixels carrying the chosen class (or its mean probability if ``prob`` is given;
     ``prob_stride`` k: ``prob`` is on a k px grid, ``io.sem_stride``, and each pixel reads the
-    value of its own k x k block)."""
+    value of its own k x k block).
+    allowed: optional (N, K) bool, the classes instance i may take (a guided vote,
+    ``guided_classes``): votes for other classes do not count, and an instance none of whose
+    pixels votes an allowed class takes the allowed class of highest mean probability (needs
+    ``prob``; without it class 0)."""
     n = int(inst.max(initial=0))
     k = tax.num_classes
     if n == 0:
@@ -76,7 +81,12 @@ def majority_nucleus_class(inst: np.ndarray, sem: np.ndarray, prob: np.ndarray |
     voting = np.zeros(k, bool)
     voting[pt.nucleus_classes(tax)] = True
     counts[:, ~voting] = 0
+    if allowed is not None:
+        allowed = np.asarray(allowed, bool) & voting
+        counts[~allowed] = 0
     cid = np.where(counts.max(axis=1) > 0, counts.argmax(axis=1), 0).astype(np.int32)
+    if allowed is not None and prob is not None and (cid == 0).any():
+        _fill_by_mean_prob(cid, allowed, inst, prob, prob_stride)
     area = np.bincount(lab, minlength=n + 1)[1:].astype(np.float64)
     if prob is not None:
         if prob_stride == 1:
@@ -88,6 +98,55 @@ def majority_nucleus_class(inst: np.ndarray, sem: np.ndarray, prob: np.ndarray |
     else:
         share = counts.max(axis=1) / np.maximum(area, 1)
     return cid, share.astype(np.float32)
+
+
+def _fill_by_mean_prob(cid: np.ndarray, allowed: np.ndarray, inst: np.ndarray, prob: np.ndarray,
+                       prob_stride: int) -> None:
+    """In place: instances with ``cid == 0`` take their allowed class of highest summed (= mean)
+    probability over their pixels (``prob`` on a ``prob_stride`` px grid)."""
+    todo = np.flatnonzero((cid == 0) & allowed.any(axis=1)) + 1
+    if todo.size == 0:
+        return
+    sel = np.zeros(len(cid) + 1, bool)
+    sel[todo] = True
+    yy, xx = np.nonzero(sel[inst])
+    lab = inst[yy, xx].astype(np.int64)
+    py, px = (yy, xx) if prob_stride == 1 else (yy // prob_stride, xx // prob_stride)
+    score = np.full((len(todo), allowed.shape[1]), -1.0)
+    row = np.searchsorted(todo, lab)
+    for c in np.flatnonzero(allowed[todo - 1].any(axis=0)):
+        score[:, c] = np.bincount(row, weights=prob[c, py, px], minlength=len(todo))
+    score[~allowed[todo - 1]] = -1.0
+    cid[todo - 1] = score.argmax(axis=1)
+
+
+def guided_classes(inst_class: np.ndarray, source: Taxonomy | str, tax: Taxonomy = pt.TAXONOMY) -> np.ndarray:
+    """(N, K) bool for ``majority_nucleus_class(allowed=...)``: instance i (label i + 1), called
+    ``inst_class[i]`` in the nucleus model's taxonomy ``source``, may take the PAGET classes
+    ``paget.taxonomy.guided_leaves`` gives that class (its class decides the major category, the
+    PAGET map the subtype within it)."""
+    table = pt.guided_leaves(source, tax)
+    c = np.asarray(inst_class, np.int64)
+    if c.size and (c.min() < 0 or c.max() >= len(table)):
+        raise InputError(f"instance classes must be ids of taxonomy {getattr(source, 'name', source)!r} "
+                         f"(0..{len(table) - 1}), got {int(c.min())}..{int(c.max())}")
+    return table[c]
+
+
+def relabel_with_classes(inst: np.ndarray, inst_class: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """``relabel_sequential`` of an instance map, keeping ``inst_class`` (class of label l at
+    index l - 1) aligned with the new labels 1..N."""
+    from ..inference.postprocess import relabel_sequential
+
+    inst = np.asarray(inst, np.int32)
+    new = relabel_sequential(inst)
+    if inst_class is None:
+        return new, None
+    ids = np.unique(inst[inst > 0])  # relabel_sequential keeps their sorted order
+    cls = np.asarray(inst_class, np.int32)
+    if ids.size and ids.max() > cls.size:
+        raise InputError(f"instance classes cover labels 1..{cls.size}, the instance map has label {int(ids.max())}")
+    return new, cls[ids - 1]
 
 
 @dataclass
@@ -145,6 +204,8 @@ def paget_result_from_prob(
     meta: dict | None = None,
     mitosis: Any = None,
     tissue_core: Sequence[int] | None = None,
+    inst_class: np.ndarray | None = None,
+    inst_taxonomy: Taxonomy | str | None = None,
 ) -> PagetResult:
     """PAGET-S / PAGET-H outputs from the student's softmax of one working-resolution image.
 
@@ -161,7 +222,11 @@ def paget_result_from_prob(
     ``runner.mitosis_marker``) — run before the TME features so they count them.
     tissue_core: (x0, y0, x1, y1) working px of this image (a chunk's core): the tissue regions
     come clipped to it as ``PagetResult.tissue_pieces`` (shapely, for the chunked runner's merge)
-    and ``tissue_features`` stays empty."""
+    and ``tissue_features`` stays empty.
+    inst_class / inst_taxonomy (PAGET-H): the instance source's class of each label of ``inst``
+    (index label - 1) and its taxonomy; used only when the config asks for a guided vote
+    (``heads.guided_vote``: the source's class picks the major category, the PAGET map the
+    subtype, see ``guided_classes``), ignored otherwise."""
     if mode not in ("semantic", "panoptic"):
         raise InputError(f"PAGET mode must be 'semantic' or 'panoptic', got {mode!r}")
     tax = cfg.tax
@@ -181,10 +246,14 @@ def paget_result_from_prob(
             raise InputError("PAGET-H (panoptic) needs an instance map")
         if inst.shape != sem.shape:
             raise InputError(f"instance map has shape {inst.shape}, expected {sem.shape}")
-        from ..inference.postprocess import relabel_sequential
+        from .heads import guided_vote
 
-        inst = relabel_sequential(np.asarray(inst, np.int32))
-        cid, share = majority_nucleus_class(inst, sem, prob, tax, st)
+        guide = guided_vote(cfg) and inst_class is not None and inst_taxonomy is not None
+        inst, src_cls = relabel_with_classes(inst, inst_class if guide else None)
+        allowed = guided_classes(src_cls, inst_taxonomy, tax) if guide else None
+        cid, share = majority_nucleus_class(inst, sem, prob, tax, st, allowed)
+        if guide:
+            meta["nucleus_class_vote"] = f"guided by the instance source's {get_taxonomy(inst_taxonomy).name} classes"
         keep = cid > 0
         meta["nuclei_without_class"] = int((~keep).sum())
         if not keep.all():

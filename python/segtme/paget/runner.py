@@ -81,14 +81,20 @@ def instances_from_maps(prob: np.ndarray, hv: np.ndarray | None, cfg: Any) -> tu
     return np.asarray(ins.inst, np.int32), np.asarray(ins.class_id, np.int32)
 
 
-def own_instance_map(maps: Any, cfg: Any) -> np.ndarray:
+def own_instance_map(maps: Any, cfg: Any) -> tuple[np.ndarray, np.ndarray]:
     """PAGET-H instances of a model that makes its own nuclei (``paget.heads.own_instances``):
     the one maps -> nuclei step on its nucleus head ("nuc") and HV head, on the maps' own
-    working grid (the same grid as its 14-class map). Returns inst (h, w) int32 1..N."""
+    working grid (the same grid as its 14-class map). Returns ``(inst (h, w) int32 1..N,
+    class_id (N,) int32 in the nucleus head's taxonomy, ``nucleus_taxonomy(cfg)``)``."""
     from .heads import NUC_HEAD
 
-    inst, _ = instances_from_maps(maps.aux[NUC_HEAD], maps.hv, cfg)
-    return inst
+    return instances_from_maps(maps.aux[NUC_HEAD], maps.hv, cfg)
+
+
+def nucleus_taxonomy(cfg: Any) -> str:
+    """The taxonomy of the classes a PAGET model's own nucleus head gives (``extra.nucleus_taxonomy``,
+    ``consep4`` for ``paget_h_shared``)."""
+    return str((cfg.extra or {}).get("nucleus_taxonomy", "consep4"))
 
 
 def instances_to_grid(inst: np.ndarray, out_shape: tuple[int, int], s: float) -> np.ndarray:
@@ -104,19 +110,41 @@ def instances_to_grid(inst: np.ndarray, out_shape: tuple[int, int], s: float) ->
     return relabel_sequential(resize_labels(np.asarray(inst, np.int32), out_shape, s))
 
 
-def source_instances(src: Any, rgb_w: np.ndarray, wm: float) -> tuple[np.ndarray, str]:
+def instances_to_grid_with_classes(inst: np.ndarray, class_id: np.ndarray, out_shape: tuple[int, int],
+                                   s: float) -> tuple[np.ndarray, np.ndarray]:
+    """``instances_to_grid`` that keeps each instance's class (``class_id[l - 1]`` for label l):
+    returns ``(inst (out_shape) int32 1..M, class_id (M,) int32)``; an instance lost on a coarser
+    grid loses its class with it."""
+    from .outputs import relabel_with_classes
+
+    if inst.shape == tuple(out_shape) and abs(s - 1.0) < 1e-9:
+        new, cls = relabel_with_classes(inst, class_id)
+        return new, cls
+    from .geometry import resize_labels
+
+    lab_cls = np.concatenate([[0], np.asarray(class_id, np.int32)])[np.asarray(inst, np.int64)]
+    new = instances_to_grid(inst, out_shape, s)
+    cls_px = resize_labels(lab_cls.astype(np.int32), out_shape, s)  # the same nearest source px as ``new``
+    cls = np.zeros(int(new.max(initial=0)), np.int32)
+    m = new > 0
+    cls[new[m] - 1] = cls_px[m]
+    return new, cls
+
+
+def source_instances(src: Any, rgb_w: np.ndarray, wm: float) -> tuple[np.ndarray, str, np.ndarray | None, Any]:
     """PAGET-H instances of a working-resolution image from an ``InstanceSource`` (``instances``)
     or a SegTME ``LoadedModel`` (run with its own tiling, see ``instance_map_from_model``), on the
-    grid of ``rgb_w``. Returns (inst, description)."""
+    grid of ``rgb_w``. Returns (inst, description, class of each instance in the model's taxonomy
+    or None for an ``InstanceSource``, that taxonomy or None)."""
     from .teachers import InstanceSource, TeacherInput
 
     if isinstance(src, InstanceSource):
         inst_w = np.asarray(src.instances(TeacherInput(rgb_w, wm)).inst, np.int32)
         if inst_w.shape != rgb_w.shape[:2]:
             raise InputError(f"instance source returned {inst_w.shape}, expected {rgb_w.shape[:2]}")
-        return inst_w, getattr(src, "name", type(src).__name__)
-    inst, _ = instance_map_from_model(src, rgb_w, wm)
-    return inst, f"{src.config.name} ({src.source})"
+        return inst_w, getattr(src, "name", type(src).__name__), None, None
+    inst, cls = instance_map_from_model(src, rgb_w, wm)
+    return inst, f"{src.config.name} ({src.source})", cls, src.config.tax
 
 
 def mitosis_marker(spec: Any = "mitosis", device: str = "cpu", threshold: float | None = None) -> Any:
@@ -272,20 +300,23 @@ def _analyze_chunked(rgb: np.ndarray, mpp: float, lm: LoadedModel, mode: str, sr
             if inst_grid is not None:
                 extra = inst_grid.predict(ch.region)
             else:
-                extra, info["instances"] = source_instances(src, rgb_w, wm)
+                extra = source_instances(src, rgb_w, wm)
+                info["instances"] = extra[1]
         return smaps, extra, rgb_w, info
 
     def post(ch: Any, made: tuple) -> tuple[PagetResult, list]:
         """maps -> nuclei, classes, mitoses, tissue annotations clipped to the core (worker thread)."""
         smaps, extra, rgb_w, info = made
-        inst = None
+        inst = icls = itax = None
         if mode == "panoptic":
             if own:  # the student's own nucleus heads, from the same forward pass
-                inst = own_instance_map(smaps, lm.config)
+                inst, icls = own_instance_map(smaps, lm.config)
+                itax = nucleus_taxonomy(lm.config)
             elif inst_grid is not None:
-                inst, _ = instances_from_maps(extra.prob, extra.hv, src.config)
+                inst, icls = instances_from_maps(extra.prob, extra.hv, src.config)
+                itax = src.config.tax
             else:
-                inst = extra
+                inst, _, icls, itax = extra
         x0, y0 = ch.region[:2]
         core_w = (ch.core[0] - x0, ch.core[1] - y0, ch.core[2] - x0, ch.core[3] - y0)  # chunk working px
         res = paget_result_from_prob(smaps.prob, rgb_w, lm.config, scale=s_in, input_mpp=mpp, mode=mode, inst=inst,
@@ -293,7 +324,7 @@ def _analyze_chunked(rgb: np.ndarray, mpp: float, lm: LoadedModel, mode: str, sr
                                      min_tissue_area_um2=min_tissue_area_um2,
                                      min_nucleus_area_um2=min_nucleus_area_um2, compute_features=False,
                                      meta=info, mitosis=None if mark is None else core_marker(mark, core_w),
-                                     tissue_core=core_w)
+                                     tissue_core=core_w, inst_class=icls, inst_taxonomy=itax)
         return res, res.tissue_pieces
 
     def _core_in(ch: Any) -> tuple[float, float, float, float]:
@@ -422,22 +453,24 @@ def analyze_paget(
         res.meta.update(meta)
         res.nuclei.meta["image_size"] = [int(rgb.shape[1]), int(rgb.shape[0])]
         return res
-    inst = None
+    inst = icls = itax = None
     if own:  # one forward pass: the 14-class map and the nuclei
         maps, rgb_w, s = predict_working_maps(lm, rgb, mpp, batch_size=batch_size, tile=tile, overlap=overlap,
                                               progress=progress)
         prob = maps.prob
-        inst, meta["instances"] = own_instance_map(maps, lm.config), f"{lm.config.name} (its own nucleus heads)"
+        (inst, icls), itax = own_instance_map(maps, lm.config), nucleus_taxonomy(lm.config)
+        meta["instances"] = f"{lm.config.name} (its own nucleus heads)"
         del maps
     else:
         prob, rgb_w, s = predict_semantic(lm, rgb, mpp, batch_size=batch_size, tile=tile, overlap=overlap,
                                           progress=progress)
     if mode == "panoptic" and not own:
-        inst, meta["instances"] = source_instances(src, rgb_w, wm)
+        inst, meta["instances"], icls, itax = source_instances(src, rgb_w, wm)
     res = paget_result_from_prob(prob, rgb_w, lm.config, scale=s, input_mpp=mpp, mode=mode, inst=inst,
                                  offset_xy=offset_xy, simplify_px=simplify_px,
                                  min_tissue_area_um2=min_tissue_area_um2, min_nucleus_area_um2=min_nucleus_area_um2,
-                                 compute_features=compute_features, meta=meta, mitosis=mark)
+                                 compute_features=compute_features, meta=meta, mitosis=mark,
+                                 inst_class=icls, inst_taxonomy=itax)
     res.nuclei.meta["image_size"] = [int(rgb.shape[1]), int(rgb.shape[0])]
     return res
 

@@ -147,6 +147,34 @@ def nucleus_classes(tax: Taxonomy = PAGET13) -> list[int]:
     return [c.id for c in tax.classes if c.level == "nucleus"]
 
 
+#: PAGET-H's mitotic cells come from the mitosis teacher (aggregation step 5), never from a
+#: nucleus model's class: a guided vote (``guided_leaves``) never offers "Mitotic cell"
+GUIDE_EXCLUDED: tuple[str, ...] = ("Mitotic cell",)
+
+
+def guided_leaves(source: Taxonomy | str, tax: Taxonomy = PAGET13,
+                  exclude: Sequence[str] = GUIDE_EXCLUDED) -> np.ndarray:
+    """(K_source, K) bool: for each class of a nucleus model's taxonomy (e.g. ``consep4``), the
+    PAGET nucleus-level classes a PAGET-H vote may give a nucleus that model called that class:
+    the PAGET classes that PAGET's own evaluation mapping ``tax.eval_mappings[source]`` sends to it
+    (CoNSeP inflammatory -> the five leukocyte subtypes, spindle-shaped -> fibroblast + endothelial
+    cell, epithelial -> epithelial cell), minus ``exclude``. A class with no such PAGET class left
+    (background; CoNSeP "Other", whose only PAGET class is "Mitotic cell") allows every
+    nucleus-level class: the vote is then unconstrained."""
+    src = get_taxonomy(source) if not isinstance(source, Taxonomy) else source
+    try:
+        m = tax.eval_mappings[src.name]
+    except KeyError:
+        raise KeyError(f"taxonomy {tax.name} has no evaluation mapping to {src.name!r}; "
+                       f"known: {sorted(tax.eval_mappings)}") from None
+    nuc = nucleus_classes(tax)
+    out = np.zeros((src.num_classes, tax.num_classes), bool)
+    for sc in src.classes:
+        ids = [c for c in nuc if m.get(tax.classes[c].name) == sc.name and tax.classes[c].name not in exclude]
+        out[sc.id, ids if ids else nuc] = True
+    return out
+
+
 def mapping_lut(target: str, source: Taxonomy = PAGET13, *, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """Look-up table (256,) uint8 mapping source class ids to ``target`` class ids via
     ``source.eval_mappings[target]`` (unlisted classes -> background; ``ignore_index`` kept)."""

@@ -13,6 +13,7 @@ import threading
 from concurrent import futures
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import numpy as np
@@ -125,12 +126,12 @@ class TileJob:
         if self.paget_mode is None:
             found = tile_nuclei(wt, out, self.runner.cfg, self.spec.image_mpp, self.spec.geometry)
         else:
-            inst = mark = None
+            inst = mark = icls = itax = None
             if self.paget_mode == "panoptic":
-                inst = self._instances(sub, out, iout, field_name)
+                inst, icls, itax = self._instances(sub, out, iout, field_name)
                 mark = self.runner.mitosis
             pt_ = tile_paget(wt, out, self.runner.cfg, self.spec.image_mpp, self.spec.geometry,
-                             mode=self.paget_mode, inst=inst, mitosis=mark)
+                             mode=self.paget_mode, inst=inst, mitosis=mark, inst_class=icls, inst_taxonomy=itax)
             found = pt_.table  # carries each nucleus's tissue id in extra[TISSUE_ID]
             self.tissue_pieces.extend(pt_.tissue_features)
         # the one stitcher: nuclei near a core edge (either side) wait for de-duplication
@@ -160,23 +161,30 @@ class TileJob:
             self.tables.append(t)
             self._fresh.append(t)
 
-    def _instances(self, sub: Submitted, out: dict, iout: dict | None, field_name: str) -> np.ndarray:
-        """PAGET-H instance map of a tile on the student's valid working grid (from the instance
-        source's output ``iout``, or from the student's own nucleus heads in ``out``)."""
+    def _instances(self, sub: Submitted, out: dict, iout: dict | None,
+                   field_name: str) -> tuple[np.ndarray, np.ndarray | None, Any]:
+        """PAGET-H instances of a tile on the student's valid working grid (from the instance
+        source's output ``iout``, or from the student's own nucleus heads in ``out``):
+        ``(inst, class of each instance in the source's taxonomy or None, that taxonomy)``."""
+        from ..paget.runner import nucleus_taxonomy
+
         h, w = sub.wt.valid
         r = self.runner
         if r.instance_runner is not None and iout is not None and sub.iwt is not None:
-            return paget_instances(sub.iwt, iout, r.instance_runner.cfg, (h, w), sub.wt.s)
+            icfg = r.instance_runner.cfg
+            return (*paget_instances(sub.iwt, iout, icfg, (h, w), sub.wt.s), icfg.tax)
         if r.instance_runner is None and r.instance_direct is None and own_instances(r.cfg):
-            return paget_instances(sub.wt, {"prob": out[NUC_HEAD], "hv": out["hv"]}, r.cfg, (h, w), sub.wt.s)
+            own = paget_instances(sub.wt, {"prob": out[NUC_HEAD], "hv": out["hv"]}, r.cfg, (h, w), sub.wt.s)
+            return (*own, nucleus_taxonomy(r.cfg))
         if r.instance_direct is not None:
             from ..paget.runner import source_instances
 
             try:
-                inst, _ = source_instances(r.instance_direct, np.ascontiguousarray(sub.wt.padded[:h, :w]), r.cfg.mpp)
+                inst, _, icls, itax = source_instances(r.instance_direct, np.ascontiguousarray(sub.wt.padded[:h, :w]),
+                                                       r.cfg.mpp)
             except InputError as e:
                 raise invalid(f"{field_name}: {e}") from None
-            return inst
+            return inst, icls, itax
         raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
                            f"model {r.cfg.name!r} is PAGET-H but the server has no instance source for it")
 

@@ -111,27 +111,30 @@ class PagetTile:
 
 
 def paget_instances(iwt: WorkTile, iout: dict[str, np.ndarray], icfg: ModelConfig, out_shape: tuple[int, int],
-                    s_out: float) -> np.ndarray:
+                    s_out: float) -> tuple[np.ndarray, np.ndarray]:
     """PAGET-H: the instance-source model's output for one tile (its own working tile ``iwt``)
-    -> instance map on the PAGET working grid (``out_shape``; ``s_out`` = PAGET working px per
-    tile px, so PAGET px per instance px = ``s_out / iwt.s``)."""
-    from ..paget.runner import instances_from_maps, instances_to_grid
+    -> ``(instance map on the PAGET working grid (``out_shape``), each instance's class in the
+    source's taxonomy)``; ``s_out`` = PAGET working px per tile px, so PAGET px per instance px =
+    ``s_out / iwt.s``."""
+    from ..paget.runner import instances_from_maps, instances_to_grid_with_classes
 
     h, w = iwt.valid
     prob = iout["prob"][:, :h, :w]
     hv = iout["hv"][:, :h, :w] if "hv" in iout else None
-    inst, _ = instances_from_maps(prob, hv, icfg)
-    return instances_to_grid(inst, out_shape, s_out / iwt.s)
+    inst, cls = instances_from_maps(prob, hv, icfg)
+    return instances_to_grid_with_classes(inst, cls, out_shape, s_out / iwt.s)
 
 
 def tile_paget(wt: WorkTile, out: dict[str, np.ndarray], cfg: ModelConfig, image_mpp: float, geometry=None, *,
-               mode: str = "semantic", inst: np.ndarray | None = None, mitosis=None) -> PagetTile:
+               mode: str = "semantic", inst: np.ndarray | None = None, mitosis=None,
+               inst_class: np.ndarray | None = None, inst_taxonomy=None) -> PagetTile:
     """PAGET-S / PAGET-H for one tile from the student's output (``out["prob"]``, padded tile):
     nuclei in full-resolution px kept by the ownership rule, their tissue context, and the tile's
     tissue annotations clipped to its core. ``inst``: PAGET-H instance map on the valid working
     grid of ``wt``. ``mitosis``: PAGET-H's mitosis marker (``paget.runner.resolve_mitosis``, the
     CLI's): marks "Mitotic cell" and adds ``mitosis_prob`` / ``mitosis_atypical_prob`` on the
-    tile's working pixels, as ``analyze_paget`` does."""
+    tile's working pixels, as ``analyze_paget`` does. ``inst_class`` / ``inst_taxonomy``: the
+    instance source's class per instance, for a config with the guided vote (as ``analyze_paget``)."""
     import shapely
 
     from ..paget.geometry import merge_tissue_features
@@ -147,7 +150,8 @@ def tile_paget(wt: WorkTile, out: dict[str, np.ndarray], cfg: ModelConfig, image
                                         (y1 - wt.tile.y) * s))
     res = paget_result_from_prob(
         out["prob"][:, :-(-h // st), :-(-w // st)], wt.padded[:h, :w], cfg, scale=s, input_mpp=image_mpp, mode=mode,
-        inst=inst, offset_xy=(wt.tile.x, wt.tile.y), compute_features=False, mitosis=mitosis)
+        inst=inst, offset_xy=(wt.tile.x, wt.tile.y), compute_features=False, mitosis=mitosis,
+        inst_class=inst_class, inst_taxonomy=inst_taxonomy)
     t = res.nuclei
     keep = np.ones(len(t), bool)
     if geometry is not None and len(t):
