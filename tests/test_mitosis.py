@@ -193,3 +193,25 @@ def test_shipped_mitosis_teacher_held_out_figures(shared_data, tmp_path):
     assert m["recall"] == pytest.approx(stored["recall"], abs=0.02)
     assert m["precision"] == pytest.approx(stored["precision"], abs=0.02)
     assert m["auc"] > 0.9
+
+
+def test_the_mitosis_teacher_runs_at_the_paget_models_precision(monkeypatch):
+    """``--precision fp32`` (or bf16) reaches the mitosis teacher PAGET-H runs, in the CLI's and
+    the server's one resolution (``paget.runner.resolve_mitosis``): on a CPU with native bf16 it
+    used to run at ``auto`` (bf16) beside an fp32 student."""
+    import segtme.mitosis.detect as detect
+    from segtme.models.registry import load_model
+    from segtme.paget.runner import resolve_mitosis
+
+    seen = []
+    real = detect.load_mitosis_model
+
+    def spy(spec, device="cpu", precision="auto"):
+        seen.append(precision)
+        return real(spec, device, precision)
+
+    monkeypatch.setattr(detect, "load_mitosis_model", spy)
+    for precision in ("fp32", "bf16"):
+        lm = load_model("paget_h_shared", "cpu", precision=precision)
+        assert resolve_mitosis(lm.config, "config", "cpu", lm.precision) is not None
+    assert seen == ["fp32", "bf16"]

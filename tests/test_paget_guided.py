@@ -115,8 +115,7 @@ def test_guided_paget_h_keeps_the_nucleus_models_classes_on_a_real_image(shared_
     from segtme.paget.evaluate import to_consep4
     from segtme.paget.runner import analyze_paget, own_instance_map, predict_working_maps
 
-    lm = load_model("paget_h_shared", "cpu")
-    lm.config.extra["nucleus_class_vote"] = "guided"
+    lm = load_model("paget_h_guided", "cpu")  # shipped: paget_h_shared's weights + the guided vote
     rgb = read_rgb(shared_data / "consep-train" / "images" / "train_1.png")[:640, :640]
     res = analyze_paget(rgb, 0.25, lm, mitosis=None)
     assert res.meta["nucleus_class_vote"].startswith("guided") and res.meta["nuclei_without_class"] == 0

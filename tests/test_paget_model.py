@@ -40,7 +40,7 @@ def test_registry_presets_and_output_contract(tiny):
     assert set(out) == {"sem"} and out["sem"].shape == (2, 14, 64, 96)
     with pytest.raises(WeightsError):
         load_model("paget_s_b1", "cpu")  # architecture-only preset, no allow_random: a clear error, not random output
-    # paget_s / paget_h are shipped (the MiT-B0 student): they load without weights arguments
+    # paget_s (the MiT-B0 student) is shipped: it loads without weights arguments
     assert load_model("paget_s", "cpu").source.endswith("paget_b0.safetensors")
 
 

@@ -148,7 +148,10 @@ def test_detect_tme_stream_matches_cli_on_the_region(stub, shipped, mosaic) -> N
     assert len(ref) > 1000
     assert report.nuclei_total == len(got)
     assert abs(len(got) - len(ref)) <= 0.01 * len(ref)
-    assert a >= 0.99 and b >= 0.99
+    # the server post-processes tile by tile, the CLI chunk by chunk, and the HV edge map is
+    # min-max normalised per region (inference.postprocess, as HoVer-Net): measured >= 0.99 with
+    # the stage-3 default, 0.987 with the stage-5 default shipped 2026-12-08 (docs/default_model.md §7)
+    assert a >= 0.98 and b >= 0.98
 
 
 def test_detect_tme_annotation_too_large_for_one_canvas_runs_tile_by_tile(shipped, stub, mosaic) -> None:

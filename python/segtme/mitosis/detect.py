@@ -36,11 +36,12 @@ class MitosisParams:
     batch: int = 256
 
 
-def load_mitosis_model(spec: Any = "mitosis", device: str = "cpu"):
-    """A LoadedModel of the mitosis teacher (shipped ``mitosis`` by default)."""
+def load_mitosis_model(spec: Any = "mitosis", device: str = "cpu", precision: str = "auto"):
+    """A LoadedModel of the mitosis teacher (shipped ``mitosis`` by default); ``precision`` as
+    ``registry.load_model`` (the PAGET model's own, so ``--precision fp32`` reaches the teacher)."""
     from ..models.registry import LoadedModel, load_model
 
-    lm = spec if isinstance(spec, LoadedModel) else load_model(spec, device)
+    lm = spec if isinstance(spec, LoadedModel) else load_model(spec, device, precision=precision)
     from .zoo import is_mitosis
 
     if not is_mitosis(lm.config):

@@ -147,11 +147,13 @@ def source_instances(src: Any, rgb_w: np.ndarray, wm: float) -> tuple[np.ndarray
     return inst, f"{src.config.name} ({src.source})", cls, src.config.tax
 
 
-def mitosis_marker(spec: Any = "mitosis", device: str = "cpu", threshold: float | None = None) -> Any:
+def mitosis_marker(spec: Any = "mitosis", device: str = "cpu", threshold: float | None = None,
+                   precision: str = "auto") -> Any:
     """A ``callable(table, rgb, mpp, candidates=None)`` marking mitotic figures with the mitosis
     teacher (``segtme.mitosis``; ``candidates``: the nuclei to classify, default all), or None
     when ``spec`` is None / "none" or ``spec`` is "mitosis" and no mitosis model ships (PAGET
-    then keeps the student's own "Mitotic cell" pixels only)."""
+    then keeps the student's own "Mitotic cell" pixels only). ``precision``: the teacher's
+    forward arithmetic (``registry.load_model``; callers pass the PAGET model's)."""
     if spec is None or str(spec) == "none":
         return None
     from ..mitosis.detect import MitosisParams, load_mitosis_model, mark_mitoses
@@ -159,7 +161,7 @@ def mitosis_marker(spec: Any = "mitosis", device: str = "cpu", threshold: float 
 
     if not isinstance(spec, LoadedModel) and str(spec) == "mitosis" and "mitosis" not in shipped_models():
         return None
-    lm = load_mitosis_model(spec, device)
+    lm = load_mitosis_model(spec, device, precision)
     params = MitosisParams(threshold=threshold)
 
     def mark(table: Any, rgb: np.ndarray, mpp: float, candidates: np.ndarray | None = None) -> None:
@@ -170,17 +172,18 @@ def mitosis_marker(spec: Any = "mitosis", device: str = "cpu", threshold: float 
     return mark
 
 
-def resolve_mitosis(cfg: Any, mitosis: Any = "config", device: str = "cpu") -> Any:
+def resolve_mitosis(cfg: Any, mitosis: Any = "config", device: str = "cpu", precision: str = "auto") -> Any:
     """The mitosis marker PAGET-H runs on its instances — ONE resolution for the CLI
     (``analyze_paget``) and the server (``server.runners``): ``mitosis`` = "config" → the
     student config's ``extra["mitosis"]`` (the shipped ``mitosis`` model for the shipped
     PAGET-H), a model spec / LoadedModel → ``mitosis_marker``, a ready marker (callable) → itself,
-    None / "none" → None. ``cfg``: the student's ``ModelConfig``. Returns a
+    None / "none" → None. ``cfg``: the student's ``ModelConfig``; ``precision``: the student's
+    (``LoadedModel.precision``), so a forced fp32 / bf16 run is that everywhere. Returns a
     ``callable(table_w, rgb_w, mpp_w)`` or None."""
     spec = cfg.extra.get("mitosis") if isinstance(mitosis, str) and mitosis == "config" else mitosis
     if callable(spec) and not isinstance(spec, LoadedModel):
         return spec
-    return mitosis_marker(spec, device)
+    return mitosis_marker(spec, device, precision=precision)
 
 
 def core_marker(mark: Any, core_w: Sequence[float]) -> Any:
@@ -442,7 +445,8 @@ def analyze_paget(
         if not own:
             src = _resolve_instance_source(instance_source or lm.config.extra.get("instance_source", "default"),
                                            device, allow_random)
-        mark = resolve_mitosis(lm.config, mitosis, "cpu" if lm.device.type == "cpu" else str(lm.device))
+        mark = resolve_mitosis(lm.config, mitosis, "cpu" if lm.device.type == "cpu" else str(lm.device),
+                               lm.precision)
     s_in = float(mpp) / wm
     if max(rgb.shape[0], rgb.shape[1]) * s_in > chunk_work * 1.25:
         res = _analyze_chunked(rgb, mpp, lm, mode, src, mark, offset_xy=offset_xy, chunk_work=chunk_work,

@@ -108,7 +108,8 @@ def attach_instance_sources(runners: dict[str, ModelRunner], aliases: dict[str, 
     for r in runners.values():
         if r.paget_mode == "panoptic" and r.mitosis is None:
             # the mitosis teacher the config names (as ``analyze_paget``'s mitosis="config")
-            r.mitosis = resolve_mitosis(r.cfg, "config", "cpu" if r.model.device.type == "cpu" else str(r.model.device))
+            r.mitosis = resolve_mitosis(r.cfg, "config", "cpu" if r.model.device.type == "cpu" else str(r.model.device),
+                                        r.model.precision)
             if r.mitosis is not None:
                 log.info("PAGET-H %s: mitotic figures from %s", r.cfg.name, r.cfg.extra.get("mitosis"))
         if r.paget_mode != "panoptic" or r.instance_runner is not None or r.instance_direct is not None:
