@@ -42,6 +42,11 @@ class PostprocessParams:
     min_marker_px: markers smaller than this (px) are dropped.
     min_object_px: final instances smaller than this (px) are dropped.
     marker_open_radius: radius (px) of the disk used to open the marker mask.
+    edge_scale: 0 (default) = the HV maps and their Sobel responses are min-max normalised over the
+        foreground of each processed region (HoVer-Net's rule: the edge threshold is relative to the
+        strongest boundary in the region, so chunks and tiles of one image can split a nucleus
+        differently); > 0 = region-independent: edge = Sobel response of the raw (smoothed) HV maps
+        (range [-1, 1]) divided by this fixed value, clipped to [0, 1].
     """
 
     fg_threshold: float = 0.5
@@ -50,6 +55,7 @@ class PostprocessParams:
     min_marker_px: int = 6
     min_object_px: int = 8
     marker_open_radius: int = 1
+    edge_scale: float = 0.0
 
     @classmethod
     def from_mapping(cls, d: Mapping[str, Any] | None) -> "PostprocessParams":
