@@ -209,3 +209,47 @@ def test_fast_steps_equal_the_scipy_and_two_pass_versions():
     polys = [rng.normal(size=(int(rng.integers(0, 9)), 2)) for _ in range(50)]
     assert all(np.array_equal(a, p * 0.5 + np.array([3.0, -2.0])) for a, p in zip(_moved(polys, 0.5, 3.0, -2.0), polys))
     assert _moved([], 2.0, 0.0, 0.0) == []
+
+
+def _touching_pair_maps(h: int = 96, w: int = 160, strong_x: int | None = None):
+    """Foreground probability and HV maps of rows of touching disc pairs (synthetic, HoVer-Net's
+    HV convention: h rises left -> right inside each nucleus, v top -> bottom, in [-1, 1])."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    fg = np.zeros((h, w), np.float32)
+    hv = np.zeros((2, h, w), np.float32)
+    centres = [(cy, cx) for cy in range(16, h - 8, 32) for cx in range(14, w - 8, 22)]
+    for i, (cy, cx) in enumerate(centres):
+        r = 11.0 if strong_x is not None and cx > strong_x else 8.0  # bigger nuclei: steeper HV drops
+        m = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        fg[m] = 1.0
+        hv[0][m] = (xx[m] - cx) / r
+        hv[1][m] = (yy[m] - cy) / r
+    return fg, hv
+
+
+def test_fixed_edge_scale_makes_nuclei_independent_of_the_region():
+    """edge_scale > 0: a crop gives the same edge values and the same interior nuclei as the
+    whole map; the per-region default (HoVer-Net's min-max) does not when the crop leaves out the
+    region's strongest boundaries."""
+    from segtme.inference.postprocess import PostprocessParams, hv_edge_map, hv_watershed
+
+    fg_p, hv = _touching_pair_maps(strong_x=100)
+    fg = fg_p > 0.5
+    crop = (slice(0, 96), slice(0, 90))  # leaves out the big nuclei (x > 100) and their steep drops
+    inner = (slice(6, 90), slice(6, 84))
+    fixed = hv_edge_map(hv, fg, 1.0, edge_scale=2.7)
+    fixed_c = hv_edge_map(hv[(slice(None),) + crop], fg[crop], 1.0, edge_scale=2.7)
+    np.testing.assert_allclose(fixed_c[inner], fixed[crop][inner], atol=1e-6)
+    legacy = hv_edge_map(hv, fg, 1.0)
+    legacy_c = hv_edge_map(hv[(slice(None),) + crop], fg[crop], 1.0)
+    assert np.abs(legacy_c[inner] - legacy[crop][inner]).max() > 0.05  # region-dependent
+    p = PostprocessParams(edge_threshold=0.15, edge_scale=2.7)
+    whole = hv_watershed(fg_p, hv, p)
+    part = hv_watershed(fg_p[crop], hv[(slice(None),) + crop], p)
+    # the same partition of the crop's interior into nuclei (labels may be numbered differently)
+    a, b = whole[crop][inner].ravel(), part[inner].ravel()
+    pairs = set(zip(a.tolist(), b.tolist()))
+    assert len({x for x, _ in pairs}) == len(pairs) == len({y for _, y in pairs}) > 6
+    with pytest.raises(ValueError, match="edge_scale must be >= 0"):
+        PostprocessParams(edge_scale=-1.0)
+    assert PostprocessParams.from_mapping({"edge_scale": 2.7}).edge_scale == 2.7

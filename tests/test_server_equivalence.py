@@ -148,9 +148,11 @@ def test_detect_tme_stream_matches_cli_on_the_region(stub, shipped, mosaic) -> N
     assert len(ref) > 1000
     assert report.nuclei_total == len(got)
     assert abs(len(got) - len(ref)) <= 0.01 * len(ref)
-    # the server post-processes tile by tile, the CLI chunk by chunk, and the HV edge map is
-    # min-max normalised per region (inference.postprocess, as HoVer-Net): measured >= 0.99 with
-    # the stage-3 default, 0.987 with the stage-5 default shipped 2026-12-08 (docs/default_model.md §7)
+    # the server runs and post-processes tile by tile (each streamed tile with its own O / 2 px of
+    # context), the CLI blends overlapping tiles and post-processes 1024 px chunks. Measured: >= 0.99
+    # with the stage-3 default; with the stage-5 weights 0.987 under HoVer-Net's per-region HV
+    # normalisation and 0.986 / 0.993 with the shipped region-independent edge scale (2026-12-08) —
+    # so the rest is the tiles' context, not the normalisation (not separated further)
     assert a >= 0.98 and b >= 0.98
 
 

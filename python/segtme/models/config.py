@@ -57,6 +57,10 @@ class PostprocessParams:
     marker_open_radius: int = 1
     edge_scale: float = 0.0
 
+    def __post_init__(self) -> None:
+        if not float(self.edge_scale) >= 0.0:  # also rejects NaN
+            raise ValueError(f"post-processing edge_scale must be >= 0 (0 = per-region normalisation), got {self.edge_scale}")
+
     @classmethod
     def from_mapping(cls, d: Mapping[str, Any] | None) -> "PostprocessParams":
         return params_from_mapping(cls, d, "post-processing")
