@@ -157,9 +157,7 @@ def test_guided_vote_is_served_like_the_cli(tmp_path):
     from segtme.models.registry import WEIGHTS_DIR, load_model, shipped_models
     from segtme.paget.runner import analyze_paget
     from segtme.server._proto.segtme.v1 import segtme_pb2 as pb
-    from segtme.server.limits import ServerLimits
-    from segtme.server.service import ServerConfig, build_server
-    from test_server_detect import ANNOTATION, _stub, annotation_geojson, make_tiles, run_job
+    from test_server_detect import ANNOTATION, _stub, annotation_geojson, make_tiles, one_megapixel_server, run_job
 
     d = json.loads(shipped_models()["paget_h_shared"].read_text())
     d.update(name="paget_h_guided_test", weights=str(WEIGHTS_DIR / "paget_h_shared.safetensors"))
@@ -167,9 +165,7 @@ def test_guided_vote_is_served_like_the_cli(tmp_path):
     cj = tmp_path / "paget_h_guided_test.json"
     cj.write_text(json.dumps(d))
     rgb, _inst, mpp = load_monuseg(1)[0]
-    cfg = ServerConfig(port=0, models=[str(cj)], device="cpu", max_batch=4, max_wait_ms=5,
-                       limits=ServerLimits(max_tile_pixels=1100 * 1100, max_image_pixels=1100 * 1100), grace_s=2)
-    srv = build_server(cfg)
+    srv = one_megapixel_server(str(cj))
     try:
         r = srv.servicer.runners["paget_h_guided_test"]
         st, chan = _stub(srv.port)

@@ -160,14 +160,10 @@ def test_paget_h_shared_is_served_without_an_instance_source(shared_json, image)
     from shapely.geometry import Polygon
 
     from segtme.server._proto.segtme.v1 import segtme_pb2 as pb
-    from segtme.server.limits import ServerLimits
-    from segtme.server.service import ServerConfig, build_server
-    from test_server_detect import ANNOTATION, _stub, annotation_geojson, make_tiles, run_job
+    from test_server_detect import ANNOTATION, _stub, annotation_geojson, make_tiles, one_megapixel_server, run_job
 
     rgb, _inst, mpp = load_monuseg(1)[0]
-    cfg = ServerConfig(port=0, models=[str(shared_json)], device="cpu", max_batch=4, max_wait_ms=5,
-                       limits=ServerLimits(max_tile_pixels=1100 * 1100, max_image_pixels=1100 * 1100), grace_s=2)
-    srv = build_server(cfg)
+    srv = one_megapixel_server(str(shared_json))
     try:
         r = srv.servicer.runners["paget_h_shared_test"]
         assert r.paget_mode == "panoptic" and r.instance_runner is None and r.instance_direct is None

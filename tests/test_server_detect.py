@@ -101,6 +101,14 @@ def slow_server(server, model_json):
     runner.batcher.close()
 
 
+def one_megapixel_server(model: str):
+    """A gRPC server on a free port serving ``model`` (a name or config path) on the CPU, with
+    small batches and tiles / images up to 1100² px (the PAGET stream tests' server)."""
+    return build_server(ServerConfig(port=0, models=[str(model)], device="cpu", max_batch=4, max_wait_ms=5,
+                                     limits=ServerLimits(max_tile_pixels=1100 * 1100, max_image_pixels=1100 * 1100),
+                                     grace_s=2))
+
+
 def _stub(port: int):
     ch = grpc.insecure_channel(f"127.0.0.1:{port}")
     return pb_grpc.SegTMEStub(ch), ch
