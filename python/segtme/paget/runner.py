@@ -118,8 +118,7 @@ def instances_to_grid_with_classes(inst: np.ndarray, class_id: np.ndarray, out_s
     from .outputs import relabel_with_classes
 
     if inst.shape == tuple(out_shape) and abs(s - 1.0) < 1e-9:
-        new, cls = relabel_with_classes(inst, class_id)
-        return new, cls
+        return relabel_with_classes(inst, class_id)
     from .geometry import resize_labels
 
     lab_cls = np.concatenate([[0], np.asarray(class_id, np.int32)])[np.asarray(inst, np.int64)]
