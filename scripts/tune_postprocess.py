@@ -27,13 +27,22 @@ from pathlib import Path
 import numpy as np
 
 
-def parse_setting(text: str) -> dict[str, float]:
-    out: dict[str, float] = {}
+def parse_setting(text: str) -> dict[str, float | int]:
+    """``name=value[,name=value]`` -> overrides, each value cast to its field's type (int / float)."""
+    from dataclasses import fields
+
+    from segtme.models.config import PostprocessParams
+
+    types = {f.name: (int if f.type in (int, "int") else float) for f in fields(PostprocessParams)}
+    out: dict[str, float | int] = {}
     for part in text.split(","):
         k, _, v = part.partition("=")
+        k = k.strip()
         if not k or not v:
             raise SystemExit(f"--set {text!r}: expected name=value[,name=value]")
-        out[k.strip()] = float(v)
+        if k not in types:
+            raise SystemExit(f"--set {text!r}: unknown parameter {k!r}; known: {sorted(types)}")
+        out[k] = types[k](float(v))
     return out
 
 

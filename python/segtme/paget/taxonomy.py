@@ -147,6 +147,15 @@ def nucleus_classes(tax: Taxonomy = PAGET13) -> list[int]:
     return [c.id for c in tax.classes if c.level == "nucleus"]
 
 
+def _eval_mapping(tax: Taxonomy, target: str) -> Mapping[str, str]:
+    """``tax.eval_mappings[target]``, or a KeyError naming the mappings ``tax`` has."""
+    try:
+        return tax.eval_mappings[target]
+    except KeyError:
+        raise KeyError(f"taxonomy {tax.name} has no evaluation mapping to {target!r}; "
+                       f"known: {sorted(tax.eval_mappings)}") from None
+
+
 #: PAGET-H's mitotic cells come from the mitosis teacher (aggregation step 5), never from a
 #: nucleus model's class: a guided vote (``guided_leaves``) never offers "Mitotic cell"
 GUIDE_EXCLUDED: tuple[str, ...] = ("Mitotic cell",)
@@ -162,11 +171,7 @@ def guided_leaves(source: Taxonomy | str, tax: Taxonomy = PAGET13,
     (background; CoNSeP "Other", whose only PAGET class is "Mitotic cell") allows every
     nucleus-level class: the vote is then unconstrained."""
     src = get_taxonomy(source) if not isinstance(source, Taxonomy) else source
-    try:
-        m = tax.eval_mappings[src.name]
-    except KeyError:
-        raise KeyError(f"taxonomy {tax.name} has no evaluation mapping to {src.name!r}; "
-                       f"known: {sorted(tax.eval_mappings)}") from None
+    m = _eval_mapping(tax, src.name)
     nuc = nucleus_classes(tax)
     out = np.zeros((src.num_classes, tax.num_classes), bool)
     for sc in src.classes:
@@ -178,11 +183,7 @@ def guided_leaves(source: Taxonomy | str, tax: Taxonomy = PAGET13,
 def mapping_lut(target: str, source: Taxonomy = PAGET13, *, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """Look-up table (256,) uint8 mapping source class ids to ``target`` class ids via
     ``source.eval_mappings[target]`` (unlisted classes -> background; ``ignore_index`` kept)."""
-    try:
-        m = source.eval_mappings[target]
-    except KeyError:
-        raise KeyError(f"taxonomy {source.name} has no evaluation mapping to {target!r}; "
-                       f"known: {sorted(source.eval_mappings)}") from None
+    m = _eval_mapping(source, target)
     tgt = get_taxonomy(target)
     lut = np.zeros(256, np.uint8)
     for c in source.classes:
