@@ -222,3 +222,44 @@ def test_stale_staging_of_a_killed_run_is_removed_by_the_next_run(tmp_path, png,
     (live / "owner").write_text(f"{os.getpid()} {os.uname().nodename}\n")
     _one_line_error(capsys, ["analyze", str(png), "--out", str(out), "--no-progress"], "--mpp")  # any next run
     assert not stage.exists() and live.exists()
+
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("when", ["after prepare", "inside prepare"])
+def test_a_signal_while_the_output_folder_is_prepared_leaves_no_staging_folder(tmp_path, monkeypatch, sig, when):
+    """A signal right after the staging folder was created — before the run body starts (the
+    window in which ``test_signal_cleans_the_staging_folder`` once left a ``.segtme-*`` folder), or
+    while ``prepare`` still writes its owner file — interrupts the run and removes the staging
+    folder; the output folder's earlier content stays."""
+    from segtme.export import outdir
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "nuclei.csv").write_text("previous run")
+    if when == "after prepare":
+        real = outdir.OutputFolder.prepare.__func__
+
+        def prepare_then_signal(cls, path, what="--out"):
+            folder = real(cls, path, what)
+            os.kill(os.getpid(), sig)
+            return folder
+
+        monkeypatch.setattr(outdir.OutputFolder, "prepare", classmethod(prepare_then_signal))
+    else:
+        real_write = Path.write_text
+
+        def write_then_signal(self, *a, **k):
+            n = real_write(self, *a, **k)
+            if self.name == "owner":
+                os.kill(os.getpid(), sig)
+            return n
+
+        monkeypatch.setattr(Path, "write_text", write_then_signal)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        with outdir.prepared_folder(out):
+            time.sleep(2.0)  # not reached in time: the signal is raised before or during this
+    assert sorted(p.name for p in out.iterdir()) == ["nuclei.csv"]
+    assert (out / "nuclei.csv").read_text() == "previous run"
+    assert signal.getsignal(signal.SIGTERM) == before  # the run's SIGTERM handler is gone again

@@ -343,11 +343,10 @@ def write_cohort(out_root: Path, rows: list[dict[str, Any]]) -> tuple[Path, Path
 def prepare_out_root(out: str | Path) -> Path:
     """Validate / create the batch output folder up front and remove staging folders of killed
     runs (``export.outdir``). One-line InputError when unusable."""
-    from ..export.outdir import OutputFolder
+    from ..export.outdir import prepared_folder
 
-    folder = OutputFolder.prepare(out)
-    folder.discard()  # only the validation and the stale clean-up are needed here
-    return folder.path
+    with prepared_folder(out) as folder:  # only the validation and the stale clean-up are needed here
+        return folder.path
 
 
 def analyze_slide_to(source: Any, out_dir: str | Path, model: Any = "default", *, mpp: float | None = None,

@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import InputError
     from ..export.bundle import ExportOptions, write_outputs
-    from ..export.outdir import OutputFolder, signals_cleanup
+    from ..export.outdir import prepared_folder
     from ..export.overlay import OverlayOptions
     from ..export.provenance import Provenance
     from ..inference.imageio import read_image
@@ -136,10 +136,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else image_path.with_name(image_path.stem + "_segtme")
     prog = RunProgress(enabled=not args.no_progress)
 
-    folder = OutputFolder.prepare(out, "--out")  # before any slow work: a bad --out fails here
-    if folder.stale_removed:
-        log.info("removed %d staging folder(s) of interrupted runs in %s", folder.stale_removed, out)
-    with signals_cleanup(folder):
+    with prepared_folder(out, "--out") as folder:  # before any slow work: a bad --out fails here
+        if folder.stale_removed:
+            log.info("removed %d staging folder(s) of interrupted runs in %s", folder.stale_removed, out)
         from .batch import is_slide, run_slide_analysis  # pyramids / huge tiled images / --roi / --annotations
 
         if args.roi is not None or args.annotations is not None or is_slide(image_path, flags["mpp"]):

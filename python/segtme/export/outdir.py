@@ -6,7 +6,8 @@ directory we can write in — by actually creating it and a hidden staging folde
 read-only, in ``/proc``, a name too long) is a one-line ``InputError`` before the model is even
 loaded. Writers put every file into the staging folder; ``publish`` moves them into place with
 atomic renames only once all of them were written; ``discard`` (also on SIGINT/SIGTERM through
-``signals_cleanup``) removes the staging folder.
+``signals_cleanup``) removes the staging folder; ``prepared_folder`` prepares the folder with that
+clean-up already armed, so no signal can leave a new staging folder behind.
 
 A run killed with SIGKILL cannot clean up: each staging folder holds an ``owner`` file with the
 writing process's pid and host, and the next ``prepare`` of the same folder removes staging
@@ -77,6 +78,27 @@ def _is_stale(stage: Path, now: float) -> bool:
     return pid != os.getpid() and not _pid_alive(pid)
 
 
+def _owned_here(stage: Path) -> bool:
+    """True when ``stage``'s owner file names this process on this host."""
+    try:
+        pid_s, host = (stage / "owner").read_text(encoding="utf-8").split()[:2]
+        return int(pid_s) == os.getpid() and host == socket.gethostname()
+    except (OSError, ValueError):
+        return False
+
+
+def remove_own_stages(directory: Path) -> list[Path]:
+    """Remove the staging folders this process made in ``directory`` (a run interrupted before it
+    held its ``OutputFolder``); returns those removed."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for p in list(directory.iterdir()):
+            if p.name.startswith(STAGE_PREFIX) and p.is_dir() and not p.is_symlink() and _owned_here(p):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    return removed
+
+
 def remove_stale_stages(directory: Path) -> list[Path]:
     """Remove staging folders of killed runs in ``directory``; returns those removed."""
     removed = []
@@ -136,10 +158,13 @@ class OutputFolder:
             raise InputError(f"cannot write in output folder {what} {shown}: {_reason(e)}") from None
         try:
             (stage / "owner").write_text(f"{os.getpid()} {socket.gethostname()}\n", encoding="utf-8")
+            return cls(out, stage, len(removed), created)
         except OSError as e:
             shutil.rmtree(stage, ignore_errors=True)
             raise InputError(f"cannot write in output folder {what} {shown}: {_reason(e)}") from None
-        return cls(out, stage, len(removed), created)
+        except BaseException:  # a signal (KeyboardInterrupt / Terminated) while the folder is made
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
 
     def staged(self, name: str) -> Path:
         """Path of ``name`` inside the staging folder."""
@@ -172,26 +197,59 @@ class Terminated(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Within the block SIGTERM raises ``Terminated`` in the main thread (SIGINT raises
+    KeyboardInterrupt as usual); the handler is set only in the main thread (signal handlers
+    cannot be set elsewhere) and restored on exit."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _term(signum, frame):  # noqa: ARG001
+        raise Terminated(f"terminated by signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, _term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _close(folder: OutputFolder | None, ok: bool) -> None:
+    if folder is not None:
+        folder.discard() if ok else folder.abandon()
+
+
+@contextlib.contextmanager
 def signals_cleanup(folder: OutputFolder | None) -> Iterator[None]:
     """Within the block, SIGTERM raises ``Terminated`` (SIGINT raises KeyboardInterrupt as usual)
     and any exit — normal, error or signal — discards ``folder``'s staging folder if it is still
-    there (``abandon`` on errors and signals). The handler is set only in the main thread
-    (signal handlers cannot be set elsewhere)."""
-    import threading
+    there (``abandon`` on errors and signals)."""
+    with _sigterm_raises():
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            _close(folder, ok)
 
-    old = None
-    main = threading.current_thread() is threading.main_thread()
-    if main:
-        def _term(signum, frame):  # noqa: ARG001
-            raise Terminated(f"terminated by signal {signum}")
 
-        old = signal.signal(signal.SIGTERM, _term)
-    ok = False
-    try:
-        yield
-        ok = True
-    finally:
-        if folder is not None:
-            folder.discard() if ok else folder.abandon()
-        if main and old is not None:
-            signal.signal(signal.SIGTERM, old)
+@contextlib.contextmanager
+def prepared_folder(path: str | os.PathLike[str], what: str = "--out") -> Iterator[OutputFolder]:
+    """``OutputFolder.prepare`` with the clean-up of ``signals_cleanup`` armed *before* the
+    staging folder exists: a SIGINT / SIGTERM at any moment — while the folder is being prepared
+    (``prepare`` removes its own half-made staging folder), before its result is held (the staging
+    folders whose owner file names this process are removed), or after — leaves no staging folder
+    behind. (With ``prepare`` and then ``signals_cleanup`` a signal between the two did.)"""
+    with _sigterm_raises():
+        folder, ok = None, False
+        try:
+            folder = OutputFolder.prepare(path, what)
+            yield folder
+            ok = True
+        finally:
+            if folder is None:  # interrupted before ``prepare``'s result was held: sweep this process's own
+                remove_own_stages(Path(path))
+            _close(folder, ok)
